@@ -1,0 +1,91 @@
+"""End to end through the real CLI on tiny ProtT5 / ProstT5 checkpoints: every protein against an independent
+one-at-a-time fp32 reference, input order, ids verbatim, output format."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from tests.conftest import Reference, cosine, load_output, random_protein, run_cli, write_config, write_fasta
+
+
+def _proteins() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    rng = random.Random(7)
+    train = [(f"sp|P{i:05d}|PROT_{i}", random_protein(rng, rng.randint(2, 400))) for i in range(40)]
+    train += [
+        ("long_1300", random_protein(rng, 1300)),
+        ("long_2100/with:odd|chars", random_protein(rng, 2100)),
+        ("rare_residues", "MKXUZOBAXXLUU" + random_protein(rng, 30)),
+        ("stop_codon", random_protein(rng, 57) + "*"),
+        ("single", "M"),
+    ]
+    test = [(f"T{i}", random_protein(rng, rng.randint(10, 300))) for i in range(15)]
+    test.append(("test_copy_of_train", train[3][1]))
+    return train, test
+
+
+@pytest.fixture(scope="module")
+def t5_run(checkpoints, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("t5_run")
+    train, test = _proteins()
+    write_fasta(directory / "train.fasta", train, width=60)
+    write_fasta(directory / "test.fasta", test)
+    config = write_config(
+        directory,
+        # The ProstT5 checkpoint sits under a key that does not say so: the prefix must come from the checkpoint.
+        {"prot_t5_xl": {"name": checkpoints["prot_t5"]}, "structure": {"name": checkpoints["prost_t5"]}},
+        run_params={"batch_size": 6, "max_tokens_per_batch": 1200},
+    )
+    result = run_cli("generate_embeddings_t5.py", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    return directory, train, test, result
+
+
+@pytest.mark.parametrize(("output_key", "layout"), [("prot_t5_xl", "prot_t5"), ("structure", "prost_t5")])
+def test_every_protein_matches_one_at_a_time_reference(t5_run, checkpoints, output_key, layout):
+    directory, train, test, _ = t5_run
+    reference = Reference(checkpoints[layout], layout)
+    worst = 1.0
+    for split, records in (("train", train), ("test", test)):
+        data = load_output(directory / "out" / f"{split}_embeddings_{output_key}.pt")
+        assert data["ids"] == [rec_id for rec_id, _ in records]
+        assert data["embeddings"].dtype == torch.float16
+        assert data["embeddings"].shape == (len(records), 32)
+        for row, (rec_id, sequence) in zip(data["embeddings"], records, strict=True):
+            similarity = cosine(row, reference(sequence.rstrip("*")))
+            worst = min(worst, similarity)
+            assert similarity >= 0.9999, (rec_id, similarity)
+    print(f"\n{output_key}: worst cosine against the fp32 one-at-a-time reference {worst:.8f} (1 - cos = {1 - worst:.2e})")
+
+
+def test_meta_describes_model_and_pooling(t5_run):
+    directory, *_ = t5_run
+    prot = load_output(directory / "out" / "train_embeddings_prot_t5_xl.pt")["meta"]
+    prost = load_output(directory / "out" / "train_embeddings_structure.pt")["meta"]
+    assert prot["family"] == "ProtT5" and prost["family"] == "ProstT5"
+    assert prot["precision"] == ["fp32"] and prot["dim"] == 32
+    assert "[0, 0+L)" in prot["pooling"] and "[1, 1+L)" in prost["pooling"]
+    assert prot["windowed"] == {}  # max_residues is chosen from memory: these lengths run at full length
+
+
+def test_prost_differs_from_prot(t5_run):
+    directory, *_ = t5_run
+    prot = load_output(directory / "out" / "train_embeddings_prot_t5_xl.pt")["embeddings"]
+    prost = load_output(directory / "out" / "train_embeddings_structure.pt")["embeddings"]
+    assert not torch.allclose(prot.float(), prost.float(), atol=1e-2)
+
+
+def test_duplicates_across_splits_get_identical_rows(t5_run):
+    directory, train, test, _ = t5_run
+    a = load_output(directory / "out" / "train_embeddings_prot_t5_xl.pt")
+    b = load_output(directory / "out" / "test_embeddings_prot_t5_xl.pt")
+    assert torch.equal(a["embeddings"][3], b["embeddings"][b["ids"].index("test_copy_of_train")])
+
+
+def test_logs_one_file_per_worker(t5_run):
+    directory, *_ = t5_run
+    logs = sorted(p.name for p in (directory / "logs").iterdir())
+    assert logs == ["prot_t5_xl.log", "structure.log"]
+    assert "done:" in (directory / "logs" / "structure.log").read_text()

@@ -1,0 +1,263 @@
+"""config_t5.yaml → a typed, validated Config. Every mistake is found here, before any model loads.
+
+Unknown keys get a did-you-mean; wrong types and values name the key and what it accepts.
+Relative paths are read from the directory the command runs in, as the user's existing configs expect.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from utils.errors import UserError
+
+PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+OUTPUT_FORMATS = ("pt", "h5", "both")
+SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    key: str
+    name: str  # hub id or local directory
+    devices: tuple[str, ...]  # 'cpu' or 'cuda:N'; several shard the model's proteins
+    output_key: str
+    precision: str
+    max_tokens_per_batch: int | None  # None: the run's setting
+
+
+@dataclass(frozen=True)
+class RunParams:
+    batch_size: int = 32  # most proteins in one batch
+    save_every_n_batches: int = 100  # batches per checkpoint chunk
+    seed: int = 42
+    precision: str = "auto"  # auto: fp16 on GPU, fp32 on CPU
+    max_tokens_per_batch: int | None = None  # padded tokens per batch; None: chosen per device
+    max_residues: int | None = None  # longer proteins are embedded in windows; None: chosen per device
+    window_overlap: int = 256
+    concatenate: bool = False
+    output_format: str = "pt"
+    per_residue: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    splits: dict[str, Path]  # split name → FASTA, in config order
+    output_dir: Path
+    log_dir: Path
+    run: RunParams
+    models: tuple[ModelConfig, ...]
+
+
+_PATH_KEYS = ("data_dir", "raw_train_sequences", "raw_test_sequences", "splits", "output_dir", "log_dir")
+_RUN_KEYS = tuple(RunParams.__dataclass_fields__)
+_MODEL_KEYS = ("name", "device", "output_key", "precision", "max_tokens_per_batch")
+_TOP_KEYS = ("paths", "run_params", "models")
+
+
+def normalise_device(value: Any) -> str | None:
+    """0 / '0' / 'cuda' / 'cuda:1' / 'cpu' → canonical form; None when unrecognised."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value >= 0:
+        return f"cuda:{value}"
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "cpu":
+            return "cpu"
+        if text == "cuda":
+            return "cuda:0"
+        match = re.fullmatch(r"(?:cuda:)?(\d+)", text)
+        if match:
+            return f"cuda:{int(match.group(1))}"
+    return None
+
+
+class _Checker:
+    """Collects problems while reading the YAML so that the user sees all of them at once."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.problems: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.problems.append(f"{self.source}: {where}: {message}")
+
+    def known_keys(self, table: dict, allowed: tuple[str, ...], where: str) -> None:
+        for key in table:
+            if key not in allowed:
+                near = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f"did you mean '{near[0]}'?" if near else f"known keys: {', '.join(allowed)}"
+                self.add(f"{where}{key}", f"unknown key ({hint})")
+
+    def table(self, parent: dict, key: str, where: str, required: bool) -> dict:
+        value = parent.get(key)
+        if value is None:
+            if required:
+                self.add(f"{where}{key}", "missing; add this section")
+            return {}
+        if not isinstance(value, dict):
+            self.add(f"{where}{key}", f"must be a mapping of keys, got {type(value).__name__}")
+            return {}
+        return value
+
+    def positive_int(self, table: dict, key: str, where: str, default: int | None, minimum: int = 1) -> int | None:
+        value = table.get(key, default)
+        if value is None or (key not in table):
+            return default
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.add(f"{where}{key}", f"must be an integer ≥ {minimum}, got {value!r}")
+            return default
+        return value
+
+    def choice(self, table: dict, key: str, where: str, default: str, choices: tuple[str, ...]) -> str:
+        value = table.get(key, default)
+        if value not in choices:
+            self.add(f"{where}{key}", f"must be one of {', '.join(choices)}, got {value!r}")
+            return default
+        return value
+
+    def boolean(self, table: dict, key: str, where: str, default: bool) -> bool:
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            self.add(f"{where}{key}", f"must be true or false, got {value!r}")
+            return default
+        return value
+
+    def path(self, table: dict, key: str, where: str, required: bool) -> Path | None:
+        value = table.get(key)
+        if value is None:
+            if required:
+                self.add(f"{where}{key}", "missing; give a path")
+            return None
+        if not isinstance(value, str) or not value.strip():
+            self.add(f"{where}{key}", f"must be a path (text), got {value!r}")
+            return None
+        return Path(value).expanduser()
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found; pass --config with the path to your config_t5.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}: not valid YAML at {where}: {problem}; fix the indentation or quoting there") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file; save the config as plain text") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the config must be a YAML mapping with sections {', '.join(_TOP_KEYS)}")
+    return data
+
+
+def _read_splits(check: _Checker, paths: dict, data_dir: Path) -> dict[str, Path]:
+    splits: dict[str, Path] = {}
+    for split, key in (("train", "raw_train_sequences"), ("test", "raw_test_sequences")):
+        file = check.path(paths, key, "paths.", required=False)
+        if file is not None:
+            splits[split] = file
+    extra = check.table(paths, "splits", "paths.", required=False)
+    for name, file in extra.items():
+        where = f"paths.splits.{name}"
+        if not isinstance(name, str) or not SPLIT_NAME.match(name):
+            check.add(where, "split names may use letters, digits, '_', '-' and '.' only")
+        elif name in splits:
+            check.add(where, f"split '{name}' is already named by raw_{name}_sequences; choose another name")
+        elif not isinstance(file, str) or not file.strip():
+            check.add(where, f"must be a FASTA path, got {file!r}")
+        else:
+            splits[name] = Path(file).expanduser()
+    if not splits and not check.problems:
+        check.add("paths", "no FASTA split named; set raw_train_sequences, raw_test_sequences or splits")
+    return {name: (file if file.is_absolute() else data_dir / file) for name, file in splits.items()}
+
+
+def _read_models(check: _Checker, models: dict, run: RunParams) -> tuple[ModelConfig, ...]:
+    result = []
+    for key, spec in models.items():
+        where = f"models.{key}."
+        if not isinstance(spec, dict):
+            check.add(f"models.{key}", "must be a mapping with name, device and output_key")
+            continue
+        check.known_keys(spec, _MODEL_KEYS, where)
+        name = spec.get("name")
+        if not isinstance(name, str) or not name.strip():
+            check.add(f"{where}name", "missing; give a hub id (e.g. Rostlab/prot_t5_xl_half_uniref50-enc) or a local directory")
+            name = ""
+        raw_devices = spec.get("device", "cpu")
+        raw_list = raw_devices if isinstance(raw_devices, list) else [raw_devices]
+        devices = tuple(normalise_device(d) for d in raw_list)
+        if not raw_list or None in devices:
+            check.add(f"{where}device", f"must be a CUDA index, 'cuda:N', 'cpu', or a list of them, got {raw_devices!r}")
+        output_key = spec.get("output_key", key)
+        if not isinstance(output_key, str) or not SPLIT_NAME.match(output_key):
+            check.add(f"{where}output_key", "must be text of letters, digits, '_', '-' or '.', used in file names")
+            output_key = str(key)
+        precision = check.choice(spec, "precision", where, run.precision, PRECISIONS)
+        budget = check.positive_int(spec, "max_tokens_per_batch", where, run.max_tokens_per_batch)
+        result.append(ModelConfig(str(key), name, tuple(d for d in devices if d), output_key, precision, budget))
+    seen: dict[str, str] = {}
+    for model in result:
+        if model.output_key in seen or model.output_key == "concat":
+            check.add(
+                f"models.{model.key}.output_key",
+                f"'{model.output_key}' is already used ({seen.get(model.output_key, 'concatenated file')}); "
+                "each model needs its own output_key",
+            )
+        seen[model.output_key] = f"by models.{model.key}"
+    if not result and not check.problems:
+        check.add("models", "no model configured; add at least one under models:")
+    return tuple(result)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the config; raise UserError listing every problem found."""
+    data = _read_yaml(path)
+    check = _Checker(str(path))
+    check.known_keys(data, _TOP_KEYS, "")
+    paths = check.table(data, "paths", "", required=True)
+    run_table = check.table(data, "run_params", "", required=False)
+    models_table = check.table(data, "models", "", required=True)
+    check.known_keys(paths, _PATH_KEYS, "paths.")
+    check.known_keys(run_table, _RUN_KEYS, "run_params.")
+
+    defaults = RunParams()
+    run = RunParams(
+        batch_size=check.positive_int(run_table, "batch_size", "run_params.", defaults.batch_size),
+        save_every_n_batches=check.positive_int(
+            run_table, "save_every_n_batches", "run_params.", defaults.save_every_n_batches
+        ),
+        seed=check.positive_int(run_table, "seed", "run_params.", defaults.seed, minimum=0),
+        precision=check.choice(run_table, "precision", "run_params.", defaults.precision, PRECISIONS),
+        max_tokens_per_batch=check.positive_int(run_table, "max_tokens_per_batch", "run_params.", None, minimum=16),
+        max_residues=check.positive_int(run_table, "max_residues", "run_params.", None, minimum=16),
+        window_overlap=check.positive_int(run_table, "window_overlap", "run_params.", defaults.window_overlap, 0),
+        concatenate=check.boolean(run_table, "concatenate", "run_params.", defaults.concatenate),
+        output_format=check.choice(run_table, "output_format", "run_params.", defaults.output_format, OUTPUT_FORMATS),
+        per_residue=check.boolean(run_table, "per_residue", "run_params.", defaults.per_residue),
+    )
+    if run.max_residues is not None and run.window_overlap >= run.max_residues // 2:
+        check.add("run_params.window_overlap", f"must be less than half of max_residues ({run.max_residues})")
+    if run.per_residue and run.output_format == "pt":
+        check.add("run_params.per_residue", "per-residue embeddings are written to HDF5; set output_format: h5 or both")
+
+    data_dir = check.path(paths, "data_dir", "paths.", required=False) or Path(".")
+    splits = _read_splits(check, paths, data_dir)
+    output_dir = check.path(paths, "output_dir", "paths.", required=True)
+    log_dir = check.path(paths, "log_dir", "paths.", required=False)
+    models = _read_models(check, models_table, run)
+    if check.problems:
+        raise UserError(check.problems)
+    assert output_dir is not None
+    return Config(path, splits, output_dir, log_dir or Path("logs"), run, models)

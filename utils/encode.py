@@ -1,0 +1,230 @@
+"""Tokenizer + encoder on one device: sequences → per-protein vectors (and, on request, residue rows).
+
+fp16 on GPU for the whole encoder (T5's `wo` layers included, which transformers would otherwise keep in fp32),
+fp32 on CPU. Out of memory splits the batch and retries, down to one protein; one protein that still does not fit,
+or that is longer than `max_residues`, is embedded in overlapping windows, and the output records it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from utils.batching import padded_tokens, window_spans
+from utils.families import Architecture, Family
+from utils.pooling import mean_over_residues, merge_windows, residue_rows
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+MODEL_LOAD_OPTIONS = {"EsmModel": {"add_pooling_layer": False}}
+
+
+class TokenLayoutError(RuntimeError):
+    """The tokenizer did not produce one token per residue: wrong tokenizer or model text."""
+
+
+@dataclass
+class Embedded:
+    pooled: torch.Tensor  # [D] float32
+    residues: torch.Tensor | None  # [L, D] float16, when per-residue output is asked for
+    note: dict[str, Any] | None  # anything done to the protein that the user should know
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    if precision == "auto":
+        return "fp32" if device == "cpu" else "fp16"
+    return precision
+
+
+def device_memory_bytes(device: str) -> int:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def estimate_peak_bytes(arch: Architecture, dtype_bytes: int, items: int, tokens: int) -> int:
+    """Weights + activations of one forward pass over `items` rows of `tokens` tokens (a deliberate over-estimate).
+
+    T5 materialises its position bias (heads × T × T) and, with the padding mask added, a second copy, and the
+    attention kernel reads a third; other families pass only a T × T mask to a fused SDPA kernel.
+    """
+    weights = arch.params * dtype_bytes
+    per_token = dtype_bytes * (8 * arch.hidden + 2 * arch.ffn)
+    square = dtype_bytes * tokens * tokens * (3 * arch.heads if arch.position_bias else 1)
+    return weights + items * (tokens * per_token + square)
+
+
+def auto_token_budget(arch: Architecture, dtype_bytes: int, memory_bytes: int, device: str) -> int:
+    if device == "cpu":
+        # Larger CPU batches only add padding and cache misses (benchmarks/throughput.py measured this).
+        return 4096
+    usable = 0.5 * memory_bytes - arch.params * dtype_bytes
+    per_token = estimate_peak_bytes(arch, dtype_bytes, 1, 1024) - arch.params * dtype_bytes
+    return int(max(1024, min(131072, usable // (per_token / 1024))))
+
+
+def auto_max_residues(arch: Architecture, dtype_bytes: int, memory_bytes: int) -> int:
+    """Longest protein embedded in one pass: one whose estimated peak fits 80% of the device."""
+    budget = 0.8 * memory_bytes
+    low, high = 16, 1 << 20
+    while low < high:
+        mid = (low + high + 1) // 2
+        if estimate_peak_bytes(arch, dtype_bytes, 1, mid + 2) <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def load_encoder(name: str, family: Family, device: str, precision: str) -> tuple[Any, torch.nn.Module]:
+    import transformers
+
+    dtype = DTYPES[precision]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(name)
+    model_class = getattr(transformers, family.model_class)
+    options = MODEL_LOAD_OPTIONS.get(family.model_class, {})
+    model = model_class.from_pretrained(name, dtype=dtype, attn_implementation="sdpa", **options)
+    # from_pretrained keeps T5's `wo` in fp32 (_keep_in_fp32_modules); cast everything so the encoder runs in one dtype.
+    model = model.to(device=torch.device(device), dtype=dtype).eval()
+    return tokenizer, model
+
+
+class Encoder:
+    """One model on one device; `embed` takes a batch of sequences and returns one Embedded per sequence."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        model: torch.nn.Module,
+        family: Family,
+        device: str,
+        max_residues: int,
+        window_overlap: int,
+        per_residue: bool = False,
+    ):
+        self.tokenizer = tokenizer
+        self.model = model
+        self.family = family
+        self.device = torch.device(device)
+        self.max_residues = max_residues
+        self.window_overlap = window_overlap
+        self.per_residue = per_residue
+        self.unk_id = tokenizer.unk_token_id
+        self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+
+    # -- tokenization -------------------------------------------------------------------------------------------
+    def tokenize(self, sequences: list[str]) -> dict[str, torch.Tensor]:
+        texts = [self.family.model_text(s) for s in sequences]
+        tokens = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=True)
+        lengths = torch.tensor([len(s) for s in sequences])
+        found = tokens["attention_mask"].sum(dim=1)
+        expected = lengths + self.family.special_tokens
+        if not torch.equal(found, expected):
+            row = int(torch.nonzero(found != expected)[0])
+            raise TokenLayoutError(
+                f"tokenizer made {int(found[row])} tokens for a {int(lengths[row])}-residue protein "
+                f"(expected {int(expected[row])}); the tokenizer does not match the {self.family.label} layout"
+            )
+        residue_ids = tokens["input_ids"][:, self.family.residue_slice(int(lengths.max()))]
+        in_protein = torch.arange(residue_ids.shape[1])[None, :] < lengths[:, None]
+        if self.unk_id is not None and bool(((residue_ids == self.unk_id) & in_protein).any()):
+            raise TokenLayoutError(
+                f"tokenizer produced <unk> for residues; the tokenizer does not match the {self.family.label} "
+                "layout (spaces between residues, upper case)"
+            )
+        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"], "lengths": lengths}
+
+    def tokenize_ahead(self, sequences: list[str]):
+        """Start tokenizing the next batch on a CPU thread while the device runs the current one."""
+        return self._prefetch.submit(self.tokenize, sequences)
+
+    # -- forward ------------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward(self, tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """→ (pooled [B, D] float32 on the device, hidden [B, T, D] on the device)."""
+        pin = self.device.type == "cuda"
+        input_ids = tokens["input_ids"].pin_memory() if pin else tokens["input_ids"]
+        mask = tokens["attention_mask"].pin_memory() if pin else tokens["attention_mask"]
+        input_ids = input_ids.to(self.device, non_blocking=True)
+        mask = mask.to(self.device, non_blocking=True)
+        hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        lengths = tokens["lengths"].to(self.device, non_blocking=True)
+        return mean_over_residues(hidden, lengths, self.family.residue_offset), hidden
+
+    def _run(self, sequences: list[str], tokens: dict[str, torch.Tensor] | None) -> list[Embedded]:
+        tokens = tokens if tokens is not None else self.tokenize(sequences)
+        pooled, hidden = self.forward(tokens)
+        pooled = pooled.cpu()  # the one device-to-host copy per batch
+        residues: list[torch.Tensor | None] = [None] * len(sequences)
+        if self.per_residue:
+            lengths = [len(s) for s in sequences]
+            residues = [r.half().cpu() for r in residue_rows(hidden, lengths, self.family.residue_offset)]
+        return [Embedded(pooled[i], residues[i], None) for i in range(len(sequences))]
+
+    def embed(self, sequences: list[str], tokens: dict[str, torch.Tensor] | None = None) -> list[Embedded]:
+        """Embed one batch; over-long proteins go through windows; out of memory halves the batch and retries."""
+        if any(len(s) > self.max_residues for s in sequences):
+            return [
+                self.embed_windows(s, self.max_residues, "longer than max_residues")
+                if len(s) > self.max_residues
+                else self.embed([s])[0]
+                for s in sequences
+            ]
+        try:
+            return self._run(sequences, tokens)
+        except torch.OutOfMemoryError:
+            pass  # leave the except block first, so the failed pass's tensors can be freed
+        self._release_memory()
+        if len(sequences) == 1:
+            window = max(16, min(self.max_residues, len(sequences[0])) // 2)
+            return [self.embed_windows(sequences[0], window, "out of memory at full length")]
+        half = len(sequences) // 2
+        return self.embed(sequences[:half]) + self.embed(sequences[half:])
+
+    def embed_windows(self, sequence: str, window: int, reason: str) -> Embedded:
+        """Overlapping windows, each encoded as a protein of its own; residue rows averaged where windows overlap."""
+        overlap = min(self.window_overlap, window // 4)
+        while True:
+            spans = window_spans(len(sequence), window, overlap)
+            try:
+                rows = []
+                for start, end in spans:
+                    piece = sequence[start:end]
+                    _, hidden = self.forward(self.tokenize([piece]))
+                    rows.append(residue_rows(hidden, [len(piece)], self.family.residue_offset)[0].float().cpu())
+                break
+            except torch.OutOfMemoryError:
+                pass
+            self._release_memory()
+            if window <= 16:
+                raise RuntimeError(f"a {len(sequence)}-residue protein does not fit even in 16-residue windows")
+            window, overlap = window // 2, min(overlap, window // 8)
+        merged = merge_windows(rows, spans, len(sequence))
+        note = {"windows": len(spans), "window_residues": window, "overlap": overlap, "reason": reason}
+        return Embedded(merged.mean(dim=0), merged.half() if self.per_residue else None, note)
+
+    def _release_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def close(self) -> None:
+        self._prefetch.shutdown(wait=False)
+
+
+def flops_per_token(arch: Architecture, tokens: int) -> float:
+    """Forward FLOPs per token: 2 × matmul parameters + attention's two T × d products per layer."""
+    return 2 * (arch.params) + 4 * arch.layers * tokens * arch.hidden
+
+
+def padding_fraction(batches_lengths: list[list[int]], special_tokens: int) -> float:
+    real = sum(sum(lengths) + special_tokens * len(lengths) for lengths in batches_lengths)
+    padded = sum(padded_tokens(lengths, special_tokens) for lengths in batches_lengths)
+    return 1 - real / padded if padded else 0.0
+
+
+def is_finite(vector: torch.Tensor) -> bool:
+    return bool(torch.isfinite(vector).all()) and not math.isnan(float(vector.sum()))

@@ -1,0 +1,100 @@
+"""Per model family: how a sequence becomes model text, where its residues sit among the tokens, how to load it.
+
+All family differences live here, as data. The family is detected from the checkpoint (config `model_type`,
+tokenizer vocabulary), never from the config key's name. Facts: ../shared/DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from utils.errors import UserError
+
+RARE_TO_X = str.maketrans({"U": "X", "Z": "X", "O": "X", "B": "X"})
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # stable identifier written into outputs
+    label: str  # what users call it
+    prefix: str  # model text before the first residue
+    separator: str  # between residues
+    rare_to_x: bool  # U/Z/O/B → X before tokenizing (ProtT5's training convention)
+    residue_offset: int  # token index of the first residue
+    special_tokens: int  # tokens besides residues (prefix and end markers)
+    model_class: str  # transformers class that loads the encoder alone
+    licence: str = ""
+
+    def model_text(self, sequence: str) -> str:
+        residues = sequence.translate(RARE_TO_X) if self.rare_to_x else sequence
+        return self.prefix + self.separator.join(residues)
+
+    def residue_slice(self, n_residues: int) -> slice:
+        return slice(self.residue_offset, self.residue_offset + n_residues)
+
+
+PROT_T5 = Family("prot_t5", "ProtT5", "", " ", True, 0, 1, "T5EncoderModel")
+PROST_T5 = Family("prost_t5", "ProstT5", "<AA2fold> ", " ", True, 1, 2, "T5EncoderModel")
+ESM2 = Family("esm2", "ESM2", "", "", False, 1, 2, "EsmModel")
+ESM1B = Family("esm1b", "ESM-1b", "", "", False, 1, 2, "EsmModel")
+ESMC = Family(
+    "esmc",
+    "ESM C",
+    "",
+    "",
+    False,
+    1,
+    2,
+    "EsmcModel",
+    licence="ESM C 600M weights are under the EvolutionaryScale Cambrian Non-Commercial License; 300M under Cambrian Open",
+)
+FAMILIES = {family.name: family for family in (PROT_T5, PROST_T5, ESM2, ESM1B, ESMC)}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What memory and FLOP estimates need to know about an encoder."""
+
+    hidden: int
+    layers: int
+    heads: int
+    ffn: int
+    params: int  # encoder parameters (approximate, from shapes)
+    position_bias: bool  # T5 materialises a heads × L × L bias tensor
+    max_residues: int | None  # learned absolute positions cap the length
+
+
+def detect_family(model_config: Any, vocabulary: dict[str, int], model_name: str) -> Family:
+    model_type = getattr(model_config, "model_type", None)
+    if model_type in ("t5", "mt5"):
+        return PROST_T5 if "<AA2fold>" in vocabulary else PROT_T5
+    if model_type == "esm":
+        if getattr(model_config, "position_embedding_type", "absolute") == "absolute":
+            return ESM1B
+        return ESM2
+    if model_type == "esmc":
+        return ESMC
+    raise UserError(
+        f"model {model_name}: checkpoint type {model_type!r} is not supported; "
+        "use a ProtT5, ProstT5, ESM2, ESM-1b or ESM C checkpoint"
+    )
+
+
+def architecture(model_config: Any) -> Architecture:
+    c = model_config
+    if getattr(c, "model_type", None) in ("t5", "mt5"):
+        layers, hidden, heads, ffn = c.num_layers, c.d_model, c.num_heads, c.d_ff
+        inner = c.num_heads * c.d_kv
+        gated = 3 if "gated" in str(getattr(c, "feed_forward_proj", "")) else 2
+        params = layers * (4 * hidden * inner + gated * hidden * ffn) + c.vocab_size * hidden
+        return Architecture(hidden, layers, heads, ffn, params, True, None)
+    layers, hidden, heads = c.num_hidden_layers, c.hidden_size, c.num_attention_heads
+    ffn = getattr(c, "intermediate_size", 4 * hidden)
+    gated = 3 if getattr(c, "model_type", None) == "esmc" else 2
+    params = layers * (4 * hidden * hidden + gated * hidden * ffn) + c.vocab_size * hidden
+    max_residues = None
+    if getattr(c, "model_type", None) == "esm" and getattr(c, "position_embedding_type", None) == "absolute":
+        # positions start after the padding index, and <cls>/<eos> take two of them: 1026 → 1022 for ESM-1b
+        max_residues = c.max_position_embeddings - (c.pad_token_id + 1) - 2
+    return Architecture(hidden, layers, heads, ffn, params, False, max_residues)

@@ -1,0 +1,141 @@
+"""Checks that need the machine (devices, models, disk) and turn the config into per-model facts, before any
+model's weights load. Each problem is one line naming the culprit and the fix."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from utils.config import Config, ModelConfig
+from utils.errors import UserError
+from utils.families import Architecture, Family, architecture, detect_family
+from utils.fasta import Record
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    config: ModelConfig
+    source: str  # what from_pretrained gets: the local directory or the hub id
+    family: Family
+    arch: Architecture
+    identity: str  # changes when the checkpoint's files change (hub revision, or local files' sizes and times)
+
+    @property
+    def dim(self) -> int:
+        return self.arch.hidden
+
+
+def check_devices(config: Config) -> list[str]:
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    problems = []
+    for model in config.models:
+        for device in model.devices:
+            if device != "cpu" and int(device.split(":")[1]) >= count:
+                have = f"{count} GPU(s) (cuda:0..cuda:{count - 1})" if count else "no usable GPU"
+                problems.append(
+                    f"models.{model.key}.device: {device} does not exist, this machine has {have}; "
+                    "set device to an existing GPU or to cpu"
+                )
+    return problems
+
+
+def _local_identity(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(directory.iterdir()):
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return "local:" + digest.hexdigest()[:16]
+
+
+def _locate(model: ModelConfig) -> tuple[str, str]:
+    """→ (source for from_pretrained, identity); raises UserError when neither local nor on the hub."""
+    where = f"models.{model.key}.name"
+    local = Path(model.name).expanduser()
+    if local.exists() or model.name.startswith((".", "/", "~")):
+        if not (local / "config.json").is_file():
+            raise UserError(f"{where}: {model.name} is not a model directory (no config.json); point it at a checkpoint")
+        return str(local), _local_identity(local)
+    from huggingface_hub import snapshot_download
+
+    try:
+        cached = snapshot_download(model.name, local_files_only=True)
+        return model.name, "hub:" + Path(cached).name
+    except Exception:
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if offline:
+        raise UserError(
+            f"{where}: {model.name} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+            "download it once with network access, or set name to a local checkpoint directory"
+        )
+    try:
+        from huggingface_hub import model_info
+
+        info = model_info(model.name, timeout=15)
+        return model.name, "hub:" + str(info.sha)
+    except Exception as exc:
+        reason = type(exc).__name__
+        raise UserError(
+            f"{where}: {model.name} is neither a local directory nor in the Hugging Face cache, and the hub "
+            f"could not be reached ({reason}); check the id and your network, or set name to a local directory"
+        ) from None
+
+
+def resolve_model(model: ModelConfig) -> ResolvedModel:
+    source, identity = _locate(model)
+    from transformers import AutoConfig, AutoTokenizer
+
+    where = f"models.{model.key}.name"
+    try:
+        model_config = AutoConfig.from_pretrained(source)
+        vocabulary = AutoTokenizer.from_pretrained(source).get_vocab()
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{where}: {model.name} could not be read as a checkpoint ({first})") from None
+    family = detect_family(model_config, vocabulary, model.name)
+    return ResolvedModel(model, source, family, architecture(model_config), identity)
+
+
+def resolve_models(config: Config) -> tuple[list[ResolvedModel], list[str]]:
+    resolved, problems = [], []
+    for model in config.models:
+        try:
+            resolved.append(resolve_model(model))
+        except UserError as exc:
+            problems += exc.problems
+    return resolved, problems
+
+
+def estimate_output_bytes(config: Config, splits: dict[str, list[Record]], models: list[ResolvedModel]) -> int:
+    """Final files plus chunks (with a margin for containers)."""
+    proteins = sum(len(records) for records in splits.values())
+    residues = sum(len(r.sequence) for records in splits.values() for r in records)
+    files = 2 if config.run.output_format == "both" else 1
+    total = 0
+    for model in models:
+        total += proteins * model.dim * (2 * files + 4)  # float16 finals + float32 chunk rows
+        if config.run.per_residue:
+            total += residues * model.dim * 2 * 2  # per-residue HDF5 + chunks
+    if config.run.concatenate:
+        total += proteins * sum(m.dim for m in models) * 2
+    return int(total * 1.1) + (1 << 20)
+
+
+def check_disk(config: Config, splits: dict[str, list[Record]], models: list[ResolvedModel]) -> list[str]:
+    needed = estimate_output_bytes(config, splits, models)
+    existing = config.output_dir.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        return [
+            f"paths.output_dir: {config.output_dir} has {free / 1e9:.2f} GB free but this job needs about "
+            f"{needed / 1e9:.2f} GB; free some space or choose another output_dir"
+        ]
+    return []

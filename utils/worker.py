@@ -1,0 +1,192 @@
+"""One worker process: one model (or one shard of it) on one device, every split's unique sequences, in chunks.
+
+The worker loads its model once, plans length-sorted batches over all its sequences, skips the chunks a previous
+run finished, and writes each new chunk atomically. SIGTERM / Ctrl-C: the current batch finishes, the finished
+batches of the current chunk are written, and the worker exits with INTERRUPTED.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from utils.batching import chunked, plan_batches
+from utils.encode import (
+    DTYPES,
+    Encoder,
+    TokenLayoutError,
+    auto_max_residues,
+    auto_token_budget,
+    device_memory_bytes,
+    load_encoder,
+)
+from utils.families import FAMILIES, Architecture
+from utils.store import ChunkStore, sequence_digest
+
+INTERRUPTED = 3
+FAILED = 1
+
+
+@dataclass(frozen=True)
+class WorkOrder:
+    label: str  # model key, with the shard when sharded
+    model_name: str
+    family: str
+    arch: Architecture
+    device: str
+    precision: str
+    token_budget: int | None
+    max_items: int
+    max_residues: int | None
+    window_overlap: int
+    per_residue: bool
+    batches_per_chunk: int
+    chunk_dir: Path
+    fingerprint: str
+    sequences: tuple[str, ...]  # unique, this shard's
+    log_path: Path
+    bar_position: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    token_budget: int
+    max_residues: int
+
+
+def resolve_limits(order: WorkOrder) -> Limits:
+    dtype_bytes = DTYPES[order.precision].itemsize
+    memory = device_memory_bytes(order.device)
+    budget = order.token_budget or auto_token_budget(order.arch, dtype_bytes, memory, order.device)
+    longest = order.max_residues or auto_max_residues(order.arch, dtype_bytes, memory)
+    if order.arch.max_residues is not None:
+        longest = min(longest, order.arch.max_residues)
+    return Limits(budget, longest)
+
+
+def _die_with_parent() -> None:
+    """A worker must not outlive a main process killed with SIGKILL (it would hold the device and write chunks)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _logger(path: Path) -> logging.Logger:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(f"worker.{path.stem}")
+    logger.setLevel(logging.INFO)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    return logger
+
+
+def run(order: WorkOrder) -> int:
+    """Process entry point. Returns 0 when every sequence is in a chunk."""
+    _die_with_parent()
+    stop = {"requested": False}
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop["requested"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    log = _logger(order.log_path)
+    try:
+        return _run(order, log, stop)
+    except TokenLayoutError as exc:
+        log.error("%s", exc)
+        print(f"error: model {order.label}: {exc}", file=sys.stderr)
+        return FAILED
+    except Exception:
+        log.exception("worker failed")
+        raise
+
+
+def _run(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) -> int:
+    from tqdm import tqdm
+
+    torch.manual_seed(order.seed)
+    family = FAMILIES[order.family]
+    store = ChunkStore(order.chunk_dir, order.fingerprint)
+    done, stale = store.load(remove_stale=True)
+    if stale:
+        message = f"{order.label}: {stale} chunk(s) from other settings or inputs were set aside and will be recomputed"
+        log.warning(message)
+        print(f"note: {message}", file=sys.stderr)
+
+    sequences = list(order.sequences)
+    digests = [sequence_digest(s) for s in sequences]
+    limits = resolve_limits(order)
+    lengths = [min(len(s), limits.max_residues) for s in sequences]
+    batches = plan_batches(lengths, limits.token_budget, order.max_items, family.special_tokens)
+    pending = [b for b in batches if any(digests[i] not in done for i in b)]
+    residues_todo = sum(len(sequences[i]) for b in pending for i in b)
+    log.info(
+        "model %s (%s) on %s, %s; %d unique sequences, %d already in chunks; token budget %d, max residues %d",
+        order.model_name, family.label, order.device, order.precision, len(sequences),
+        sum(d in done for d in digests), limits.token_budget, limits.max_residues,
+    )  # fmt: skip
+    if not pending:
+        return 0
+
+    started = time.perf_counter()
+    tokenizer, model = load_encoder(order.model_name, family, order.device, order.precision)
+    log.info("model loaded in %.1f s", time.perf_counter() - started)
+    encoder = Encoder(
+        tokenizer, model, family, order.device, limits.max_residues, order.window_overlap, order.per_residue
+    )
+    bar = tqdm(
+        total=residues_todo, unit="res", unit_scale=True, desc=order.label, position=order.bar_position,
+        dynamic_ncols=True, leave=True, file=sys.stderr, postfix={"proteins": 0},
+    )  # fmt: skip
+    proteins = 0
+    try:
+        for chunk in chunked(batches, order.batches_per_chunk):
+            todo = [b for b in chunk if any(digests[i] not in done for i in b)]
+            if not todo:
+                continue
+            chunk_digests: list[str] = []
+            chunk_embedded: list = []
+            ahead = encoder.tokenize_ahead([sequences[i] for i in todo[0]])
+            for k, batch in enumerate(todo):
+                batch_sequences = [sequences[i] for i in batch]
+                tokens = _tokens_or_none(ahead, batch_sequences, limits.max_residues)
+                if k + 1 < len(todo):
+                    ahead = encoder.tokenize_ahead([sequences[i] for i in todo[k + 1]])
+                embedded = encoder.embed(batch_sequences, tokens)
+                chunk_digests += [digests[i] for i in batch]
+                chunk_embedded += embedded
+                for e, i in zip(embedded, batch, strict=True):
+                    if e.note:
+                        log.info("sequence %s (%d residues): %s", digests[i][:12], len(sequences[i]), e.note)
+                proteins += len(batch)
+                bar.update(sum(len(s) for s in batch_sequences))
+                bar.set_postfix(proteins=proteins, refresh=False)
+                if stop["requested"]:
+                    break
+            path = store.write(chunk_digests, chunk_embedded, order.per_residue)
+            log.info("wrote %s (%d proteins)", path.name, len(chunk_digests))
+            if stop["requested"]:
+                log.warning("stopped by signal after %d proteins; finished chunks are kept", proteins)
+                return INTERRUPTED
+    finally:
+        bar.close()
+        encoder.close()
+    elapsed = time.perf_counter() - started
+    log.info("done: %d proteins, %d residues in %.1f s", proteins, residues_todo, elapsed)
+    return 0
+
+
+def _tokens_or_none(future, sequences: list[str], max_residues: int):
+    """Prefetched tokens, unless the batch goes through windows (which tokenize each window themselves)."""
+    tokens = future.result()  # raises TokenLayoutError in this thread, where it is reported
+    return None if any(len(s) > max_residues for s in sequences) else tokens
