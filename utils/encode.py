@@ -83,6 +83,9 @@ def auto_max_residues(arch: Architecture, dtype_bytes: int, memory_bytes: int) -
 def load_encoder(name: str, family: Family, device: str, precision: str) -> tuple[Any, torch.nn.Module]:
     import transformers
 
+    # The job draws its own progress bar; transformers' per-load bars and warnings would interleave with it.
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
     dtype = DTYPES[precision]
     tokenizer = transformers.AutoTokenizer.from_pretrained(name)
     model_class = getattr(transformers, family.model_class)
@@ -169,7 +172,7 @@ class Encoder:
         """Embed one batch; over-long proteins go through windows; out of memory halves the batch and retries."""
         if any(len(s) > self.max_residues for s in sequences):
             return [
-                self.embed_windows(s, self.max_residues, "longer than max_residues")
+                self.embed_windows(s, self.max_residues, f"longer than {self.max_residues} residues")
                 if len(s) > self.max_residues
                 else self.embed([s])[0]
                 for s in sequences
