@@ -23,7 +23,11 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 MODEL_LOAD_OPTIONS = {"EsmModel": {"add_pooling_layer": False}}
 
 
-class TokenLayoutError(RuntimeError):
+class ModelError(RuntimeError):
+    """A checkpoint that cannot give correct embeddings; the worker reports it in one line and stops."""
+
+
+class TokenLayoutError(ModelError):
     """The tokenizer did not produce one token per residue: wrong tokenizer or model text."""
 
 
@@ -90,7 +94,16 @@ def load_encoder(name: str, family: Family, device: str, precision: str) -> tupl
     tokenizer = transformers.AutoTokenizer.from_pretrained(name)
     model_class = getattr(transformers, family.model_class)
     options = MODEL_LOAD_OPTIONS.get(family.model_class, {})
-    model = model_class.from_pretrained(name, dtype=dtype, attn_implementation="sdpa", **options)
+    model, loading = model_class.from_pretrained(
+        name, dtype=dtype, attn_implementation="sdpa", output_loading_info=True, **options
+    )
+    if loading["missing_keys"]:
+        # transformers would fill these with random values and only log a warning: embeddings would be noise.
+        missing = sorted(loading["missing_keys"])
+        raise ModelError(
+            f"checkpoint {name} lacks {len(missing)} encoder weight(s) (e.g. {missing[0]}); it is incomplete or "
+            f"not a {family.label} checkpoint: download it again"
+        )
     # from_pretrained keeps T5's `wo` in fp32 (_keep_in_fp32_modules); cast everything so the encoder runs in one dtype.
     model = model.to(device=torch.device(device), dtype=dtype).eval()
     return tokenizer, model
@@ -170,13 +183,13 @@ class Encoder:
 
     def embed(self, sequences: list[str], tokens: dict[str, torch.Tensor] | None = None) -> list[Embedded]:
         """Embed one batch; over-long proteins go through windows; out of memory halves the batch and retries."""
-        if any(len(s) > self.max_residues for s in sequences):
-            return [
-                self.embed_windows(s, self.max_residues, f"longer than {self.max_residues} residues")
-                if len(s) > self.max_residues
-                else self.embed([s])[0]
-                for s in sequences
-            ]
+        long = [i for i, s in enumerate(sequences) if len(s) > self.max_residues]
+        if long:
+            reason = f"longer than {self.max_residues} residues"
+            windowed = {i: self.embed_windows(sequences[i], self.max_residues, reason) for i in long}
+            rest = [i for i in range(len(sequences)) if i not in windowed]
+            done = dict(zip(rest, self.embed([sequences[i] for i in rest]) if rest else [], strict=True))
+            return [windowed[i] if i in windowed else done[i] for i in range(len(sequences))]
         try:
             return self._run(sequences, tokens)
         except torch.OutOfMemoryError:

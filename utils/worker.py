@@ -21,7 +21,7 @@ from utils.batching import chunked, plan_batches
 from utils.encode import (
     DTYPES,
     Encoder,
-    TokenLayoutError,
+    ModelError,
     auto_max_residues,
     auto_token_budget,
     device_memory_bytes,
@@ -62,9 +62,10 @@ class Limits:
     max_residues: int
 
 
-def resolve_limits(order: WorkOrder) -> Limits:
+def resolve_limits(order: WorkOrder, memory_bytes: int | None = None) -> Limits:
+    """Token budget and longest one-pass protein for this order's device (or for `memory_bytes`, if given)."""
     dtype_bytes = DTYPES[order.precision].itemsize
-    memory = device_memory_bytes(order.device)
+    memory = memory_bytes or device_memory_bytes(order.device)
     budget = order.token_budget or auto_token_budget(order.arch, dtype_bytes, memory, order.device)
     longest = order.max_residues or auto_max_residues(order.arch, dtype_bytes, memory)
     if order.arch.max_residues is not None:
@@ -102,7 +103,7 @@ def run(order: WorkOrder) -> int:
     log = _logger(order.log_path)
     try:
         return _run(order, log, stop)
-    except TokenLayoutError as exc:
+    except ModelError as exc:
         log.error("%s", exc)
         print(f"error: model {order.label}: {exc}", file=sys.stderr)
         return FAILED
