@@ -19,10 +19,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from utils import worker
 from utils.config import Config, load_config
 from utils.errors import UserError
 from utils.fasta import Record, read_fasta
+from utils.preflight import ResolvedModel
 from utils.store import OutputLock, sequence_digest
+from utils.worker import WorkOrder
 
 BAD_INPUT, MODEL_FAILED, INTERRUPTED_EXIT = 2, 1, 130
 
@@ -97,14 +100,24 @@ def model_fingerprint(config: Config, model) -> str:
 
 @dataclass
 class Job:
-    model: object  # ResolvedModel
-    orders: list = field(default_factory=list)
-    exit_codes: list = field(default_factory=list)
+    """One model: its work orders (one per device it is sharded over) and how each worker ended."""
+
+    model: ResolvedModel
+    orders: list[WorkOrder] = field(default_factory=list)
+    exit_codes: list[int] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return len(self.exit_codes) == len(self.orders) and all(code == 0 for code in self.exit_codes)
+
+    @property
+    def failed(self) -> bool:
+        return any(code not in (0, worker.INTERRUPTED) for code in self.exit_codes)
+    merged: dict = field(default_factory=dict)  # split → float16 [N, D], kept for the concatenated file
 
 
 def plan_jobs(config: Config, splits: dict[str, list[Record]], models: list) -> list[Job]:
     from utils.encode import resolve_precision
-    from utils.worker import WorkOrder
 
     sequences = unique_sequences(splits)
     jobs = []
@@ -112,7 +125,8 @@ def plan_jobs(config: Config, splits: dict[str, list[Record]], models: list) -> 
         chunk_dir = config.output_dir / ".chunks" / model.config.output_key
         devices = model.config.devices
         job = Job(model)
-        for shard, (device, shard_sequences) in enumerate(zip(devices, shard_by_residues(sequences, len(devices)))):
+        shards = shard_by_residues(sequences, len(devices))
+        for shard, (device, shard_sequences) in enumerate(zip(devices, shards, strict=True)):
             label = model.config.key if len(devices) == 1 else f"{model.config.key}[{shard}]"
             log_name = model.config.output_key + (f".shard{shard}" if len(devices) > 1 else "")
             job.orders.append(
@@ -141,9 +155,7 @@ def plan_jobs(config: Config, splits: dict[str, list[Record]], models: list) -> 
     return jobs
 
 
-def _worker_main(order) -> None:
-    from utils import worker
-
+def _worker_main(order: WorkOrder) -> None:
     sys.exit(worker.run(order))
 
 
@@ -169,7 +181,7 @@ class Runner:
 
         for job, order in items:
             if self.stopping.is_set():
-                job.exit_codes.append(INTERRUPTED_EXIT)
+                job.exit_codes.append(worker.INTERRUPTED)
                 continue
             process = self.context.Process(target=_worker_main, args=(replace(order, bar_position=position),))
             with self.lock:
@@ -182,7 +194,7 @@ class Runner:
 
     def stop(self, signum: int, _frame: object) -> None:
         if not self.stopping.is_set():
-            print("\nstopping: finishing the current batch of each worker and keeping finished chunks ...", file=sys.stderr)
+            print("\nstopping: each worker finishes its current batch and keeps its finished chunks", file=sys.stderr)
         self.stopping.set()
         with self.lock:
             for process in self.running:
@@ -208,7 +220,7 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
     """Chunks → one final file per split, in input order; returns one summary line per file."""
     import torch
 
-    from utils.output import h5_path, pt_path, write_h5, write_pt
+    from utils.output import h5_path, residues_h5_path, write_outputs
     from utils.store import ChunkStore
 
     model = job.model
@@ -219,7 +231,8 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
         rows = [found.get(sequence_digest(r.sequence)) for r in records]
         missing = [r.id for r, row in zip(records, rows, strict=True) if row is None]
         if missing:
-            raise RuntimeError(f"model {model.config.key}: no embedding for {len(missing)} protein(s), e.g. {missing[0]}")
+            example = missing[0]
+            raise RuntimeError(f"model {model.config.key}: {len(missing)} protein(s) have no embedding, e.g. {example}")
         ids = [r.id for r in records]
         embeddings = torch.stack([row.pooled for row in rows]).to(torch.float16)
         windowed = {r.id: row.note for r, row in zip(records, rows, strict=True) if row.note}
@@ -239,34 +252,52 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
         }
         if model.family.licence:
             meta["licence"] = model.family.licence
-        if config.run.output_format in ("pt", "both"):
-            write_pt(pt_path(config.output_dir, split, model.config.output_key), ids, embeddings, meta)
-        if config.run.output_format in ("h5", "both"):
-            residues = [row.residues for row in rows] if config.run.per_residue else None
-            write_h5(h5_path(config.output_dir, split, model.config.output_key), ids, embeddings, meta, residues)
+        key = model.config.output_key
+        write_outputs(config.output_dir, split, key, ids, embeddings, meta, config.run.output_format)
+        if config.run.per_residue:
+            write_residue_rows(store, records, residues_h5_path(h5_path(config.output_dir, split, key)), meta)
+        if config.run.concatenate:
+            job.merged[split] = embeddings
         note = f", {len(windowed)} embedded in windows (see meta['windowed'])" if windowed else ""
         lines.append(f"{split} {model.config.output_key}: {len(ids)} proteins × {model.dim}{note}")
     return lines
 
 
-def write_concatenated(config: Config, splits: dict[str, list[Record]], jobs: list[Job]) -> list[str]:
-    import torch
+def write_residue_rows(store, records: list[Record], path: Path, meta: dict) -> None:
+    """Per-residue rows streamed chunk by chunk, since a whole job's would not fit in memory. The datasets are
+    created empty in input order first, so the file still lists proteins in input order."""
+    from utils.output import H5Writer
 
-    from utils.output import pt_path, write_pt
+    ids_by_digest: dict[str, list[str]] = {}
+    with H5Writer(path, {**meta, "rows": "residue rows only, [L, D] float16 per protein"}) as writer:
+        for record in records:
+            writer.reserve(record.id, (len(record.sequence), meta["dim"]))
+            ids_by_digest.setdefault(sequence_digest(record.sequence), []).append(record.id)
+        for digest, rows in store.residue_rows():
+            for protein_id in ids_by_digest.pop(digest, ()):
+                writer.fill(protein_id, rows)
+        if ids_by_digest:  # raised inside the block, so no incomplete file is put in place
+            raise RuntimeError(f"{path.name}: residue rows missing for {len(ids_by_digest)} sequence(s)")
+
+
+def write_concatenated(config: Config, splits: dict[str, list[Record]], jobs: list[Job]) -> list[str]:
+    """All models side by side, in config order, from the embeddings merge_outputs kept: works for every format."""
+    from utils.output import CONCAT_KEY, concatenate, write_outputs
 
     lines = []
-    for split in splits:
-        parts, columns, start = [], {}, 0
-        for job in jobs:
-            key = job.model.config.output_key
-            data = torch.load(pt_path(config.output_dir, split, key), weights_only=True)
-            parts.append(data["embeddings"])
-            columns[key] = [start, start + data["embeddings"].shape[1]]
-            start += data["embeddings"].shape[1]
-            ids = data["ids"]
-        meta = {"models": [job.model.config.name for job in jobs], "split": split}
-        write_pt(pt_path(config.output_dir, split, "concat"), ids, torch.cat(parts, dim=1), meta, columns=columns)
-        lines.append(f"{split} concat: {len(ids)} proteins × {start}")
+    for split, records in splits.items():
+        embeddings, columns = concatenate([(job.model.config.output_key, job.merged[split]) for job in jobs])
+        meta = {
+            "models": [job.model.config.name for job in jobs],
+            "output_keys": [job.model.config.output_key for job in jobs],
+            "families": [job.model.family.label for job in jobs],
+            "split": split,
+        }
+        ids = [r.id for r in records]
+        write_outputs(
+            config.output_dir, split, CONCAT_KEY, ids, embeddings, meta, config.run.output_format, columns=columns
+        )
+        lines.append(f"{split} concat: {len(ids)} proteins × {embeddings.shape[1]}")
     return lines
 
 
@@ -280,13 +311,12 @@ def run(config: Config, splits: dict[str, list[Record]], models: list) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    failed = [job for job in jobs if any(code not in (0, INTERRUPTED_EXIT, 3) for code in job.exit_codes)]
-    interrupted = runner.stopping.is_set() or any(code in (3, INTERRUPTED_EXIT) for job in jobs for code in job.exit_codes)
-    finished = [job for job in jobs if job not in failed and all(code == 0 for code in job.exit_codes)]
+    failed = [job for job in jobs if job.failed]
     summary = []
-    for job in finished:
-        summary += merge_outputs(config, splits, job)
-    if config.run.concatenate and len(finished) == len(jobs) and jobs:
+    for job in jobs:
+        if job.finished:
+            summary += merge_outputs(config, splits, job)
+    if config.run.concatenate and all(job.finished for job in jobs):
         summary += write_concatenated(config, splits, jobs)
     for line in summary:
         print(f"wrote {line}")
@@ -295,7 +325,7 @@ def run(config: Config, splits: dict[str, list[Record]], models: list) -> int:
             f"error: model {job.model.config.key} failed; see {config.log_dir}/{job.model.config.output_key}*.log",
             file=sys.stderr,
         )
-    if interrupted and not failed:
+    if not failed and not all(job.finished for job in jobs):
         print("interrupted: finished chunks are kept; rerun the same command to resume", file=sys.stderr)
         return INTERRUPTED_EXIT
     print(f"done in {time.perf_counter() - started:.1f} s; outputs in {config.output_dir}", file=sys.stderr)

@@ -47,7 +47,12 @@ ESMC = Family(
     1,
     2,
     "EsmcModel",
-    licence="ESM C 600M weights are under the EvolutionaryScale Cambrian Non-Commercial License; 300M under Cambrian Open",
+    licence=(
+        "ESM C: check the licence on the model card of the checkpoint you use. Biohub releases the transformers "
+        "checkpoints biohub/ESMC-300M, biohub/ESMC-600M and biohub/ESMC-6B under the MIT license "
+        "(github.com/Biohub/esm); the 2024 EvolutionaryScale releases were under the Cambrian Open License "
+        "(esmc-300m-2024-12) and the Cambrian Non-Commercial License (esmc-600m-2024-12)"
+    ),
 )
 FAMILIES = {family.name: family for family in (PROT_T5, PROST_T5, ESM2, ESM1B, ESMC)}
 
@@ -70,6 +75,7 @@ def detect_family(model_config: Any, vocabulary: dict[str, int], model_name: str
     if model_type in ("t5", "mt5"):
         return PROST_T5 if "<AA2fold>" in vocabulary else PROT_T5
     if model_type == "esm":
+        # ESM-1b (and ESM-1v) learn absolute positions; ESM2 uses rotary embeddings.
         if getattr(model_config, "position_embedding_type", "absolute") == "absolute":
             return ESM1B
         return ESM2

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,6 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 @dataclass
 class StoredEmbedding:
     pooled: torch.Tensor  # [D] float32
-    residues: torch.Tensor | None
     note: dict[str, Any] | None
 
 
@@ -72,25 +72,38 @@ class ChunkStore:
     def chunk_files(self) -> list[Path]:
         return sorted(self.directory.glob(f"*{CHUNK_SUFFIX}")) if self.directory.is_dir() else []
 
+    def _read(self, path: Path) -> dict | None:
+        """The chunk at `path` if it is readable and of this fingerprint, else None."""
+        try:
+            chunk = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a chunk from another version or a damaged disk: recompute rather than fail
+            return None
+        return chunk if chunk.get("fingerprint") == self.fingerprint else None
+
     def load(self, remove_stale: bool = False) -> tuple[dict[str, StoredEmbedding], int]:
-        """All embeddings in chunks of this fingerprint, by sequence digest; and how many stale chunks were found."""
+        """Pooled embeddings in chunks of this fingerprint, by sequence digest; and how many stale chunks were found.
+
+        Residue rows are left on disk (residue_rows streams them): all of a job's would not fit in memory.
+        """
         found: dict[str, StoredEmbedding] = {}
         stale = 0
         for path in self.chunk_files():
-            try:
-                chunk = torch.load(path, map_location="cpu", weights_only=True)
-                usable = chunk.get("fingerprint") == self.fingerprint
-            except Exception:  # a chunk from another version or a damaged disk: recompute rather than fail
-                usable = False
-            if not usable:
+            chunk = self._read(path)
+            if chunk is None:
                 stale += 1
                 if remove_stale:
                     path.unlink(missing_ok=True)
                 continue
-            residues = chunk["residues"] or [None] * len(chunk["digests"])
             for i, digest in enumerate(chunk["digests"]):
-                found[digest] = StoredEmbedding(chunk["pooled"][i], residues[i], chunk["notes"].get(digest))
+                found[digest] = StoredEmbedding(chunk["pooled"][i], chunk["notes"].get(digest))
         return found, stale
+
+    def residue_rows(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(digest, [L, D] float16) for every protein in chunks of this fingerprint, one chunk in memory at a time."""
+        for path in self.chunk_files():
+            chunk = self._read(path)
+            if chunk is not None and chunk["residues"] is not None:
+                yield from zip(chunk["digests"], chunk["residues"], strict=True)
 
     def write(self, digests: list[str], embedded: list[Any], per_residue: bool) -> Path:
         name = hashlib.sha1("".join(digests).encode()).hexdigest()[:20] + CHUNK_SUFFIX
