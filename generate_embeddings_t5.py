@@ -47,7 +47,7 @@ def prepare(config_path: Path):
     from utils import preflight
 
     config = load_config(config_path)
-    problems = preflight.check_devices(config)
+    problems = preflight.check_paths(config) + preflight.check_devices(config)
     try:
         splits = read_splits(config)
     except UserError as exc:
@@ -113,6 +113,7 @@ class Job:
     @property
     def failed(self) -> bool:
         return any(code not in (0, worker.INTERRUPTED) for code in self.exit_codes)
+
     merged: dict = field(default_factory=dict)  # split → float16 [N, D], kept for the concatenated file
 
 
@@ -311,6 +312,13 @@ def run(config: Config, splits: dict[str, list[Record]], models: list) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if runner.stopping.is_set():
+        # A worker the stop request reached while it was still starting (before it installed its own handler)
+        # dies of the signal: that is an interruption, not a failure of the model.
+        for job in jobs:
+            job.exit_codes = [
+                worker.INTERRUPTED if code in (-signal.SIGTERM, -signal.SIGINT) else code for code in job.exit_codes
+            ]
     failed = [job for job in jobs if job.failed]
     summary = []
     for job in jobs:
@@ -344,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.lines():
             print(f"error: {line}", file=sys.stderr)
         return BAD_INPUT
+    except KeyboardInterrupt:  # during the checks, before any worker started: nothing was written
+        print("\ninterrupted before any work started; rerun the same command to start", file=sys.stderr)
+        return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":

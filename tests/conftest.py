@@ -58,7 +58,11 @@ def write_config(
         "paths": paths,
         "run_params": {"batch_size": 8, "save_every_n_batches": 2, "seed": 42, **(run_params or {})},
         "models": {
-            key: {"name": str(spec["name"]), "device": spec.get("device", "cpu"), "output_key": spec.get("output_key", key)}
+            key: {
+                "name": str(spec["name"]),
+                "device": spec.get("device", "cpu"),
+                "output_key": spec.get("output_key", key),
+            }
             | {k: v for k, v in spec.items() if k not in ("name", "device", "output_key")}
             for key, spec in models.items()
         },

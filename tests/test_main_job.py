@@ -57,7 +57,9 @@ def test_every_protein_matches_one_at_a_time_reference(t5_run, checkpoints, outp
             similarity = cosine(row, reference(sequence.rstrip("*")))
             worst = min(worst, similarity)
             assert similarity >= 0.9999, (rec_id, similarity)
-    print(f"\n{output_key}: worst cosine against the fp32 one-at-a-time reference {worst:.8f} (1 - cos = {1 - worst:.2e})")
+    print(
+        f"\n{output_key}: worst cosine against the fp32 one-at-a-time reference {worst:.8f} (1 - cos = {1 - worst:.2e})"
+    )
 
 
 def test_meta_describes_model_and_pooling(t5_run):

@@ -21,7 +21,9 @@ PROTEINS = 1200
 
 def _setup(directory: Path, checkpoint: Path) -> Path:
     rng = random.Random(11)
-    write_fasta(directory / "train.fasta", [(f"P{i}", random_protein(rng, rng.randint(60, 400))) for i in range(PROTEINS)])
+    write_fasta(
+        directory / "train.fasta", [(f"P{i}", random_protein(rng, rng.randint(60, 400))) for i in range(PROTEINS)]
+    )
     write_fasta(directory / "test.fasta", [(f"T{i}", random_protein(rng, rng.randint(60, 400))) for i in range(100)])
     return write_config(
         directory, {"prost_t5": {"name": checkpoint}}, run_params={"batch_size": 16, "save_every_n_batches": 1}

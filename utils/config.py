@@ -92,7 +92,7 @@ class _Checker:
     def known_keys(self, table: dict, allowed: tuple[str, ...], where: str) -> None:
         for key in table:
             if key not in allowed:
-                near = difflib.get_close_matches(str(key), allowed, n=1)
+                near = difflib.get_close_matches(str(key).lower(), allowed, n=1)
                 hint = f"did you mean '{near[0]}'?" if near else f"known keys: {', '.join(allowed)}"
                 self.add(f"{where}{key}", f"unknown key ({hint})")
 
@@ -107,21 +107,28 @@ class _Checker:
             return {}
         return value
 
-    def positive_int(self, table: dict, key: str, where: str, default: int | None, minimum: int = 1) -> int | None:
-        value = table.get(key, default)
-        if value is None or (key not in table):
+    def positive_int(
+        self, table: dict, key: str, where: str, default: int | None, minimum: int = 1, auto: bool = False
+    ) -> int | None:
+        """An integer ≥ minimum; with `auto`, also 'auto' or an empty value, meaning None (chosen per device)."""
+        if key not in table:
             return default
-        if isinstance(value, str) and value.strip().lower() == "auto":
+        value = table[key]
+        if auto and (value is None or (isinstance(value, str) and value.strip().lower() == "auto")):
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.add(f"{where}{key}", f"must be an integer ≥ {minimum}, got {value!r}")
+            accepted = f"an integer ≥ {minimum}" + (" or auto" if auto else "")
+            got = "no value" if value is None else f"{value!r}"
+            self.add(f"{where}{key}", f"must be {accepted}, got {got}; fix the value or remove the line")
             return default
         return value
 
     def choice(self, table: dict, key: str, where: str, default: str, choices: tuple[str, ...]) -> str:
         value = table.get(key, default)
-        if value not in choices:
-            self.add(f"{where}{key}", f"must be one of {', '.join(choices)}, got {value!r}")
+        if not isinstance(value, str) or value not in choices:
+            near = difflib.get_close_matches(str(value).strip().lower(), choices, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            self.add(f"{where}{key}", f"must be one of {', '.join(choices)}, got {value!r}{hint}")
             return default
         return value
 
@@ -144,11 +151,42 @@ class _Checker:
         return Path(value).expanduser()
 
 
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML would silently keep the last one)."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else []:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # keys overridden after a '<<' merge are not duplicates
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # unhashable key: SafeLoader reports it
+            if duplicate:
+                raise _DuplicateKey(f"line {line}: key {key!r} is given twice (also on line {seen[key]}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict:
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; pass --config with the path to your config_t5.yaml")
     if not path.is_file():
         raise UserError(f"{path}: config file not found; pass --config with the path to your config_t5.yaml")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # a SafeLoader
+    except _DuplicateKey as exc:
+        raise UserError(f"{path}: {exc}") from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"{path}: cannot be read ({reason}); check its permissions") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
@@ -193,19 +231,27 @@ def _read_models(check: _Checker, models: dict, run: RunParams) -> tuple[ModelCo
         check.known_keys(spec, _MODEL_KEYS, where)
         name = spec.get("name")
         if not isinstance(name, str) or not name.strip():
-            check.add(f"{where}name", "missing; give a hub id (e.g. Rostlab/prot_t5_xl_half_uniref50-enc) or a local directory")
+            example = "Rostlab/prot_t5_xl_half_uniref50-enc"
+            got = "missing" if name is None else f"must be text, got {name!r}"
+            check.add(f"{where}name", f"{got}; give a hub id (e.g. {example}) or a local checkpoint directory")
             name = ""
         raw_devices = spec.get("device", "cpu")
         raw_list = raw_devices if isinstance(raw_devices, list) else [raw_devices]
         devices = tuple(normalise_device(d) for d in raw_list)
         if not raw_list or None in devices:
-            check.add(f"{where}device", f"must be a CUDA index, 'cuda:N', 'cpu', or a list of them, got {raw_devices!r}")
-        output_key = spec.get("output_key", key)
-        if not isinstance(output_key, str) or not SPLIT_NAME.match(output_key):
+            check.add(
+                f"{where}device", f"must be a CUDA index, 'cuda:N', 'cpu', or a list of them, got {raw_devices!r}"
+            )
+        gpus = [d for d in devices if d and d != "cpu"]
+        if len(set(gpus)) < len(gpus):
+            # Shards on one GPU would only queue behind each other; [cpu, cpu] is allowed (the tests shard that way).
+            check.add(f"{where}device", f"lists a GPU twice ({raw_devices!r}); name each GPU once")
+        output_key = spec.get("output_key", str(key))
+        if not isinstance(output_key, str) or not SPLIT_NAME.match(output_key) or output_key.endswith(".per_residue"):
             check.add(f"{where}output_key", "must be text of letters, digits, '_', '-' or '.', used in file names")
             output_key = str(key)
         precision = check.choice(spec, "precision", where, run.precision, PRECISIONS)
-        budget = check.positive_int(spec, "max_tokens_per_batch", where, run.max_tokens_per_batch)
+        budget = check.positive_int(spec, "max_tokens_per_batch", where, run.max_tokens_per_batch, 16, auto=True)
         result.append(ModelConfig(str(key), name, tuple(d for d in devices if d), output_key, precision, budget))
     seen: dict[str, str] = {}
     for model in result:
@@ -240,8 +286,8 @@ def load_config(path: Path) -> Config:
         ),
         seed=check.positive_int(run_table, "seed", "run_params.", defaults.seed, minimum=0),
         precision=check.choice(run_table, "precision", "run_params.", defaults.precision, PRECISIONS),
-        max_tokens_per_batch=check.positive_int(run_table, "max_tokens_per_batch", "run_params.", None, minimum=16),
-        max_residues=check.positive_int(run_table, "max_residues", "run_params.", None, minimum=16),
+        max_tokens_per_batch=check.positive_int(run_table, "max_tokens_per_batch", "run_params.", None, 16, auto=True),
+        max_residues=check.positive_int(run_table, "max_residues", "run_params.", None, minimum=16, auto=True),
         window_overlap=check.positive_int(run_table, "window_overlap", "run_params.", defaults.window_overlap, 0),
         concatenate=check.boolean(run_table, "concatenate", "run_params.", defaults.concatenate),
         output_format=check.choice(run_table, "output_format", "run_params.", defaults.output_format, OUTPUT_FORMATS),

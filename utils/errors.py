@@ -15,4 +15,4 @@ class UserError(Exception):
     def lines(self) -> list[str]:
         shown = self.problems[:MAX_LISTED]
         hidden = len(self.problems) - len(shown)
-        return shown + ([f"... and {hidden} more problem(s) of the same kind"] if hidden else [])
+        return shown + ([f"... and {hidden} more problem(s) not shown; fix the ones above and rerun"] if hidden else [])

@@ -1,13 +1,18 @@
 """FASTA file → records. The id is the header's first word, kept verbatim; the sequence is upper-case residues.
 
-Accepted as they are: plain or gzip (detected by content, not by name), wrapped lines, CRLF, blank lines,
-lower-case residues (upper-cased: for ProstT5 lower case would silently mean 3Di), one trailing `*`.
-Everything else that is not a protein is refused, each problem naming the file, the id and the position.
+Accepted as they are: plain or gzip (detected by content, not by name), a UTF-8 byte-order mark, wrapped lines,
+LF / CRLF / CR line ends, blank lines, spaces or tabs inside sequence lines, lower-case residues (upper-cased: for
+ProstT5 lower case would silently mean 3Di), one trailing `*`, any characters in the header.
+Everything else that is not a protein is refused, each problem naming the file, the id and the position:
+characters outside the alphabet, a `*` before the end, empty sequences, duplicate ids, a file with no records,
+text before the first header, binary or otherwise compressed data.
 """
 
 from __future__ import annotations
 
 import gzip
+import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +21,24 @@ from utils.errors import UserError
 # The 20 standard amino acids plus the ambiguity/rare codes every supported family has in its vocabulary.
 ALPHABET = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")
 STOP = "*"
+_ALPHABET_TEXT = "".join(sorted(ALPHABET))
+# Checked before upper-casing: str.upper() maps some non-ASCII letters onto ASCII ones ('ı' → 'I', 'ſ' → 'S').
+_LETTERS = ALPHABET | frozenset(c.lower() for c in ALPHABET)
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_BLANKS = " \t\v\f"  # ASCII blanks: trimmed from lines, dropped inside sequence lines; the id ends at the first
+_DROP_BLANKS = str.maketrans("", "", _BLANKS)
+_FIRST_WORD = re.compile(r"[^ \t\v\f]+")
+_HINTS = {
+    "-": "alignment gaps are not residues: give unaligned sequences",
+    ".": "alignment gaps are not residues: give unaligned sequences",
+}
+_OTHER_FORMATS = {  # magic bytes of compressed or binary formats people hand over instead of FASTA
+    b"BZh": "bzip2-compressed",
+    b"\xfd7zXZ\x00": "xz-compressed",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed",
+    b"PK\x03\x04": "a zip archive",
+    b"\x89HDF": "an HDF5 file",
+}
 
 
 @dataclass(frozen=True)
@@ -25,18 +48,51 @@ class Record:
 
 
 def _read_text(path: Path) -> str:
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"{path}: cannot be read ({reason}); check the file's permissions") from None
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise UserError(f"{path}: gzip data is damaged ({exc}); download or compress the file again") from None
+    for magic, what in _OTHER_FORMATS.items():
+        if raw.startswith(magic):
+            raise UserError(f"{path}: this is {what}, not FASTA; give the plain or gzip-compressed FASTA file")
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
         raise UserError(
-            f"{path}: byte {exc.start} is not UTF-8 text; this does not look like a FASTA file"
+            f"{path}:{line}: byte 0x{raw[exc.start]:02x} is not UTF-8 text; this is a binary file, not FASTA, "
+            "or a text file in another encoding (save it as UTF-8)"
         ) from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise UserError(f"{path}:{line}: contains NUL bytes; this is a binary file, not FASTA")
+    return text
+
+
+def _shown(rec_id: str, limit: int = 80) -> str:
+    """The id as a quoted literal (escapes make invisible characters visible), shortened to keep one line short."""
+    text = repr(rec_id)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def _first_bad_residue(pieces: list[tuple[int, str]]) -> tuple[int, int, str, int] | None:
+    """(residue position, line, character, how many more bad characters) of the first non-letter, or None."""
+    position, first, more = 0, None, 0
+    for line, piece in pieces:
+        for char in piece:
+            position += 1
+            if char not in _LETTERS:
+                if first is None:
+                    first = (position, line, char)
+                else:
+                    more += 1
+    return None if first is None else (*first, more)
 
 
 def parse_fasta(text: str, source: str) -> list[Record]:
@@ -46,49 +102,56 @@ def parse_fasta(text: str, source: str) -> list[Record]:
     seen: dict[str, int] = {}
     header: str | None = None
     header_line = 0
-    parts: list[str] = []
+    pieces: list[tuple[int, str]] = []  # (line number, residues on that line)
 
     def finish() -> None:
         if header is None:
             return
-        words = header.split()
-        if not words:
+        word = _FIRST_WORD.match(header)
+        if word is None:
             problems.append(f"{source}:{header_line}: header has no id; write an id right after '>'")
             return
-        rec_id = words[0]
-        sequence = "".join(parts).upper()
-        if sequence.endswith(STOP):
-            sequence = sequence[:-1]
+        rec_id = word.group()
+        shown = _shown(rec_id)
+        if pieces and pieces[-1][1].endswith(STOP):  # one trailing stop codon is not a residue
+            pieces[-1] = (pieces[-1][0], pieces[-1][1][:-1])
+        sequence = "".join(piece for _, piece in pieces)
         if not sequence:
-            problems.append(f"{source}: protein {rec_id!r} (line {header_line}) has an empty sequence; remove it")
-        for pos, char in enumerate(sequence, start=1):
-            if char not in ALPHABET:
-                what = "a stop '*' before the end" if char == STOP else f"character {char!r}"
-                problems.append(
-                    f"{source}: protein {rec_id!r} has {what} at residue {pos}; "
-                    f"only amino-acid letters {''.join(sorted(ALPHABET))} (and one final '*') are allowed"
-                )
-                break
+            problems.append(f"{source}:{header_line}: protein {shown} has an empty sequence; remove the record")
+        bad = _first_bad_residue(pieces) if not _LETTERS.issuperset(sequence) else None
+        if bad is not None:
+            position, line, char, more = bad
+            if char == STOP:
+                what, fix = "a stop '*'", "'*' may only end a sequence: split the record or remove it"
+            else:
+                what = f"character {char!r}"
+                fix = _HINTS.get(char, f"only the letters {_ALPHABET_TEXT} are residues: remove or replace it")
+            also = f" (and {more} more bad character(s) after it)" if more else ""
+            problems.append(f"{source}:{line}: protein {shown} has {what} at residue {position}{also}; {fix}")
         if rec_id in seen:
             problems.append(
-                f"{source}: protein id {rec_id!r} appears twice (lines {seen[rec_id]} and {header_line}); ids must be unique"
+                f"{source}:{header_line}: protein id {shown} appears twice (lines {seen[rec_id]} and "
+                f"{header_line}); ids must be unique: rename or remove one"
             )
         else:
             seen[rec_id] = header_line
-        records.append(Record(rec_id, sequence))
+        records.append(Record(rec_id, sequence.upper()))
 
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
+    for number, line in enumerate(_LINE_BREAK.split(text), start=1):
+        stripped = line.strip(_BLANKS)
         if not stripped:
             continue
         if stripped.startswith(">"):
             finish()
-            header, header_line, parts = stripped[1:], number, []
+            header, header_line, pieces = stripped[1:].lstrip(_BLANKS), number, []
         elif header is None:
-            problems.append(f"{source}:{number}: text before the first '>' header; this does not look like FASTA")
+            problems.append(
+                f"{source}:{number}: text before the first '>' header; this does not look like FASTA "
+                "(each record starts with a line '>id description')"
+            )
             break
         else:
-            parts.append("".join(stripped.split()))
+            pieces.append((number, stripped.translate(_DROP_BLANKS)))
     finish()
     if not records and not problems:
         problems.append(f"{source}: no FASTA records found; check that the path names the right file")
@@ -98,6 +161,8 @@ def parse_fasta(text: str, source: str) -> list[Record]:
 
 
 def read_fasta(path: Path) -> list[Record]:
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a FASTA file; name the file in the config")
     if not path.is_file():
         raise UserError(f"{path}: FASTA file not found; check paths.data_dir and the split's file name in the config")
     return parse_fasta(_read_text(path), str(path))

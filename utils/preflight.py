@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,55 @@ def check_devices(config: Config) -> list[str]:
     return problems
 
 
+def _directory_problem(key: str, path: Path) -> str | None:
+    """Why `path` cannot be used (or created) as a directory this process writes to; None when it can."""
+    where = f"paths.{key}: {path}"
+    if path.exists():
+        if not path.is_dir():
+            return f"{where} is a file, not a directory; choose a directory path"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"{where} is not writable by this user; fix its permissions or choose another directory"
+        return None
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{where} cannot be created because {ancestor} is a file; choose another path"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"{where} cannot be created: {ancestor} is not writable by this user; choose another path"
+    return None
+
+
+def check_paths(config: Config) -> list[str]:
+    """The directories the run writes to exist as directories or can be created (FASTA paths: utils.fasta)."""
+    problems = [_directory_problem("output_dir", config.output_dir), _directory_problem("log_dir", config.log_dir)]
+    return [problem for problem in problems if problem]
+
+
+# What from_pretrained loads weights from; a directory without any of them is not a usable checkpoint.
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+EXAMPLE_HUB_ID = "Rostlab/prot_t5_xl_half_uniref50-enc"
+
+
+def _has_weights(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in WEIGHT_FILES)
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or the older TRANSFORMERS_OFFLINE) set now, or when huggingface_hub was imported (it reads it
+    once, then refuses every request)."""
+    from huggingface_hub import constants
+
+    values = (os.environ.get(name, "").strip().lower() for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(value in ("1", "true", "yes", "on") for value in values) or bool(constants.HF_HUB_OFFLINE)
+
+
 def _local_identity(directory: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(directory.iterdir()):
@@ -57,22 +107,38 @@ def _locate(model: ModelConfig) -> tuple[str, str]:
     """→ (source for from_pretrained, identity); raises UserError when neither local nor on the hub."""
     where = f"models.{model.key}.name"
     local = Path(model.name).expanduser()
-    if local.exists() or model.name.startswith((".", "/", "~")):
+    if local.exists() or model.name.startswith((".", "/", "~")) or not HUB_ID.match(model.name):
+        if not local.exists():
+            raise UserError(
+                f"{where}: {model.name} does not exist (and is not a hub id); "
+                f"set name to a checkpoint directory or a hub id such as {EXAMPLE_HUB_ID}"
+            )
         if not (local / "config.json").is_file():
-            raise UserError(f"{where}: {model.name} is not a model directory (no config.json); point it at a checkpoint")
+            raise UserError(
+                f"{where}: {model.name} is not a model directory (no config.json); point it at a checkpoint directory"
+            )
+        if not _has_weights(local):
+            raise UserError(
+                f"{where}: {model.name} has no weights ({' or '.join(WEIGHT_FILES[::2])}); the checkpoint is "
+                "incomplete: copy or download it again"
+            )
         return str(local), _local_identity(local)
     from huggingface_hub import snapshot_download
 
     try:
-        cached = snapshot_download(model.name, local_files_only=True)
-        return model.name, "hub:" + Path(cached).name
-    except Exception:
-        pass
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    if offline:
+        cached: Path | None = Path(snapshot_download(model.name, local_files_only=True))
+    except Exception:  # not cached (or a partial download): the hub decides below
+        cached = None
+    if cached is not None and (cached / "config.json").is_file() and _has_weights(cached):
+        return model.name, "hub:" + cached.name
+    if hub_offline():
+        state = "is not a local directory and not in the local Hugging Face cache"
+        if cached is not None:
+            state = "is only partly in the local Hugging Face cache (no weights)"
         raise UserError(
-            f"{where}: {model.name} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-            "download it once with network access, or set name to a local checkpoint directory"
+            f"{where}: {model.name} {state}, and this machine is offline (HF_HUB_OFFLINE is set), so the hub was "
+            f"not asked; download it once with network access (hf download {model.name}), "
+            "or set name to a local checkpoint directory"
         )
     try:
         from huggingface_hub import model_info
@@ -98,7 +164,10 @@ def resolve_model(model: ModelConfig) -> ResolvedModel:
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{where}: {model.name} could not be read as a checkpoint ({first})") from None
-    family = detect_family(model_config, vocabulary, model.name)
+    try:
+        family = detect_family(model_config, vocabulary, model.name)
+    except UserError as exc:
+        raise UserError([f"{where}: {problem}" for problem in exc.problems]) from None
     return ResolvedModel(model, source, family, architecture(model_config), identity)
 
 

@@ -136,6 +136,11 @@ def _run(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) -> int:
         order.model_name, family.label, order.device, order.precision, len(sequences),
         sum(d in done for d in digests), limits.token_budget, limits.max_residues,
     )  # fmt: skip
+    reused = sum(d in done for d in digests)
+    if 0 < reused < len(digests):
+        print(
+            f"note: {order.label}: {reused} sequences reused from earlier chunks, computing the rest", file=sys.stderr
+        )
     if not pending:
         return 0
 
