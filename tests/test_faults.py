@@ -222,7 +222,7 @@ def test_changed_precision_sets_stale_chunks_aside_and_recomputes(fasta_rerun, r
     config.write_text(yaml.safe_dump(settings, sort_keys=False))
     result = run_cli("generate_embeddings_t5.py", "--config", str(config))
     assert result.returncode == 0, result.stderr
-    stale = re.search(r"note: prot_t5_xl: (\d+) chunk\(s\) from other settings or inputs were set aside", result.stderr)
+    stale = re.search(r"note: prot_t5_xl: (\d+) chunk\(s\) made with other settings were deleted", result.stderr)
     assert stale and int(stale.group(1)) > 0, result.stderr
     bf16 = load_output(directory / "out" / f"train_embeddings_{KEY}.pt")
     assert bf16["meta"]["precision"] == ["bf16"] and bf16["ids"] == fp32["ids"]

@@ -16,7 +16,7 @@ import torch
 
 from tests.conftest import REPO, cli_env, load_output, random_protein, run_cli, write_config, write_fasta
 
-PROTEINS = 1200
+PROTEINS = 700
 
 
 def _setup(directory: Path, checkpoint: Path) -> Path:

@@ -120,7 +120,7 @@ def _run(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) -> int:
     store = ChunkStore(order.chunk_dir, order.fingerprint)
     done, stale = store.load(remove_stale=True)
     if stale:
-        message = f"{order.label}: {stale} chunk(s) from other settings or inputs were set aside and will be recomputed"
+        message = f"{order.label}: {stale} chunk(s) made with other settings were deleted; their proteins are recomputed"
         log.warning(message)
         print(f"note: {message}", file=sys.stderr)
 
@@ -131,12 +131,12 @@ def _run(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) -> int:
     batches = plan_batches(lengths, limits.token_budget, order.max_items, family.special_tokens)
     pending = [b for b in batches if any(digests[i] not in done for i in b)]
     residues_todo = sum(len(sequences[i]) for b in pending for i in b)
+    reused = sum(d in done for d in digests)
     log.info(
         "model %s (%s) on %s, %s; %d unique sequences, %d already in chunks; token budget %d, max residues %d",
-        order.model_name, family.label, order.device, order.precision, len(sequences),
-        sum(d in done for d in digests), limits.token_budget, limits.max_residues,
+        order.model_name, family.label, order.device, order.precision, len(sequences), reused,
+        limits.token_budget, limits.max_residues,
     )  # fmt: skip
-    reused = sum(d in done for d in digests)
     if 0 < reused < len(digests):
         print(
             f"note: {order.label}: {reused} sequences reused from earlier chunks, computing the rest", file=sys.stderr
