@@ -24,6 +24,7 @@ class Family:
     residue_offset: int  # token index of the first residue
     special_tokens: int  # tokens besides residues (prefix and end markers)
     model_class: str  # transformers class that loads the encoder alone
+    attention: str = "sdpa"  # attention implementation to load with (utils/encode.py registers custom ones)
     licence: str = ""
 
     def model_text(self, sequence: str) -> str:
@@ -34,8 +35,8 @@ class Family:
         return slice(self.residue_offset, self.residue_offset + n_residues)
 
 
-PROT_T5 = Family("prot_t5", "ProtT5", "", " ", True, 0, 1, "T5EncoderModel")
-PROST_T5 = Family("prost_t5", "ProstT5", "<AA2fold> ", " ", True, 1, 2, "T5EncoderModel")
+PROT_T5 = Family("prot_t5", "ProtT5", "", " ", True, 0, 1, "T5EncoderModel", "t5_sdpa_shared_mask")
+PROST_T5 = Family("prost_t5", "ProstT5", "<AA2fold> ", " ", True, 1, 2, "T5EncoderModel", "t5_sdpa_shared_mask")
 ESM2 = Family("esm2", "ESM2", "", "", False, 1, 2, "EsmModel")
 ESM1B = Family("esm1b", "ESM-1b", "", "", False, 1, 2, "EsmModel")
 ESMC = Family(

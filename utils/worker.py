@@ -120,7 +120,7 @@ def _run(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) -> int:
     store = ChunkStore(order.chunk_dir, order.fingerprint)
     done, stale = store.load(remove_stale=True)
     if stale:
-        message = f"{order.label}: {stale} chunk(s) made with other settings were deleted; their proteins are recomputed"
+        message = f"{order.label}: {stale} chunk(s) made with other settings were deleted; their proteins are redone"
         log.warning(message)
         print(f"note: {message}", file=sys.stderr)
 
