@@ -41,7 +41,8 @@ def load_seed_model(name: str, model_class: str, device: str) -> tuple[Any, torc
     dtype = torch.float32 if device == "cpu" else torch.float16
     tokenizer = transformers.AutoTokenizer.from_pretrained(name)
     options = {"add_pooling_layer": False} if model_class == "EsmModel" else {}
-    model = getattr(transformers, model_class).from_pretrained(name, dtype=dtype, attn_implementation="eager", **options)
+    model_type = getattr(transformers, model_class)
+    model = model_type.from_pretrained(name, dtype=dtype, attn_implementation="eager", **options)
     return tokenizer, model.to(device).eval()
 
 
@@ -79,7 +80,8 @@ def run_seed_loop(
             result.residues_seen += min(residue_counts[i], max_tokens - special_tokens)
         try:
             with torch.no_grad():
-                hidden = model(input_ids=tokens["input_ids"].to(device), attention_mask=mask.to(device)).last_hidden_state
+                output = model(input_ids=tokens["input_ids"].to(device), attention_mask=mask.to(device))
+                hidden = output.last_hidden_state
                 weights = mask.to(device).unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1)
             vectors = pooled.float().cpu()

@@ -7,7 +7,6 @@ or that is longer than `max_residues`, is embedded in overlapping windows, and t
 
 from __future__ import annotations
 
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -268,16 +267,7 @@ class Encoder:
         self._prefetch.shutdown(wait=False)
 
 
-def flops_per_token(arch: Architecture, tokens: int) -> float:
-    """Forward FLOPs per token: 2 × matmul parameters + attention's two T × d products per layer."""
-    return 2 * (arch.params) + 4 * arch.layers * tokens * arch.hidden
-
-
 def padding_fraction(batches_lengths: list[list[int]], special_tokens: int) -> float:
     real = sum(sum(lengths) + special_tokens * len(lengths) for lengths in batches_lengths)
     padded = sum(padded_tokens(lengths, special_tokens) for lengths in batches_lengths)
     return 1 - real / padded if padded else 0.0
-
-
-def is_finite(vector: torch.Tensor) -> bool:
-    return bool(torch.isfinite(vector).all()) and not math.isnan(float(vector.sum()))

@@ -32,6 +32,9 @@ from utils.store import ChunkStore, sequence_digest
 
 INTERRUPTED = 3
 FAILED = 1
+# On CPU, T5's heads × L × L position bias makes one full-length pass slower than windows: 10,000 residues took 17 s
+# whole and 7 s as three recorded 4,096-residue windows (benchmarks/throughput.py). Set max_residues to override.
+CPU_T5_MAX_RESIDUES = 4096
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ def resolve_limits(order: WorkOrder, memory_bytes: int | None = None) -> Limits:
     memory = memory_bytes or device_memory_bytes(order.device)
     budget = order.token_budget or auto_token_budget(order.arch, dtype_bytes, memory, order.device)
     longest = order.max_residues or auto_max_residues(order.arch, dtype_bytes, memory)
+    if order.max_residues is None and order.device == "cpu" and order.arch.position_bias:
+        longest = min(longest, CPU_T5_MAX_RESIDUES)
     if order.arch.max_residues is not None:
         longest = min(longest, order.arch.max_residues)
     return Limits(budget, longest)

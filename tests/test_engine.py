@@ -1,0 +1,197 @@
+"""The encoder's robustness on the tiny ProtT5 checkpoint: injected out-of-memory errors split the batch without
+losing or misplacing a protein; a protein that never fits at full length goes to windows and says so; over-long
+proteins are windowed, recorded, and equal an independent windowed reference; duplicates get identical rows."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from tests.conftest import Reference, cosine, load_output, random_protein, run_cli, write_config, write_fasta
+from utils.encode import Encoder, load_encoder
+from utils.families import PROT_T5
+
+
+@pytest.fixture(scope="module")
+def encoder_factory(checkpoints):
+    tokenizer, model = load_encoder(str(checkpoints["prot_t5"]), PROT_T5, "cpu", "fp32")
+    made = []
+
+    def make(max_residues: int = 10_000, window_overlap: int = 8) -> Encoder:
+        encoder = Encoder(tokenizer, model, PROT_T5, "cpu", max_residues, window_overlap)
+        made.append(encoder)
+        return encoder
+
+    yield make
+    for encoder in made:
+        encoder.close()
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoints) -> Reference:
+    return Reference(checkpoints["prot_t5"], "prot_t5")
+
+
+def _spans(n: int, window: int, overlap: int) -> list[tuple[int, int]]:
+    """The documented window layout, written out here: equal steps of window − overlap, the last window ends at n."""
+    if n <= window:
+        return [(0, n)]
+    spans, start = [], 0
+    while start + window < n:
+        spans.append((start, start + window))
+        start += window - overlap
+    return spans + [(n - window, n)]
+
+
+@torch.no_grad()
+def windowed_reference(reference: Reference, sequence: str, window: int, overlap: int) -> torch.Tensor:
+    """fp32, window by window through transformers directly; residues covered twice average their two rows."""
+    total = torch.zeros(len(sequence), reference.model.config.d_model)
+    count = torch.zeros(len(sequence), 1)
+    for start, end in _spans(len(sequence), window, overlap):
+        piece = sequence[start:end]
+        tokens = reference.tokenizer(reference.text(piece), return_tensors="pt")
+        rows = reference.model(**tokens).last_hidden_state[0, reference.offset : reference.offset + len(piece)]
+        total[start:end] += rows
+        count[start:end] += 1
+    return (total / count).mean(dim=0)
+
+
+class InjectedOOM:
+    """Replaces Encoder.forward: raises torch.OutOfMemoryError when `too_big(rows, tokens)`, else runs the real one."""
+
+    def __init__(self, monkeypatch, too_big):
+        self.real = Encoder.forward
+        self.too_big = too_big
+        self.raised = 0
+        self.shapes: list[tuple[int, int]] = []
+        monkeypatch.setattr(Encoder, "forward", self)
+
+    def __get__(self, encoder, owner=None):
+        return lambda tokens: self(encoder, tokens)
+
+    def __call__(self, encoder, tokens):
+        rows, width = tokens["input_ids"].shape
+        if self.too_big(rows, width):
+            self.raised += 1
+            raise torch.OutOfMemoryError("injected: CUDA out of memory")
+        self.shapes.append((rows, width))
+        return self.real(encoder, tokens)
+
+
+def _proteins(seed: int, lengths: list[int]) -> list[str]:
+    rng = random.Random(seed)
+    return [random_protein(rng, n) for n in lengths]
+
+
+def _assert_same_vectors(got, expected, sequences):
+    assert len(got) == len(expected) == len(sequences)
+    for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+        torch.testing.assert_close(a.pooled, b.pooled, rtol=1e-4, atol=1e-5, msg=f"protein {i} ({len(sequences[i])})")
+        assert a.note is None
+
+
+@pytest.mark.parametrize(
+    ("label", "too_big"),
+    [
+        pytest.param("more than 2 rows", lambda rows, width: rows > 2, id="rows"),
+        pytest.param("more than 300 padded tokens", lambda rows, width: rows * width > 300, id="tokens"),
+    ],
+)
+def test_out_of_memory_splits_the_batch_without_losing_or_moving_a_protein(
+    encoder_factory, monkeypatch, label, too_big
+):
+    encoder = encoder_factory()
+    sequences = _proteins(1, [250, 120, 90, 60, 33, 10, 2, 1])
+    expected = [encoder.embed([s])[0] for s in sequences]  # each protein alone, no OOM
+    injected = InjectedOOM(monkeypatch, too_big)
+    got = encoder.embed(sequences, encoder.tokenize(sequences))  # prefetched tokens, as the worker passes them
+    assert injected.raised > 0, f"the injected OOM ({label}) never fired"
+    assert all(not too_big(rows, width) for rows, width in injected.shapes)
+    assert sum(rows for rows, _ in injected.shapes) == len(sequences)  # each protein ran exactly once
+    _assert_same_vectors(got, expected, sequences)
+
+
+def test_protein_that_never_fits_goes_to_windows_and_the_note_says_so(encoder_factory, reference, monkeypatch):
+    encoder = encoder_factory(max_residues=10_000, window_overlap=8)
+    short_a, long, short_b = _proteins(2, [30, 100, 20])
+    expected_short = [encoder.embed([short_a])[0], encoder.embed([short_b])[0]]
+    limit = 41  # tokens: at most 40 residues + </s> fit in "memory"
+    injected = InjectedOOM(monkeypatch, lambda rows, width: width > limit)
+    got = encoder.embed([short_a, long, short_b])
+    assert injected.raised > 0
+    _assert_same_vectors([got[0], got[2]], expected_short, [short_a, short_b])  # its neighbours are untouched
+    note = got[1].note
+    assert note is not None and "memory" in note["reason"], note
+    assert note["window_residues"] + PROT_T5.special_tokens <= limit
+    assert note["windows"] == len(_spans(len(long), note["window_residues"], note["overlap"]))
+    assert note["overlap"] >= 1  # windows still overlap after shrinking
+    expected = windowed_reference(reference, long, note["window_residues"], note["overlap"])
+    assert cosine(got[1].pooled, expected) >= 0.99999
+    torch.testing.assert_close(got[1].pooled, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_longer_than_max_residues_is_windowed_and_equals_windowed_reference(encoder_factory, reference):
+    encoder = encoder_factory(max_residues=64, window_overlap=16)
+    long, short = _proteins(3, [200, 50])
+    got = encoder.embed([short, long])
+    assert got[0].note is None
+    assert got[1].note is not None
+    assert {k: got[1].note[k] for k in ("windows", "window_residues", "overlap")} == {
+        "windows": 4,  # (0, 64) (48, 112) (96, 160) (136, 200)
+        "window_residues": 64,
+        "overlap": 16,
+    }
+    expected = windowed_reference(reference, long, 64, 16)
+    torch.testing.assert_close(got[1].pooled, expected, rtol=1e-4, atol=1e-5)
+    # windows change the vector: the full-length protein would have given something else
+    assert not torch.allclose(got[1].pooled, reference(long), atol=1e-3)
+    torch.testing.assert_close(got[0].pooled, reference(short), rtol=1e-4, atol=1e-5)
+
+
+# -- through the real CLI: windows recorded in meta, duplicates within and across splits ------------------------------
+@pytest.fixture(scope="module")
+def cli_run(checkpoints, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("engine_cli")
+    shared, long, other = _proteins(4, [64, 200, 45])  # max_residues 64: only `long` is over it
+    rng = random.Random(5)
+    train = [("shared", shared), ("long", long), ("t1", random_protein(rng, 60)), ("shared_again", shared)]
+    train += [("long_again", long), ("other", other), ("t2", random_protein(rng, 33))]
+    test = [("x1", random_protein(rng, 50)), ("other_in_test", other), ("long_in_test", long), ("shared_t", shared)]
+    write_fasta(directory / "train.fasta", train)
+    write_fasta(directory / "test.fasta", test)
+    config = write_config(
+        directory,
+        {"prot": {"name": checkpoints["prot_t5"]}},
+        run_params={"batch_size": 3, "save_every_n_batches": 1, "max_residues": 64, "window_overlap": 16},
+    )
+    result = run_cli("generate_embeddings_t5.py", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    out = directory / "out"
+    return load_output(out / "train_embeddings_prot.pt"), load_output(out / "test_embeddings_prot.pt"), long
+
+
+def test_cli_records_windows_in_meta(cli_run, reference):
+    train, test, long = cli_run
+    assert set(train["meta"]["windowed"]) == {"long", "long_again"}
+    assert set(test["meta"]["windowed"]) == {"long_in_test"}
+    note = train["meta"]["windowed"]["long"]
+    assert (note["windows"], note["window_residues"], note["overlap"]) == (4, 64, 16)
+    row = train["embeddings"][train["ids"].index("long")]
+    assert cosine(row, windowed_reference(reference, long, 64, 16)) >= 0.9999
+
+
+def test_cli_duplicates_get_identical_rows_within_and_across_splits(cli_run):
+    train, test, _ = cli_run
+
+    def row(data, protein_id):
+        return data["embeddings"][data["ids"].index(protein_id)]
+
+    assert torch.equal(row(train, "shared"), row(train, "shared_again"))
+    assert torch.equal(row(train, "shared"), row(test, "shared_t"))
+    assert torch.equal(row(train, "long"), row(train, "long_again"))
+    assert torch.equal(row(train, "long"), row(test, "long_in_test"))
+    assert torch.equal(row(train, "other"), row(test, "other_in_test"))
+    assert not torch.equal(row(train, "shared"), row(train, "other"))
