@@ -152,31 +152,18 @@ def build_checkpoint(arch: str, directory: Path, device: str, layers: int | None
     return target
 
 
-# -- the T5 attention change for utils/encode.py, kept here to measure it against plain sdpa --------------------------
+# -- T5 attention: the engine's shared-mask SDPA (utils/encode.py), measurable against plain sdpa ------------------
 PROPOSED_T5_ATTENTION = "t5_sdpa_shared_mask"
 
 
 def register_proposed_t5_attention() -> str:
-    """T5 passes one position-bias tensor through all its layers, but transformers' sdpa path rebuilds
-    where(padding, bias, min).contiguous() — a batch × heads × T × T tensor — in every layer. This computes it once
-    per forward pass (cached on the bias tensor, which lives exactly one forward) and hands it to SDPA as its mask.
-    The mask function must be registered under the same name, or masking_utils silently drops the padding mask."""
-    from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import create_position_bias_mask, sdpa_attention_forward
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    """The engine's own registration; raises ImportError where this transformers lacks the pieces it needs."""
+    from utils.encode import register_t5_sdpa_shared_mask
 
-    def t5_sdpa_shared_mask(module, query, key, value, attention_mask, position_bias=None, **kwargs):
-        if position_bias is not None:
-            cached = getattr(position_bias, "_sdpa_mask", None)
-            if cached is None or cached[0] is not attention_mask:
-                cached = (attention_mask, create_position_bias_mask(position_bias, attention_mask, False, query, key))
-                position_bias._sdpa_mask = cached
-            attention_mask, position_bias = cached[1], None
-        return sdpa_attention_forward(module, query, key, value, attention_mask, position_bias=position_bias, **kwargs)
-
-    AttentionInterface.register(PROPOSED_T5_ATTENTION, t5_sdpa_shared_mask)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(PROPOSED_T5_ATTENTION, sdpa_mask)
-    return PROPOSED_T5_ATTENTION
+    name = register_t5_sdpa_shared_mask()
+    if name != PROPOSED_T5_ATTENTION:
+        raise ImportError("transformers has no AttentionInterface / create_position_bias_mask")
+    return name
 
 
 # -- the protein set --------------------------------------------------------------------------------------------------
