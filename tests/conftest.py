@@ -90,6 +90,23 @@ def run_cli(script: str, *args: str, timeout: float = 300) -> subprocess.Complet
     )
 
 
+def run_job(
+    directory: Path,
+    models: dict[str, dict],
+    train: list[tuple[str, str]],
+    test: list[tuple[str, str]],
+    run_params: dict | None = None,
+    width: int | None = 60,
+) -> subprocess.CompletedProcess:
+    """Write the two splits (train wrapped at `width`) and a config, run the main job, insist that it succeeded."""
+    write_fasta(directory / "train.fasta", train, width=width)
+    write_fasta(directory / "test.fasta", test)
+    config = write_config(directory, models, run_params=run_params)
+    result = run_cli("generate_embeddings_t5.py", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def load_output(path: Path) -> dict:
     return torch.load(path, weights_only=True)
 

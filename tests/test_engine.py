@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from tests.conftest import Reference, cosine, load_output, random_protein, run_cli, write_config, write_fasta
+from tests.conftest import Reference, cosine, load_output, random_protein, run_job
 from utils.encode import Encoder, load_encoder
 from utils.families import PROT_T5
 
@@ -160,15 +160,8 @@ def cli_run(checkpoints, tmp_path_factory):
     train = [("shared", shared), ("long", long), ("t1", random_protein(rng, 60)), ("shared_again", shared)]
     train += [("long_again", long), ("other", other), ("t2", random_protein(rng, 33))]
     test = [("x1", random_protein(rng, 50)), ("other_in_test", other), ("long_in_test", long), ("shared_t", shared)]
-    write_fasta(directory / "train.fasta", train)
-    write_fasta(directory / "test.fasta", test)
-    config = write_config(
-        directory,
-        {"prot": {"name": checkpoints["prot_t5"]}},
-        run_params={"batch_size": 3, "save_every_n_batches": 1, "max_residues": 64, "window_overlap": 16},
-    )
-    result = run_cli("generate_embeddings_t5.py", "--config", str(config))
-    assert result.returncode == 0, result.stderr
+    run_params = {"batch_size": 3, "save_every_n_batches": 1, "max_residues": 64, "window_overlap": 16}
+    run_job(directory, {"prot": {"name": checkpoints["prot_t5"]}}, train, test, run_params=run_params, width=None)
     out = directory / "out"
     return load_output(out / "train_embeddings_prot.pt"), load_output(out / "test_embeddings_prot.pt"), long
 

@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from tests.conftest import Reference, cosine, load_output, random_protein, run_cli, write_config, write_fasta
+from tests.conftest import Reference, cosine, load_output, random_protein, run_job
 
 # Config keys that do not name the family: the family must come from the checkpoint.
 MODELS = {"plm_a": "esm2", "plm_b": "esm1b", "plm_c": "esmc"}
@@ -39,15 +39,9 @@ def _proteins() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
 def esm_run(checkpoints, tmp_path_factory):
     directory = tmp_path_factory.mktemp("esm_run")
     train, test = _proteins()
-    write_fasta(directory / "train.fasta", train, width=60)
-    write_fasta(directory / "test.fasta", test)
-    config = write_config(
-        directory,
-        {key: {"name": checkpoints[layout]} for key, layout in MODELS.items()},
-        run_params={"batch_size": 6, "max_tokens_per_batch": 2200, "window_overlap": OVERLAP},
-    )
-    result = run_cli("generate_embeddings_t5.py", "--config", str(config))
-    assert result.returncode == 0, result.stderr
+    models = {key: {"name": checkpoints[layout]} for key, layout in MODELS.items()}
+    run_params = {"batch_size": 6, "max_tokens_per_batch": 2200, "window_overlap": OVERLAP}
+    result = run_job(directory, models, train, test, run_params=run_params)
     return directory, train, test, result
 
 

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from tests.conftest import Reference, cosine, load_output, random_protein, run_cli, write_config, write_fasta
+from tests.conftest import Reference, cosine, load_output, random_protein, run_job
 
 
 def _proteins() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -30,16 +30,9 @@ def _proteins() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
 def t5_run(checkpoints, tmp_path_factory):
     directory = tmp_path_factory.mktemp("t5_run")
     train, test = _proteins()
-    write_fasta(directory / "train.fasta", train, width=60)
-    write_fasta(directory / "test.fasta", test)
-    config = write_config(
-        directory,
-        # The ProstT5 checkpoint sits under a key that does not say so: the prefix must come from the checkpoint.
-        {"prot_t5_xl": {"name": checkpoints["prot_t5"]}, "structure": {"name": checkpoints["prost_t5"]}},
-        run_params={"batch_size": 6, "max_tokens_per_batch": 1200},
-    )
-    result = run_cli("generate_embeddings_t5.py", "--config", str(config))
-    assert result.returncode == 0, result.stderr
+    # The ProstT5 checkpoint sits under a key that does not say so: the prefix must come from the checkpoint.
+    models = {"prot_t5_xl": {"name": checkpoints["prot_t5"]}, "structure": {"name": checkpoints["prost_t5"]}}
+    result = run_job(directory, models, train, test, run_params={"batch_size": 6, "max_tokens_per_batch": 1200})
     return directory, train, test, result
 
 
