@@ -5,8 +5,9 @@ so a failed or interrupted run never leaves a partial file nor touches the good 
 .h5  the layout ProtTrans, bio_embeddings and protspace read: one top-level dataset per protein, named by its id,
      float16 [D]; datasets iterate in input order. HDF5 reads '/' in a name as a group separator, so '/' is written
      as '%2F' (and '%' as '%25', a lone '.' as '%2E'); the verbatim id is in each dataset's "original_id"
-     attribute, as bio_embeddings writes it. Model metadata are file attributes: scalars as they are, lists and
-     mappings as JSON text.
+     attribute, as bio_embeddings writes it, and the whole FASTA header line in its "header" attribute. Model
+     metadata are file attributes: scalars as they are, lists and mappings as JSON text; "model_name" names the
+     model as ProtSpace does (prot_t5, esm2_3b, ...), which `protspace prepare` requires.
 .per_residue.h5  (run_params.per_residue) beside the .h5: the same names, float16 [L, D], the residue rows only.
 """
 
@@ -24,6 +25,9 @@ from utils.store import atomic_torch_save
 
 FORMATS = {"pt": ("pt",), "h5": ("h5",), "both": ("pt", "h5")}
 CONCAT_KEY = "concat"
+# meta["headers"] is one entry per protein, aligned with ids: in HDF5 it goes to each dataset (a file attribute that
+# grows with the protein count would be read whole by every reader that lists the attributes).
+HEADERS = "headers"
 
 
 def pt_path(output_dir: Path, split: str, output_key: str) -> Path:
@@ -63,12 +67,16 @@ def _attribute(value: Any) -> Any:
 class H5Writer:
     """One HDF5 file, written under a temporary name and renamed into place (fsynced) when the block ends cleanly.
 
-    Proteins can be added one at a time, so a caller may stream per-residue rows without holding them all.
+    Proteins can be added one at a time, so a caller may stream per-residue rows without holding them all. A
+    "headers" list in the attributes is aligned with the proteins in the order they are added (or reserved): the
+    i-th dataset gets the i-th header as its "header" attribute.
     """
 
     def __init__(self, path: Path, attributes: dict[str, Any]):
         self.path = path
-        self.attributes = attributes
+        self.attributes = {key: value for key, value in attributes.items() if key != HEADERS}
+        self.headers: Sequence[str] = attributes.get(HEADERS) or ()
+        self.created = 0
         self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         self.handle: Any = None
 
@@ -82,14 +90,20 @@ class H5Writer:
             self.handle.attrs[key] = _attribute(value)
         return self
 
+    def _label(self, dataset: Any, protein_id: str) -> None:
+        dataset.attrs["original_id"] = protein_id
+        if self.created < len(self.headers):
+            dataset.attrs["header"] = self.headers[self.created]
+        self.created += 1
+
     def add(self, protein_id: str, array: torch.Tensor) -> None:
         dataset = self.handle.create_dataset(h5_name(protein_id), data=array.detach().cpu().numpy())
-        dataset.attrs["original_id"] = protein_id
+        self._label(dataset, protein_id)
 
     def reserve(self, protein_id: str, shape: tuple[int, ...]) -> None:
         """Create an empty float16 dataset now (fixing its place in the file's order); fill() writes it later."""
         dataset = self.handle.create_dataset(h5_name(protein_id), shape=shape, dtype="float16")
-        dataset.attrs["original_id"] = protein_id
+        self._label(dataset, protein_id)
 
     def fill(self, protein_id: str, array: torch.Tensor) -> None:
         self.handle[h5_name(protein_id)][...] = array.detach().to(torch.float16).cpu().numpy()
