@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from utils.errors import UserError
+from utils.ids import ID_FORMATS
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 # output_format names → the files they write; a YAML list names single formats.
@@ -62,9 +63,12 @@ class Config:
     log_dir: Path
     run: RunParams
     models: tuple[ModelConfig, ...]
+    id_format: str = "first_word"  # how a FASTA header becomes a protein id (utils/ids.py)
 
 
-_PATH_KEYS = ("data_dir", "raw_train_sequences", "raw_test_sequences", "splits", "output_dir", "log_dir")
+_PATH_KEYS = (
+    "data_dir", "raw_train_sequences", "raw_test_sequences", "splits", "output_dir", "log_dir", "id_format"
+)  # fmt: skip
 _RUN_KEYS = tuple(RunParams.__dataclass_fields__)
 _MODEL_KEYS = ("name", "device", "output_key", "precision", "max_tokens_per_batch")
 _TOP_KEYS = ("paths", "run_params", "models")
@@ -329,8 +333,9 @@ def load_config(path: Path) -> Config:
     splits = _read_splits(check, paths, data_dir)
     output_dir = check.path(paths, "output_dir", "paths.", required=True)
     log_dir = check.path(paths, "log_dir", "paths.", required=False)
+    id_format = check.choice(paths, "id_format", "paths.", ID_FORMATS[0], ID_FORMATS)
     models = _read_models(check, models_table, run)
     if check.problems:
         raise UserError(check.problems)
     assert output_dir is not None
-    return Config(path, splits, output_dir, log_dir or Path("logs"), run, models)
+    return Config(path, splits, output_dir, log_dir or Path("logs"), run, models, id_format)
