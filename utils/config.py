@@ -7,6 +7,7 @@ Relative paths are read from the directory the command runs in, as the user's ex
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from utils.errors import UserError
 from utils.ids import ID_FORMATS
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+ENGINES = ("local", "ray")
 # output_format names → the files they write; a YAML list names single formats.
 FORMATS = {
     "pt": ("pt",),
@@ -53,6 +55,7 @@ class RunParams:
     concatenate: bool = False
     output_format: str = "pt"  # one of OUTPUT_FORMATS, or single formats joined by ',' (given as a YAML list)
     per_residue: bool = False
+    engine: str = "local"  # local: worker processes on this machine; ray: a Ray Data actor pool (utils/ray_engine.py)
 
 
 @dataclass(frozen=True)
@@ -323,12 +326,17 @@ def load_config(path: Path) -> Config:
         concatenate=check.boolean(run_table, "concatenate", "run_params.", defaults.concatenate),
         output_format=check.formats(run_table, "output_format", "run_params.", defaults.output_format),
         per_residue=check.boolean(run_table, "per_residue", "run_params.", defaults.per_residue),
+        engine=check.choice(run_table, "engine", "run_params.", defaults.engine, ENGINES),
     )
     if run.max_residues is not None and run.window_overlap >= run.max_residues // 2:
         check.add("run_params.window_overlap", f"must be less than half of max_residues ({run.max_residues})")
     if run.per_residue and "h5" not in output_formats(run.output_format):
         check.add("run_params.per_residue", "per-residue embeddings are written to HDF5; set output_format: h5 or both")
 
+    if run.engine == "ray" and importlib.util.find_spec("ray") is None:
+        check.add("run_params.engine", "engine: ray needs Ray installed: pip install -r requirements_ray.txt")
+    if run.per_residue and run.engine == "ray":
+        check.add("run_params.per_residue", "per-residue output is not available with engine: ray; use engine: local")
     data_dir = check.path(paths, "data_dir", "paths.", required=False) or Path(".")
     splits = _read_splits(check, paths, data_dir)
     output_dir = check.path(paths, "output_dir", "paths.", required=True)
