@@ -86,7 +86,7 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def embed_sample(encoder, sample: list[str], limits, batch_size: int):
+def embed_sample(encoder, sample: list[str], limits):
     """Embed the sample as a worker would (utils.embedder's loop) → (vectors, seconds, windowed)."""
     import torch
 
@@ -94,7 +94,7 @@ def embed_sample(encoder, sample: list[str], limits, batch_size: int):
 
     encoder.embed([min(sample, key=len)])  # warm-up (kernels, allocator) outside the timing
     started = time.perf_counter()
-    embedded = embed_in_batches(encoder, sample, limits, batch_size)
+    embedded = embed_in_batches(encoder, sample, limits)
     seconds = time.perf_counter() - started  # pooled vectors are on the host already: the device has finished
     windowed = sum(e.note is not None for e in embedded)
     return torch.stack([e.pooled for e in embedded]), seconds, windowed
@@ -104,8 +104,8 @@ def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: f
     import torch
 
     from utils import validation as v
-    from utils.encode import Encoder, device_memory_bytes, load_encoder
-    from utils.worker import order_limits
+    from utils.encode import Encoder, load_encoder
+    from utils.limits import device_memory_bytes
 
     model, order = job.model, job.orders[0]
     report = ModelReport(model.config.key, model.config.name, model.family.label, order.device, order.precision)
@@ -116,12 +116,13 @@ def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: f
         show(report.key, result)
         return result
 
-    limits = order_limits(order, int(assumed_gb * 1e9) if assumed_gb is not None else None)
+    limits = order.limits(int(assumed_gb * 1e9) if assumed_gb is not None else None)
     device = torch.device(order.device)
     shards = f", {len(job.orders)} shards (checked on {order.device})" if len(job.orders) > 1 else ""
     print(
         f"{model.config.key}: {model.config.name} on {order.device}{shards}, {order.precision}; "
-        f"token budget {limits.token_budget:,}, batch ≤ {order.run.batch_size}, max_residues {limits.max_residues:,}",
+        f"token budget {limits.max_tokens_per_batch:,}, batch ≤ {limits.batch_size}, "
+        f"max_residues {limits.max_residues:,}",
         flush=True,
     )
     torch.manual_seed(order.run.seed)
@@ -143,7 +144,7 @@ def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: f
     try:
         emit("token layout", v.check_token_layout, encoder)
         try:
-            vectors, sample_seconds, windowed = embed_sample(encoder, sample, limits, order.run.batch_size)
+            vectors, sample_seconds, windowed = embed_sample(encoder, sample, limits)
             measured = v.measured_peak_bytes(device)  # weights + the sample's batches, as the job would run them
         except Exception as exc:  # noqa: BLE001
             emit("embeddings", _raise, exc)
@@ -157,7 +158,7 @@ def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: f
         within = sorted((s for s in sample if len(s) <= limits.max_residues), key=len)
         short = [s for s in within if len(s) <= 512] or within
         emit("pooling clean", v.check_pooling, encoder, spread(short, 4))
-        fit = [s for s in within if 8 * (len(s) + model.family.special_tokens) <= limits.token_budget]
+        fit = [s for s in within if 8 * (len(s) + model.family.special_tokens) <= limits.max_tokens_per_batch]
         subset = spread(fit if len(fit) >= 2 else within, 8)
         emit("batch invariance", v.check_batch_invariance, encoder, subset, TOLERANCES[order.precision], order.run.seed)
 
@@ -187,13 +188,9 @@ def _memory(
     import torch
 
     from utils import validation as v
-    from utils.encode import DTYPES
 
     def project(lengths: list[int]) -> v.Projection:
-        return v.project_peak(
-            model.arch, DTYPES[order.precision].itemsize, lengths, limits.token_budget, limits.max_residues,
-            order.run.batch_size, model.family, order.run.window_overlap,
-        )  # fmt: skip
+        return v.project_peak(limits, model.arch, order.precision, lengths, model.family, order.run.window_overlap)
 
     sample_estimate = project([len(s) for s in sample]).peak_bytes
     peak, what = measured
@@ -205,7 +202,8 @@ def _reference(encoder, order, model, sequences: list[str], job_vectors: dict) -
     import torch
 
     from utils import validation as v
-    from utils.encode import device_memory_bytes, load_encoder
+    from utils.encode import load_encoder
+    from utils.limits import device_memory_bytes
 
     if order.precision == "fp32":
         tokenizer, net, where = encoder.tokenizer, encoder.model, order.device

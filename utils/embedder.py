@@ -11,26 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
-
-from utils.batching import plan_batches
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from utils.encode import Embedded, Encoder
-
-
-class BatchLimits(Protocol):
-    token_budget: int  # padded tokens per batch
-    max_residues: int  # longest protein embedded in one pass; longer ones go through windows
-
-
-def plan_embedding_batches(
-    sequences: Sequence[str], limits: BatchLimits, batch_size: int, special_tokens: int
-) -> list[list[int]]:
-    """Indices into `sequences`, in batches, longest first. A protein past max_residues is planned at that length:
-    it runs alone in windows of max_residues (Encoder.embed), never at its full length."""
-    lengths = [min(len(s), limits.max_residues) for s in sequences]
-    return plan_batches(lengths, limits.token_budget, batch_size, special_tokens)
+    from utils.limits import Limits
 
 
 def embed_batches(
@@ -54,13 +39,12 @@ def embed_batches(
 def embed_in_batches(
     encoder: Encoder,
     sequences: Sequence[str],
-    limits: BatchLimits,
-    batch_size: int,
+    limits: Limits,
     on_batch: Callable[[Sequence[int], list[Embedded]], None] | None = None,
 ) -> list[Embedded]:
     """Every sequence through the encoder in planned batches → one Embedded per sequence, in the caller's order.
     `on_batch(indices, embedded)` is called after each batch (progress, timing)."""
-    batches = plan_embedding_batches(sequences, limits, batch_size, encoder.family.special_tokens)
+    batches = limits.plan_batches([len(s) for s in sequences], encoder.family.special_tokens)
     results: list[Embedded | None] = [None] * len(sequences)
     for batch, embedded in embed_batches(encoder, sequences, batches):
         for i, item in zip(batch, embedded, strict=True):
@@ -97,8 +81,8 @@ class Embedder:
         from utils.config import PRECISIONS, Config, ModelConfig, RunParams, normalise_device
         from utils.encode import Encoder, load_encoder, resolve_precision
         from utils.errors import UserError
+        from utils.limits import device_limits
         from utils.preflight import check_devices, resolve_model
-        from utils.worker import resolve_limits
 
         where = normalise_device(device)
         problems = []
@@ -130,13 +114,13 @@ class Embedder:
             raise UserError([p.removeprefix(f"models.{_KEY}.name: ") for p in exc.problems]) from None
         self.device = where
         self.precision = resolve_precision(precision, where)
-        self.batch_size = batch_size
-        self.limits = resolve_limits(
+        self.limits = device_limits(
             self.model.arch,
             where,
             self.precision,
-            max_tokens_per_batch,
-            max_residues,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            max_tokens_per_batch=max_tokens_per_batch,
+            max_residues=max_residues,
         )
         tokenizer, net = load_encoder(self.model.source, self.model.family, where, self.precision)
         self.encoder = Encoder(tokenizer, net, self.model.family, where, self.limits.max_residues, window_overlap)
@@ -170,7 +154,7 @@ class Embedder:
         cleaned = [record.sequence for record in parse_fasta(text, "sequences")]
         unique = list(dict.fromkeys(cleaned))
         self.encoder.per_residue = per_residue
-        embedded = dict(zip(unique, embed_in_batches(self.encoder, unique, self.limits, self.batch_size), strict=True))
+        embedded = dict(zip(unique, embed_in_batches(self.encoder, unique, self.limits), strict=True))
         rows = [embedded[s] for s in cleaned]
         self.windowed = {i: row.note for i, row in enumerate(rows) if row.note}
         if per_residue:

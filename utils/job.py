@@ -25,6 +25,8 @@ from utils import exits
 from utils.config import Config, RunParams, load_config
 from utils.errors import UserError
 from utils.fasta import Record, read_fasta
+from utils.ids import apply_id_format
+from utils.limits import Limits, device_limits
 from utils.preflight import ResolvedModel
 
 if TYPE_CHECKING:
@@ -38,7 +40,7 @@ def read_splits(config: Config) -> dict[str, list[Record]]:
     splits, problems = {}, []
     for name, path in config.splits.items():
         try:
-            splits[name] = read_fasta(path)
+            splits[name] = apply_id_format(read_fasta(path), config.id_format, str(path))
         except UserError as exc:
             problems += exc.problems
     if problems:
@@ -125,10 +127,18 @@ class WorkOrder:
     log_path: Path
     bar_position: int = 0  # the progress bar's line: the order's lane
 
-    @property
-    def max_tokens_per_batch(self) -> int | None:
-        """The model's own setting, else run_params'; None: chosen for the device (utils.worker.resolve_limits)."""
-        return self.model.config.max_tokens_per_batch
+    def limits(self, memory_bytes: int | None = None) -> Limits:
+        """Batch budgets and the longest one-pass protein on this order's device (utils.limits); `memory_bytes`
+        stands in for the device's memory (the pre-flight check's --assume-device-memory-gb)."""
+        return device_limits(
+            self.model.arch,
+            self.device,
+            self.precision,
+            batch_size=self.run.batch_size,
+            max_tokens_per_batch=self.model.config.max_tokens_per_batch,  # the model's own, else run_params'
+            max_residues=self.run.max_residues,
+            memory_bytes=memory_bytes,
+        )
 
 
 @dataclass
@@ -257,6 +267,7 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
     Returns (one summary line per file, {split: float16 [N, D]}), the latter for the concatenated file."""
     import torch
 
+    from utils.families import tool_model_name
     from utils.output import h5_path, residues_h5_path, write_outputs
     from utils.store import ChunkStore, sequence_digest
 
@@ -275,6 +286,7 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
         windowed = {r.id: row.note for r, row in zip(records, rows, strict=True) if row.note}
         meta = {
             "model": model.config.name,
+            "model_name": tool_model_name(model.family, model.arch),  # ProtSpace's name: protspace prepare needs it
             "model_key": model.config.key,
             "output_key": model.config.output_key,
             "family": model.family.label,
@@ -286,6 +298,7 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
             "windowed": windowed,
             "split": split,
             "checkpoint": model.identity,
+            "headers": [r.header for r in records],  # aligned with ids; in HDF5 each dataset's "header" attribute
         }
         if model.family.licence:
             meta["licence"] = model.family.licence
@@ -322,6 +335,7 @@ def write_concatenated(
 ) -> list[str]:
     """All models side by side, in config order, from the matrices merge_outputs returned (`merged`: output_key →
     split → [N, D]); works for every output format."""
+    from utils.families import tool_model_name
     from utils.output import CONCAT_KEY, concatenate, write_outputs
 
     lines = []
@@ -329,10 +343,12 @@ def write_concatenated(
         keys = [job.model.config.output_key for job in jobs]
         embeddings, columns = concatenate([(key, merged[key][split]) for key in keys])
         meta = {
+            "model_name": "+".join(tool_model_name(job.model.family, job.model.arch) for job in jobs),
             "models": [job.model.config.name for job in jobs],
             "output_keys": keys,
             "families": [job.model.family.label for job in jobs],
             "split": split,
+            "headers": [r.header for r in records],
         }
         ids = [r.id for r in records]
         write_outputs(

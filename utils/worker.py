@@ -12,64 +12,16 @@ import logging
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from utils import exits
 from utils.batching import chunked
-from utils.embedder import embed_batches, plan_embedding_batches
-from utils.encode import (
-    DTYPES,
-    Encoder,
-    ModelError,
-    auto_max_residues,
-    auto_token_budget,
-    device_memory_bytes,
-    load_encoder,
-)
-from utils.families import Architecture
+from utils.embedder import embed_batches
+from utils.encode import Encoder, ModelError, load_encoder
 from utils.job import WorkOrder
 from utils.store import ChunkStore, sequence_digest
-
-# On CPU, T5's heads × L × L position bias makes one full-length pass slower than windows: 10,000 residues took 17 s
-# whole and 7 s as three recorded 4,096-residue windows (benchmarks/throughput.py). Set max_residues to override.
-CPU_T5_MAX_RESIDUES = 4096
-
-
-@dataclass(frozen=True)
-class Limits:
-    token_budget: int  # padded tokens per batch
-    max_residues: int  # longest protein embedded in one pass
-
-
-def resolve_limits(
-    arch: Architecture,
-    device: str,
-    precision: str,
-    max_tokens_per_batch: int | None,
-    max_residues: int | None,
-    memory_bytes: int | None = None,
-) -> Limits:
-    """Token budget and longest one-pass protein on `device` (with `memory_bytes` of memory, if given); the
-    configured values where set (None: chosen from the device)."""
-    dtype_bytes = DTYPES[precision].itemsize
-    memory = memory_bytes or device_memory_bytes(device)
-    budget = max_tokens_per_batch or auto_token_budget(arch, dtype_bytes, memory, device)
-    longest = max_residues or auto_max_residues(arch, dtype_bytes, memory)
-    if max_residues is None and device == "cpu" and arch.position_bias:
-        longest = min(longest, CPU_T5_MAX_RESIDUES)
-    if arch.max_residues is not None:
-        longest = min(longest, arch.max_residues)
-    return Limits(budget, longest)
-
-
-def order_limits(order: WorkOrder, memory_bytes: int | None = None) -> Limits:
-    return resolve_limits(
-        order.model.arch, order.device, order.precision, order.max_tokens_per_batch, order.run.max_residues,
-        memory_bytes,
-    )  # fmt: skip
 
 
 def _die_with_parent() -> None:
@@ -126,16 +78,16 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
 
     sequences = list(order.sequences)
     digests = [sequence_digest(s) for s in sequences]
-    limits = order_limits(order)
+    limits = order.limits()
     # The plan covers every sequence, done or not, so a rerun cuts the same batches and chunks as the first run.
-    batches = plan_embedding_batches(sequences, limits, order.run.batch_size, family.special_tokens)
+    batches = limits.plan_batches([len(s) for s in sequences], family.special_tokens)
     pending = [b for b in batches if any(digests[i] not in done for i in b)]
     residues_todo = sum(len(sequences[i]) for b in pending for i in b)
     reused = sum(d in done for d in digests)
     log.info(
         "model %s (%s) on %s, %s; %d unique sequences, %d already in chunks; token budget %d, max residues %d",
         order.model.source, family.label, order.device, order.precision, len(sequences), reused,
-        limits.token_budget, limits.max_residues,
+        limits.max_tokens_per_batch, limits.max_residues,
     )  # fmt: skip
     if 0 < reused < len(digests):
         print(
