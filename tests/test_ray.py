@@ -38,8 +38,10 @@ class ExitOnceActor(EmbedActor):
     def __call__(self, block):
         self.blocks += 1
         if self.blocks == 2:
+            marker = self.order.chunk_dir.parent / "actor_exited"
+            marker.parent.mkdir(parents=True, exist_ok=True)
             try:
-                os.close(os.open(self.order.chunk_dir.parent / "actor_exited", os.O_CREAT | os.O_EXCL))
+                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
                 os._exit(1)
             except FileExistsError:
                 pass

@@ -7,8 +7,9 @@
 
 The job joins the Ray cluster that RAY_ADDRESS names (Ray's own convention), else starts a local Ray. Actors get
 the model's name and settings, never weights, and the `utils` package through the job's runtime environment, so
-worker nodes need the same Python environment but not this checkout. Chunks are written by the driver, so the
-output directory need not be visible from the worker nodes.
+worker nodes need the same Python environment but not this checkout. (A caller that initialised Ray itself makes
+`utils` importable on the workers, e.g. runtime_env={"py_modules": [utils_dir]} or PYTHONPATH.) Chunks are written
+by the driver, so the output directory need not be visible from the worker nodes.
 
 Faults: Ray Data restarts an actor that dies and retries its block (max_restarts/max_task_retries -1 are its
 defaults for actor pools); a block's output reaches the driver once, and a chunk is named by the digests it holds, so
@@ -19,6 +20,7 @@ finds the chunks and sends only the missing sequences.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from utils.job import Job, WorkOrder
 
 UTILS_DIR = Path(__file__).resolve().parent
+_RAISED = re.compile(r"^[\w.]*(Error|Exception)\b.*: ")  # "utils.encode.ModelError: …", "FileNotFoundError: …"
 
 
 def connect() -> None:
@@ -43,7 +46,9 @@ def connect() -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(log_to_driver=False)  # ray.init reads RAY_ADDRESS itself; actors log to Ray's session logs
+        # ray.init reads RAY_ADDRESS itself. The `utils` package travels with the job (Ray uploads local modules only
+        # at this level); actors log to Ray's session logs, not to this terminal.
+        ray.init(runtime_env={"py_modules": [str(UTILS_DIR)]}, log_to_driver=False)
     context = _data_context()
     context.enable_progress_bars = False  # the driver prints its own progress line per block
 
@@ -167,7 +172,6 @@ class RayRunner:
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=1,  # leaves the rest of a node's CPUs to reading and repartitioning (ray issue #44687)
             num_gpus=0 if order.device == "cpu" else 1,
-            runtime_env={"py_modules": [str(UTILS_DIR)]},
         )
         started, written = time.perf_counter(), 0
         for block in embedded.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -185,6 +189,7 @@ class RayRunner:
 
 
 def _summary(exc: BaseException) -> str:
-    """A Ray task error's text is the remote traceback; its last line names the exception."""
-    text = str(exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
+    """A Ray task error's text is the remote traceback followed by Ray's own advice: keep the user-side exception."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    raised = [line for line in lines if _RAISED.match(line) and not line.startswith("ray.")]
+    return raised[-1] if raised else (lines[-1] if lines else type(exc).__name__)
