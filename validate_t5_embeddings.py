@@ -24,11 +24,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from utils import exits
-from utils.errors import UserError
-from utils.job import plan_jobs, prepare, unique_sequences
-from utils.validation import TOLERANCES, Check, guarded, spread, stratified_sample
+from utils.config import describe_config_keys
+
+if TYPE_CHECKING:  # the library is imported after the command line is read: --help must not need torch
+    from utils.validation import Check
 
 NAME_WIDTH = 16
 
@@ -71,6 +73,8 @@ class Printer:
 
 
 def describe_tolerances() -> str:
+    from utils.validation import TOLERANCES
+
     groups: dict = {}
     for precision, tolerance in TOLERANCES.items():
         groups.setdefault(tolerance, []).append(precision)
@@ -157,10 +161,11 @@ def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: f
         # Proteins the job embeds in one pass; for invariance, eight that fit one batch under the token budget.
         within = sorted((s for s in sample if len(s) <= limits.max_residues), key=len)
         short = [s for s in within if len(s) <= 512] or within
-        emit("pooling clean", v.check_pooling, encoder, spread(short, 4))
+        emit("pooling clean", v.check_pooling, encoder, v.spread(short, 4))
         fit = [s for s in within if 8 * (len(s) + model.family.special_tokens) <= limits.max_tokens_per_batch]
-        subset = spread(fit if len(fit) >= 2 else within, 8)
-        emit("batch invariance", v.check_batch_invariance, encoder, subset, TOLERANCES[order.precision], order.run.seed)
+        subset = v.spread(fit if len(fit) >= 2 else within, 8)
+        tolerance = v.TOLERANCES[order.precision]
+        emit("batch invariance", v.check_batch_invariance, encoder, subset, tolerance, order.run.seed)
 
         if vectors is not None:
             capacity = int(assumed_gb * 1e9) if assumed_gb is not None else device_memory_bytes(order.device)
@@ -224,7 +229,7 @@ def cross_model_checks(reports: list[ModelReport], families: dict[str, str], sho
     """ProstT5 vs ProtT5 on the same sample: recorded under the ProstT5 model's key."""
     import torch
 
-    from utils.validation import check_cross_model
+    from utils.validation import check_cross_model, guarded
 
     prost = [r for r in reports if families[r.key] == "prost_t5" and r.vectors]
     prot = [r for r in reports if families[r.key] == "prot_t5" and r.vectors]
@@ -262,7 +267,9 @@ def write_report(path: Path, document: dict) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=describe_config_keys(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", type=Path, default=Path("config_t5.yaml"), help="YAML config (see README)")
     parser.add_argument(
         "--num-proteins", type=int, default=100, help="sample size, stratified by length; the job's longest protein is "
@@ -283,6 +290,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from utils.errors import UserError
+    from utils.job import plan_jobs, prepare, unique_sequences
+    from utils.validation import TOLERANCES, stratified_sample
+
     quiet_transformers()
     try:
         config, splits, models = prepare(args.config)
