@@ -183,7 +183,7 @@ def check_load(
 # -- token layout -------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TokenGolden:
-    """The real hub vocabularies (../shared/DESIGN.md), written out independently of utils.families."""
+    """The real hub vocabularies (the published tokenizer files' ids), written out independently of utils.families."""
 
     leading: tuple[tuple[str, int], ...]  # tokens before the first residue
     trailing: tuple[tuple[str, int], ...]  # tokens after the last residue
