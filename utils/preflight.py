@@ -10,7 +10,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.config import Config, ModelConfig
+from utils.config import Config, ModelConfig, output_formats
 from utils.errors import UserError
 from utils.families import Architecture, Family, architecture, detect_family
 from utils.fasta import Record
@@ -185,7 +185,7 @@ def estimate_output_bytes(config: Config, splits: dict[str, list[Record]], model
     """Final files plus chunks (with a margin for containers)."""
     proteins = sum(len(records) for records in splits.values())
     residues = sum(len(r.sequence) for records in splits.values() for r in records)
-    files = 2 if config.run.output_format == "both" else 1
+    files = len(output_formats(config.run.output_format))
     total = 0
     for model in models:
         total += proteins * model.dim * (2 * files + 4)  # float16 finals + float32 chunk rows
