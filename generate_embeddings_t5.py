@@ -79,25 +79,6 @@ def shard_by_residues(sequences: list[str], shards: int) -> list[list[str]]:
     return groups
 
 
-def model_fingerprint(config: Config, model) -> str:
-    from utils.encode import resolve_precision
-    from utils.store import fingerprint
-
-    precisions = sorted({resolve_precision(model.config.precision, d) for d in model.config.devices})
-    return fingerprint(
-        {
-            "identity": model.identity,
-            "name": model.config.name,
-            "family": model.family,
-            "precisions": precisions,
-            "max_residues": config.run.max_residues,
-            "window_overlap": config.run.window_overlap,
-            "per_residue": config.run.per_residue,
-            "format": 1,
-        }
-    )
-
-
 @dataclass
 class Job:
     """One model: its work orders (one per device it is sharded over) and how each worker ended."""
@@ -118,12 +99,13 @@ class Job:
 
 
 def plan_jobs(config: Config, splits: dict[str, list[Record]], models: list) -> list[Job]:
+    from utils import preflight
     from utils.encode import resolve_precision
 
     sequences = unique_sequences(splits)
     jobs = []
     for model in models:
-        chunk_dir = config.output_dir / ".chunks" / model.config.output_key
+        chunk_dir = preflight.chunk_dir(config, model.config)
         devices = model.config.devices
         job = Job(model)
         shards = shard_by_residues(sequences, len(devices))
@@ -145,7 +127,7 @@ def plan_jobs(config: Config, splits: dict[str, list[Record]], models: list) -> 
                     per_residue=config.run.per_residue,
                     batches_per_chunk=config.run.save_every_n_batches,
                     chunk_dir=chunk_dir,
-                    fingerprint=model_fingerprint(config, model),
+                    chunk_settings=preflight.chunk_settings(config, model),
                     sequences=tuple(shard_sequences),
                     log_path=config.log_dir / f"{log_name}.log",
                     bar_position=0,
@@ -225,7 +207,7 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
     from utils.store import ChunkStore
 
     model = job.model
-    store = ChunkStore(config.output_dir / ".chunks" / model.config.output_key, job.orders[0].fingerprint)
+    store = ChunkStore(job.orders[0].chunk_dir, job.orders[0].chunk_settings, model.dim)
     found, _ = store.load()
     lines = []
     for split, records in splits.items():

@@ -52,7 +52,7 @@ class WorkOrder:
     per_residue: bool
     batches_per_chunk: int
     chunk_dir: Path
-    fingerprint: str
+    chunk_settings: dict  # what produced the chunks (utils.preflight.chunk_settings)
     sequences: tuple[str, ...]  # unique, this shard's
     log_path: Path
     bar_position: int
@@ -122,10 +122,9 @@ def _run(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) -> int:
 
     torch.manual_seed(order.seed)
     family = FAMILIES[order.family]
-    store = ChunkStore(order.chunk_dir, order.fingerprint)
-    done, stale = store.load(remove_stale=True)
-    if stale:
-        message = f"{order.label}: {stale} chunk(s) made with other settings were deleted; their proteins are redone"
+    store = ChunkStore(order.chunk_dir, order.chunk_settings, order.arch.hidden)
+    done, set_aside = store.load(set_aside=True)
+    for message in set_aside.lines(order.label):
         log.warning(message)
         print(f"note: {message}", file=sys.stderr)
 
