@@ -29,7 +29,7 @@ from utils.errors import UserError
 CHUNK_SUFFIX = ".chk"
 CHUNK_FORMAT = 2  # 1: no settings, no checksum
 SET_ASIDE = "set_aside"
-_NOTES_LISTED = 5  # damaged chunks named one per line; past this many, counted
+_NOTES_LISTED = 10  # damaged chunks named one per line; past this many, counted
 
 
 def sequence_digest(sequence: str) -> str:
