@@ -218,7 +218,9 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
             raise RuntimeError(f"model {model.config.key}: {len(missing)} protein(s) have no embedding, e.g. {example}")
         ids = [r.id for r in records]
         embeddings = torch.stack([row.pooled for row in rows]).to(torch.float16)
-        windowed = {r.id: row.note for r, row in zip(records, rows, strict=True) if row.note}
+        notes = {r.id: row.note for r, row in zip(records, rows, strict=True) if row.note}
+        windowed = {i: {k: v for k, v in n.items() if k != "redone"} for i, n in notes.items() if "windows" in n}
+        redone = {i: n["redone"] for i, n in notes.items() if "redone" in n}
         meta = {
             "model": model.config.name,
             "model_key": model.config.key,
@@ -230,6 +232,7 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
             "pooling": f"mean over residue token rows [{model.family.residue_offset}, "
             f"{model.family.residue_offset}+L): no special tokens, no prefix, no padding",
             "windowed": windowed,
+            "redone_in_fp32": redone,  # id → why (non-finite in fp16/bf16)
             "split": split,
             "checkpoint": model.identity,
         }
@@ -242,6 +245,7 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
         if config.run.concatenate:
             job.merged[split] = embeddings
         note = f", {len(windowed)} embedded in windows (see meta['windowed'])" if windowed else ""
+        note += f", {len(redone)} redone in fp32 (see meta['redone_in_fp32'])" if redone else ""
         lines.append(f"{split} {model.config.output_key}: {len(ids)} proteins × {model.dim}{note}")
     return lines
 

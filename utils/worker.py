@@ -28,6 +28,7 @@ from utils.encode import (
     load_encoder,
 )
 from utils.families import FAMILIES, Architecture
+from utils.finite import Fp32Redo, redo_non_finite
 from utils.store import ChunkStore, sequence_digest
 
 INTERRUPTED = 3
@@ -154,6 +155,14 @@ def _run(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) -> int:
     encoder = Encoder(
         tokenizer, model, family, order.device, limits.max_residues, order.window_overlap, order.per_residue
     )
+    fp32 = None
+    if order.precision != "fp32":
+        fp32 = Fp32Redo(
+            lambda: Encoder(
+                *load_encoder(order.model_name, family, order.device, "fp32"), family, order.device,
+                limits.max_residues, order.window_overlap, order.per_residue,
+            )
+        )  # fmt: skip
     bar = tqdm(
         total=residues_todo, unit="res", unit_scale=True, desc=order.label, position=order.bar_position,
         dynamic_ncols=True, leave=True, file=sys.stderr, postfix={"proteins": 0},
@@ -173,6 +182,7 @@ def _run(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) -> int:
                 if k + 1 < len(todo):
                     ahead = encoder.tokenize_ahead([sequences[i] for i in todo[k + 1]])
                 embedded = encoder.embed(batch_sequences, tokens)
+                embedded, _ = redo_non_finite(embedded, batch_sequences, order.precision, fp32)
                 chunk_digests += [digests[i] for i in batch]
                 chunk_embedded += embedded
                 for e, i in zip(embedded, batch, strict=True):
@@ -191,6 +201,8 @@ def _run(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) -> int:
     finally:
         bar.close()
         encoder.close()
+        if fp32 is not None:
+            fp32.close()
     elapsed = time.perf_counter() - started
     log.info("done: %d proteins, %d residues in %.1f s", proteins, residues_todo, elapsed)
     return 0
