@@ -23,6 +23,7 @@ from utils import worker
 from utils.config import Config, load_config
 from utils.errors import UserError
 from utils.fasta import Record, read_fasta
+from utils.ids import apply_id_format
 from utils.preflight import ResolvedModel
 from utils.store import OutputLock, sequence_digest
 from utils.worker import WorkOrder
@@ -34,7 +35,7 @@ def read_splits(config: Config) -> dict[str, list[Record]]:
     splits, problems = {}, []
     for name, path in config.splits.items():
         try:
-            splits[name] = read_fasta(path)
+            splits[name] = apply_id_format(read_fasta(path), config.id_format, str(path))
         except UserError as exc:
             problems += exc.problems
     if problems:
@@ -203,6 +204,7 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
     """Chunks → one final file per split, in input order; returns one summary line per file."""
     import torch
 
+    from utils.families import tool_model_name
     from utils.output import h5_path, residues_h5_path, write_outputs
     from utils.store import ChunkStore
 
@@ -223,6 +225,7 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
         redone = {i: n["redone"] for i, n in notes.items() if "redone" in n}
         meta = {
             "model": model.config.name,
+            "model_name": tool_model_name(model.family, model.arch),  # ProtSpace's name: protspace prepare needs it
             "model_key": model.config.key,
             "output_key": model.config.output_key,
             "family": model.family.label,
@@ -235,6 +238,7 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
             "redone_in_fp32": redone,  # id → why (non-finite in fp16/bf16)
             "split": split,
             "checkpoint": model.identity,
+            "headers": [r.header for r in records],  # aligned with ids; in HDF5 each dataset's "header" attribute
         }
         if model.family.licence:
             meta["licence"] = model.family.licence
@@ -269,16 +273,19 @@ def write_residue_rows(store, records: list[Record], path: Path, meta: dict) -> 
 
 def write_concatenated(config: Config, splits: dict[str, list[Record]], jobs: list[Job]) -> list[str]:
     """All models side by side, in config order, from the embeddings merge_outputs kept: works for every format."""
+    from utils.families import tool_model_name
     from utils.output import CONCAT_KEY, concatenate, write_outputs
 
     lines = []
     for split, records in splits.items():
         embeddings, columns = concatenate([(job.model.config.output_key, job.merged[split]) for job in jobs])
         meta = {
+            "model_name": "+".join(tool_model_name(job.model.family, job.model.arch) for job in jobs),
             "models": [job.model.config.name for job in jobs],
             "output_keys": [job.model.config.output_key for job in jobs],
             "families": [job.model.family.label for job in jobs],
             "split": split,
+            "headers": [r.header for r in records],
         }
         ids = [r.id for r in records]
         write_outputs(

@@ -86,14 +86,11 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def run_sample(encoder, sample: list[str], token_budget: int, max_items: int):
+def run_sample(encoder, sample: list[str], limits):
     """Embed the sample as a worker would (its batch plan, Encoder.embed per batch) → (vectors, seconds, windowed)."""
     import torch
 
-    from utils.batching import plan_batches
-
-    lengths = [min(len(s), encoder.max_residues) for s in sample]
-    batches = plan_batches(lengths, token_budget, max_items, encoder.family.special_tokens)
+    batches = limits.plan_batches([len(s) for s in sample], encoder.family.special_tokens)
     encoder.embed([min(sample, key=len)])  # warm-up (kernels, allocator) outside the timing
     vectors: list = [None] * len(sample)
     windowed = 0
@@ -110,7 +107,8 @@ def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: f
     import torch
 
     from utils import validation as v
-    from utils.encode import Encoder, device_memory_bytes, load_encoder
+    from utils.encode import Encoder, load_encoder
+    from utils.limits import device_memory_bytes
     from utils.worker import resolve_limits
 
     model, order = job.model, job.orders[0]
@@ -127,7 +125,8 @@ def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: f
     shards = f", {len(job.orders)} shards (checked on {order.device})" if len(job.orders) > 1 else ""
     print(
         f"{model.config.key}: {model.config.name} on {order.device}{shards}, {order.precision}; "
-        f"token budget {limits.token_budget:,}, batch ≤ {order.max_items}, max_residues {limits.max_residues:,}",
+        f"token budget {limits.max_tokens_per_batch:,}, batch ≤ {order.max_items}, "
+        f"max_residues {limits.max_residues:,}",
         flush=True,
     )
     torch.manual_seed(order.seed)
@@ -149,7 +148,7 @@ def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: f
     try:
         emit("token layout", v.check_token_layout, encoder)
         try:
-            vectors, sample_seconds, windowed = run_sample(encoder, sample, limits.token_budget, order.max_items)
+            vectors, sample_seconds, windowed = run_sample(encoder, sample, limits)
             measured = v.measured_peak_bytes(device)  # weights + the sample's batches, as the job would run them
         except Exception as exc:  # noqa: BLE001
             emit("embeddings", _raise, exc)
@@ -163,7 +162,7 @@ def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: f
         within = sorted((s for s in sample if len(s) <= limits.max_residues), key=len)
         short = [s for s in within if len(s) <= 512] or within
         emit("pooling clean", v.check_pooling, encoder, spread(short, 4))
-        fit = [s for s in within if 8 * (len(s) + model.family.special_tokens) <= limits.token_budget]
+        fit = [s for s in within if 8 * (len(s) + model.family.special_tokens) <= limits.max_tokens_per_batch]
         subset = spread(fit if len(fit) >= 2 else within, 8)
         emit("batch invariance", v.check_batch_invariance, encoder, subset, TOLERANCES[order.precision], order.seed)
 
@@ -193,13 +192,9 @@ def _memory(
     import torch
 
     from utils import validation as v
-    from utils.encode import DTYPES
 
     def project(lengths: list[int]) -> v.Projection:
-        return v.project_peak(
-            model.arch, DTYPES[order.precision].itemsize, lengths, limits.token_budget, limits.max_residues,
-            order.max_items, model.family, order.window_overlap,
-        )  # fmt: skip
+        return v.project_peak(limits, model.arch, order.precision, lengths, model.family, order.window_overlap)
 
     sample_estimate = project([len(s) for s in sample]).peak_bytes
     peak, what = measured
@@ -211,7 +206,8 @@ def _reference(encoder, order, model, sequences: list[str], job_vectors: dict) -
     import torch
 
     from utils import validation as v
-    from utils.encode import device_memory_bytes, load_encoder
+    from utils.encode import load_encoder
+    from utils.limits import device_memory_bytes
 
     if order.precision == "fp32":
         tokenizer, net, where = encoder.tokenizer, encoder.model, order.device

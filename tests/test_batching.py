@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from utils.batching import padded_tokens, plan_batches, window_spans
+from utils.batching import MAX_PADDING, padded_tokens, plan_batches, window_spans
 from utils.pooling import mean_over_residues, merge_windows, residue_mask, residue_rows
 
 FAST = settings(max_examples=200, deadline=None)
@@ -54,10 +54,20 @@ def test_plan_batches_longest_first_ties_in_input_order(lengths, budget, max_ite
 @given(lengths_st, budget_st, items_st, special_st)
 def test_plan_batches_closes_a_batch_only_when_the_next_protein_does_not_fit(lengths, budget, max_items, special):
     batches = plan_batches(lengths, budget, max_items, special)
-    for batch in batches[:-1]:
+    for batch, following in zip(batches, batches[1:], strict=False):
         full = len(batch) >= max_items
         over = (len(batch) + 1) * (lengths[batch[0]] + special) > budget
-        assert full or over, "a batch was closed although the next protein fitted"
+        padded = lengths[batch[0]] + special > (1 + MAX_PADDING) * (lengths[following[0]] + special)
+        assert full or over or padded, "a batch was closed although the next protein fitted"
+
+
+@FAST
+@given(lengths_st, budget_st, items_st, special_st, st.integers(1, 10**7))
+def test_plan_batches_respects_the_square_budget_and_the_padding_cap(lengths, budget, max_items, special, square):
+    for batch in plan_batches(lengths, budget, max_items, special, max_square_tokens=square):
+        longest = lengths[batch[0]] + special
+        assert len(batch) == 1 or len(batch) * longest * longest <= square
+        assert all(longest <= (1 + MAX_PADDING) * (lengths[i] + special) for i in batch)
 
 
 @FAST

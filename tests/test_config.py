@@ -95,7 +95,7 @@ def test_unknown_key_gets_did_you_mean(tmp_path, where, key, hint):
         (lambda c: c["run_params"].update(seed=-1), "run_params.seed", "integer ≥ 0"),
         (lambda c: c["run_params"].update(precision="FP16"), "run_params.precision", "did you mean 'fp16'?"),
         (lambda c: c["run_params"].update(precision="half"), "run_params.precision", "one of auto, fp16, bf16, fp32"),
-        (lambda c: c["run_params"].update(output_format="hdf5"), "run_params.output_format", "one of pt, h5, both"),
+        (lambda c: c["run_params"].update(output_format="hdf5"), "run_params.output_format", "one of pt, h5, parquet"),
         (lambda c: c["run_params"].update(concatenate="yes"), "run_params.concatenate", "true or false"),
         (lambda c: c["run_params"].update(max_tokens_per_batch=8), "run_params.max_tokens_per_batch", "≥ 16"),
         (lambda c: c["run_params"].update(max_residues=100, window_overlap=60), "run_params.window_overlap", "half"),

@@ -1,12 +1,10 @@
-"""How long a protein one pass may take, per device and family (utils/worker.resolve_limits): pure, no model."""
+"""Device policy (utils/limits.py): pure, no model. Full length wherever one pass fits the device; windows only for
+memory, the model's own limit (ESM-1b) or an explicit max_residues; batches sized by memory, attention included."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from pathlib import Path
-
 from utils.families import Architecture
-from utils.worker import CPU_T5_MAX_RESIDUES, WorkOrder, resolve_limits
+from utils.limits import device_limits, estimate_peak_bytes, heaviest_pass
 
 PROT_T5_XL = Architecture(1024, 24, 32, 16384, 1_208_000_000, True, None)
 ESM2_3B = Architecture(2560, 36, 40, 10240, 2_830_000_000, False, None)
@@ -14,33 +12,42 @@ ESM1B = Architecture(1280, 33, 20, 5120, 650_000_000, False, 1022)
 GIB = 1 << 30
 
 
-def _order(arch: Architecture, device: str = "cpu", precision: str = "fp32", max_residues: int | None = None):
-    return WorkOrder(
-        "m", "name", "prot_t5", arch, device, precision, None, 32, max_residues, 256, False, 100,
-        Path("chunks"), "fp", (), Path("log"), 0, 42,
-    )  # fmt: skip
+def test_t5_on_cpu_runs_full_length_when_memory_allows():
+    # The same protein must get the same vector on every device: no speed cap on the CPU.
+    assert device_limits(PROT_T5_XL, "cpu", "fp32", memory_bytes=512 * GIB).max_residues > 30_000
+    assert device_limits(PROT_T5_XL, "cpu", "fp32", memory_bytes=24 * GIB).max_residues > 5_000
+    assert device_limits(PROT_T5_XL, "cpu", "fp32", max_residues=9000, memory_bytes=512 * GIB).max_residues == 9000
 
 
-def test_t5_on_cpu_is_windowed_past_4096_residues_unless_configured():
-    assert resolve_limits(_order(PROT_T5_XL), 512 * GIB).max_residues == CPU_T5_MAX_RESIDUES
-    assert resolve_limits(_order(PROT_T5_XL, max_residues=9000), 512 * GIB).max_residues == 9000
-
-
-def test_t5_on_gpu_is_limited_by_memory_not_by_the_cpu_cap():
-    h100 = resolve_limits(_order(PROT_T5_XL, "cuda:0", "fp16"), 80 * GIB)
-    a6000 = resolve_limits(_order(PROT_T5_XL, "cuda:0", "fp16"), 48 * GIB)
-    assert h100.max_residues > a6000.max_residues > CPU_T5_MAX_RESIDUES
+def test_t5_on_gpu_is_limited_by_memory():
+    h100 = device_limits(PROT_T5_XL, "cuda:0", "fp16", memory_bytes=80 * GIB)
+    a6000 = device_limits(PROT_T5_XL, "cuda:0", "fp16", memory_bytes=48 * GIB)
+    assert h100.max_residues > a6000.max_residues > 10_000
     assert h100.max_residues < 35_000  # the 35,000-residue protein goes through recorded windows
+    assert estimate_peak_bytes(PROT_T5_XL, 2, 1, h100.max_residues + 2) <= 0.8 * 80 * GIB
 
 
-def test_esm_is_not_capped_on_cpu_and_esm1b_keeps_its_positional_limit():
-    assert resolve_limits(_order(ESM2_3B), 24 * GIB).max_residues > CPU_T5_MAX_RESIDUES
-    assert resolve_limits(_order(ESM1B), 24 * GIB).max_residues == 1022
-    assert resolve_limits(replace(_order(ESM1B), max_residues=5000), 24 * GIB).max_residues == 1022
+def test_esm1b_keeps_its_positional_limit():
+    assert device_limits(ESM2_3B, "cpu", "fp32", memory_bytes=24 * GIB).max_residues > 10_000
+    assert device_limits(ESM1B, "cpu", "fp32", memory_bytes=24 * GIB).max_residues == 1022
+    assert device_limits(ESM1B, "cpu", "fp32", max_residues=5000, memory_bytes=24 * GIB).max_residues == 1022
 
 
 def test_cpu_token_budget_is_fixed_and_gpu_budget_grows_with_memory():
-    assert resolve_limits(_order(PROT_T5_XL), 24 * GIB).token_budget == 4096
-    small = resolve_limits(_order(PROT_T5_XL, "cuda:0", "fp16"), 24 * GIB).token_budget
-    large = resolve_limits(_order(PROT_T5_XL, "cuda:0", "fp16"), 80 * GIB).token_budget
+    assert device_limits(PROT_T5_XL, "cpu", "fp32", memory_bytes=24 * GIB).max_tokens_per_batch == 4096
+    small = device_limits(PROT_T5_XL, "cuda:0", "fp16", memory_bytes=24 * GIB).max_tokens_per_batch
+    large = device_limits(PROT_T5_XL, "cuda:0", "fp16", memory_bytes=80 * GIB).max_tokens_per_batch
     assert 1024 <= small < large <= 131072
+
+
+def test_every_planned_gpu_batch_fits_the_memory_model():
+    # The first H100 run packed a 10,000-residue protein with a dozen 3,000-residue ones (a linear token budget):
+    # the batch ran out of memory and split again and again. Every batch the plan makes must fit.
+    lengths = [35_000, 10_000, 3150, 3031, 3010, 2866, 2732] + [400] * 200 + [30] * 50
+    for arch, memory in ((PROT_T5_XL, 80 * GIB), (PROT_T5_XL, 48 * GIB), (ESM2_3B, 80 * GIB)):
+        limits = device_limits(arch, "cuda:0", "fp16", memory_bytes=memory)
+        peak, _, _ = heaviest_pass(limits, arch, "fp16", lengths, 2)
+        assert peak <= 0.8 * memory
+        for batch in limits.plan_batches(lengths, 2):
+            longest = max(min(lengths[i], limits.max_residues) for i in batch)
+            assert all(longest + 2 <= 1.25 * (min(lengths[i], limits.max_residues) + 2) for i in batch)

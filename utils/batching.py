@@ -1,32 +1,53 @@
 """Lengths → batches and windows. Pure functions over integers, testable without a model.
 
 Batches are formed from length-sorted proteins, longest first (an out-of-memory shows in the first minutes, not at
-hour three), under a budget of padded tokens: items × (longest residues + special tokens).
+hour three), under a budget of padded tokens (items × (longest residues + special tokens)), a budget of attention's
+square tensors, and a cap on how much any protein is padded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+# Most padding a protein may get, as a fraction of its own tokens (see plan_batches).
+MAX_PADDING = 0.25
+
 
 def padded_tokens(lengths: Sequence[int], special_tokens: int) -> int:
     return len(lengths) * (max(lengths) + special_tokens) if lengths else 0
 
 
-def plan_batches(lengths: Sequence[int], token_budget: int, max_items: int, special_tokens: int) -> list[list[int]]:
+def plan_batches(
+    lengths: Sequence[int],
+    max_tokens_per_batch: int,
+    batch_size: int,
+    special_tokens: int,
+    *,
+    max_square_tokens: int | None = None,
+    max_padding: float = MAX_PADDING,
+) -> list[list[int]]:
     """Indices into `lengths`, grouped into batches, longest first. Ties keep input order, so plans are reproducible.
 
-    Each batch holds at most `max_items` proteins and at most `token_budget` padded tokens; a protein that alone
-    exceeds the budget gets a batch of its own.
+    A batch holds at most `batch_size` proteins, at most `max_tokens_per_batch` padded tokens, at most
+    `max_square_tokens` items × tokens² (attention's T × T tensors grow with the square of the padded length), and no
+    protein padded by more than `max_padding` of its own tokens (in the sparse tail of long proteins, a 3,000-residue
+    protein padded to 10,000 would cost more attention than it needs by a factor of eleven). A protein that alone
+    exceeds a budget gets a batch of its own.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
     for index in order:
         # Sorted descending, so the first item of a batch is its longest.
-        longest = lengths[current[0]] if current else lengths[index]
-        fits = (len(current) + 1) * (longest + special_tokens) <= token_budget
-        if current and (len(current) >= max_items or not fits):
+        longest = (lengths[current[0]] if current else lengths[index]) + special_tokens
+        items = len(current) + 1
+        fits = (
+            items <= batch_size
+            and items * longest <= max_tokens_per_batch
+            and (max_square_tokens is None or items * longest * longest <= max_square_tokens)
+            and longest <= (1 + max_padding) * (lengths[index] + special_tokens)
+        )
+        if current and not fits:
             batches.append(current)
             current = []
         current.append(index)

@@ -17,10 +17,20 @@ from typing import Any
 import yaml
 
 from utils.errors import UserError
+from utils.ids import ID_FORMATS
 from utils.paths import input_file_problem
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
-OUTPUT_FORMATS = ("pt", "h5", "both")
+# output_format names → the files they write; a YAML list names single formats.
+FORMATS = {
+    "pt": ("pt",),
+    "h5": ("h5",),
+    "parquet": ("parquet",),
+    "both": ("pt", "h5"),
+    "all": ("pt", "h5", "parquet"),
+}
+OUTPUT_FORMATS = tuple(FORMATS)
+SINGLE_FORMATS = ("pt", "h5", "parquet")
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SEED_MAX = 2**64 - 1  # torch.manual_seed takes 0 .. 2**64 - 1
 MAX_ALIASES = 100  # a YAML config has a few anchors; thousands are an alias bomb ("billion laughs")
@@ -66,7 +76,7 @@ class RunParams:
     max_residues: int | None = None  # longer proteins are embedded in windows; None: chosen per device
     window_overlap: int = 256
     concatenate: bool = False
-    output_format: str = "pt"
+    output_format: str = "pt"  # one of OUTPUT_FORMATS, or single formats joined by ',' (given as a YAML list)
     per_residue: bool = False
 
 
@@ -78,9 +88,12 @@ class Config:
     log_dir: Path
     run: RunParams
     models: tuple[ModelConfig, ...]
+    id_format: str = "first_word"  # how a FASTA header becomes a protein id (utils/ids.py)
 
 
-_PATH_KEYS = ("data_dir", "raw_train_sequences", "raw_test_sequences", "splits", "output_dir", "log_dir")
+_PATH_KEYS = (
+    "data_dir", "raw_train_sequences", "raw_test_sequences", "splits", "output_dir", "log_dir", "id_format"
+)  # fmt: skip
 _RUN_KEYS = tuple(RunParams.__dataclass_fields__)
 _MODEL_KEYS = ("name", "device", "output_key", "precision", "max_tokens_per_batch")
 _TOP_KEYS = ("paths", "run_params", "models")
@@ -102,6 +115,14 @@ def normalise_device(value: Any) -> str | None:
         if match:
             return f"cuda:{int(match.group(1))}"
     return None
+
+
+def output_formats(output_format: str) -> tuple[str, ...]:
+    """run_params.output_format ('pt', 'both', 'all', … or formats joined by ',' from a YAML list) → the formats."""
+    formats: list[str] = []
+    for name in output_format.split(","):
+        formats += [f for f in FORMATS[name] if f not in formats]
+    return tuple(formats)
 
 
 class _Checker:
@@ -171,6 +192,16 @@ class _Checker:
             self.add(f"{where}{key}", f"must be one of {', '.join(choices)}, got {shown(value)}{hint}")
             return default
         return value
+
+    def formats(self, table: dict, key: str, where: str, default: str) -> str:
+        """One of OUTPUT_FORMATS, or a YAML list of single formats (kept as text joined by ',')."""
+        value = table.get(key, default)
+        if isinstance(value, list):
+            if value and all(isinstance(v, str) and v in SINGLE_FORMATS for v in value):
+                return ",".join(dict.fromkeys(value))
+            self.add(f"{where}{key}", f"a list must name formats among {', '.join(SINGLE_FORMATS)}, got {value!r}")
+            return default
+        return self.choice(table, key, where, default, OUTPUT_FORMATS)
 
     def boolean(self, table: dict, key: str, where: str, default: bool) -> bool:
         value = table.get(key, default)
@@ -349,20 +380,21 @@ def load_config(path: Path) -> Config:
         max_residues=check.positive_int(run_table, "max_residues", "run_params.", None, minimum=16, auto=True),
         window_overlap=check.positive_int(run_table, "window_overlap", "run_params.", defaults.window_overlap, 0),
         concatenate=check.boolean(run_table, "concatenate", "run_params.", defaults.concatenate),
-        output_format=check.choice(run_table, "output_format", "run_params.", defaults.output_format, OUTPUT_FORMATS),
+        output_format=check.formats(run_table, "output_format", "run_params.", defaults.output_format),
         per_residue=check.boolean(run_table, "per_residue", "run_params.", defaults.per_residue),
     )
     if run.max_residues is not None and run.window_overlap >= run.max_residues // 2:
         check.add("run_params.window_overlap", f"must be less than half of max_residues ({run.max_residues})")
-    if run.per_residue and run.output_format == "pt":
+    if run.per_residue and "h5" not in output_formats(run.output_format):
         check.add("run_params.per_residue", "per-residue embeddings are written to HDF5; set output_format: h5 or both")
 
     data_dir = check.path(paths, "data_dir", "paths.", required=False) or Path(".")
     splits = _read_splits(check, paths, data_dir)
     output_dir = check.path(paths, "output_dir", "paths.", required=True)
     log_dir = check.path(paths, "log_dir", "paths.", required=False)
+    id_format = check.choice(paths, "id_format", "paths.", ID_FORMATS[0], ID_FORMATS)
     models = _read_models(check, models_table, run)
     if check.problems:
         raise UserError(check.problems)
     assert output_dir is not None
-    return Config(path, splits, output_dir, log_dir or Path("logs"), run, models)
+    return Config(path, splits, output_dir, log_dir or Path("logs"), run, models, id_format)

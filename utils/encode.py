@@ -7,7 +7,6 @@ or that is longer than `max_residues`, is embedded in overlapping windows, and t
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import torch
 
 from utils.batching import padded_tokens, window_spans
-from utils.families import Architecture, Family
+from utils.families import Family
 from utils.pooling import mean_over_residues, merge_windows, residue_rows
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -41,46 +40,6 @@ def resolve_precision(precision: str, device: str) -> str:
     if precision == "auto":
         return "fp32" if device == "cpu" else "fp16"
     return precision
-
-
-def device_memory_bytes(device: str) -> int:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_properties(torch.device(device)).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def estimate_peak_bytes(arch: Architecture, dtype_bytes: int, items: int, tokens: int) -> int:
-    """Weights + activations of one forward pass over `items` rows of `tokens` tokens (a deliberate over-estimate).
-
-    T5 materialises its position bias (heads × T × T) and, with the padding mask added, a second copy, and the
-    attention kernel reads a third; other families pass only a T × T mask to a fused SDPA kernel.
-    """
-    weights = arch.params * dtype_bytes
-    per_token = dtype_bytes * (8 * arch.hidden + 2 * arch.ffn)
-    square = dtype_bytes * tokens * tokens * (3 * arch.heads if arch.position_bias else 1)
-    return weights + items * (tokens * per_token + square)
-
-
-def auto_token_budget(arch: Architecture, dtype_bytes: int, memory_bytes: int, device: str) -> int:
-    if device == "cpu":
-        # Larger CPU batches only add padding and cache misses (benchmarks/throughput.py measured this).
-        return 4096
-    usable = 0.5 * memory_bytes - arch.params * dtype_bytes
-    per_token = estimate_peak_bytes(arch, dtype_bytes, 1, 1024) - arch.params * dtype_bytes
-    return int(max(1024, min(131072, usable // (per_token / 1024))))
-
-
-def auto_max_residues(arch: Architecture, dtype_bytes: int, memory_bytes: int) -> int:
-    """Longest protein embedded in one pass: one whose estimated peak fits 80% of the device."""
-    budget = 0.8 * memory_bytes
-    low, high = 16, 1 << 20
-    while low < high:
-        mid = (low + high + 1) // 2
-        if estimate_peak_bytes(arch, dtype_bytes, 1, mid + 2) <= budget:
-            low = mid
-        else:
-            high = mid - 1
-    return low
 
 
 def register_t5_sdpa_shared_mask() -> str:

@@ -105,3 +105,30 @@ def architecture(model_config: Any) -> Architecture:
         # positions start after the padding index, and <cls>/<eos> take two of them: 1026 → 1022 for ESM-1b
         max_residues = c.max_position_embeddings - (c.pad_token_id + 1) - 2
     return Architecture(hidden, layers, heads, ffn, params, False, max_residues)
+
+
+# The short model names ProtSpace (protspace 4.x) and its peers use, e.g. in the HDF5 "model_name" attribute that
+# `protspace prepare` requires: keyed by family and the checkpoint's architecture (layers, hidden size), so a
+# checkpoint gets its name from what it is, whatever its hub id or config key. ESM2-15B, ESM-1b and ESM C 6B have
+# no ProtSpace name; they follow the same pattern.
+TOOL_MODEL_NAMES = {
+    ("prot_t5", 24, 1024): "prot_t5",
+    ("prost_t5", 24, 1024): "prost_t5",
+    ("esm2", 6, 320): "esm2_8m",
+    ("esm2", 12, 480): "esm2_35m",
+    ("esm2", 30, 640): "esm2_150m",
+    ("esm2", 33, 1280): "esm2_650m",
+    ("esm2", 36, 2560): "esm2_3b",
+    ("esm2", 48, 5120): "esm2_15b",
+    ("esm1b", 33, 1280): "esm1b",
+    ("esmc", 30, 960): "esmc_300m",
+    ("esmc", 36, 1152): "esmc_600m",
+    ("esmc", 80, 2560): "esmc_6b",
+}
+
+
+def tool_model_name(family: Family, arch: Architecture) -> str:
+    """ProtSpace's name for this checkpoint; one of another size gets `{family}_{layers}x{hidden}` (e.g. a tiny
+    test checkpoint: `esm2_2x32`), so two different architectures never share a name."""
+    known = TOOL_MODEL_NAMES.get((family.name, arch.layers, arch.hidden))
+    return known or f"{family.name}_{arch.layers}x{arch.hidden}"

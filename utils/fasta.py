@@ -17,7 +17,7 @@ import gzip
 import re
 import unicodedata
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.errors import UserError
@@ -50,6 +50,7 @@ _OTHER_FORMATS = {  # magic bytes of compressed or binary formats people hand ov
 class Record:
     id: str
     sequence: str
+    header: str = field(default="", compare=False)  # the whole header line after '>', kept for the outputs
 
 
 def _read_text(path: Path) -> str:
@@ -146,7 +147,7 @@ def parse_fasta(text: str, source: str) -> list[Record]:
             )
         else:
             seen[rec_id] = header_line
-        records.append(Record(rec_id, sequence.upper()))
+        records.append(Record(rec_id, sequence.upper(), header))
 
     for number, line in enumerate(_LINE_BREAK.split(text), start=1):
         stripped = line.strip(_BLANKS)

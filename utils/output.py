@@ -5,9 +5,15 @@ so a failed or interrupted run never leaves a partial file nor touches the good 
 .h5  the layout ProtTrans, bio_embeddings and protspace read: one top-level dataset per protein, named by its id,
      float16 [D]; datasets iterate in input order. HDF5 reads '/' in a name as a group separator, so '/' is written
      as '%2F' (and '%' as '%25', a lone '.' as '%2E'); the verbatim id is in each dataset's "original_id"
-     attribute, as bio_embeddings writes it. Model metadata are file attributes: scalars as they are, lists and
-     mappings as JSON text.
+     attribute, as bio_embeddings writes it, and the whole FASTA header line in its "header" attribute. Model
+     metadata are file attributes: scalars as they are, lists and mappings as JSON text; "model_name" names the
+     model as ProtSpace does (prot_t5, esm2_3b, ...), which `protspace prepare` requires.
 .per_residue.h5  (run_params.per_residue) beside the .h5: the same names, float16 [L, D], the residue rows only.
+.parquet  columns `id` (string), `embedding` (fixed_size_list<halffloat>[D]) and `header` (the whole FASTA header
+     line, when meta has "headers"), rows in input order, written in row groups by a streaming writer, so neither
+     writing nor reading needs the whole [N, D] matrix in memory (pyarrow.dataset, polars.scan_parquet read it in
+     pieces). Model metadata are the file's key-value metadata: text
+     as it is, anything else as JSON text.
 """
 
 from __future__ import annotations
@@ -20,10 +26,15 @@ from typing import Any
 
 import torch
 
+from utils.config import output_formats
 from utils.store import atomic_torch_save
 
-FORMATS = {"pt": ("pt",), "h5": ("h5",), "both": ("pt", "h5")}
 CONCAT_KEY = "concat"
+# meta["headers"] is one entry per protein, aligned with ids: in HDF5 it goes to each dataset (a file attribute that
+# grows with the protein count would be read whole by every reader that lists the attributes).
+HEADERS = "headers"
+# Rows per Parquet row group: the unit a reader loads at a time (16,384 × 1,024-d float16 = 32 MiB).
+PARQUET_ROWS_PER_GROUP = 16384
 
 
 def pt_path(output_dir: Path, split: str, output_key: str) -> Path:
@@ -32,6 +43,10 @@ def pt_path(output_dir: Path, split: str, output_key: str) -> Path:
 
 def h5_path(output_dir: Path, split: str, output_key: str) -> Path:
     return output_dir / f"{split}_embeddings_{output_key}.h5"
+
+
+def parquet_path(output_dir: Path, split: str, output_key: str) -> Path:
+    return output_dir / f"{split}_embeddings_{output_key}.parquet"
 
 
 def residues_h5_path(pooled_h5: Path) -> Path:
@@ -53,13 +68,16 @@ def planned_outputs(
     planned = []
     for split in splits:
         for key in keys:
-            if "pt" in FORMATS[output_format]:
+            formats = output_formats(output_format)
+            if "pt" in formats:
                 planned.append((pt_path(output_dir, split, key), split, key))
-            if "h5" in FORMATS[output_format]:
+            if "h5" in formats:
                 pooled = h5_path(output_dir, split, key)
                 planned.append((pooled, split, key))
                 if per_residue and key != CONCAT_KEY:
                     planned.append((residues_h5_path(pooled), split, key))
+            if "parquet" in formats:
+                planned.append((parquet_path(output_dir, split, key), split, key))
     return planned
 
 
@@ -87,12 +105,16 @@ def _attribute(value: Any) -> Any:
 class H5Writer:
     """One HDF5 file, written under a temporary name and renamed into place (fsynced) when the block ends cleanly.
 
-    Proteins can be added one at a time, so a caller may stream per-residue rows without holding them all.
+    Proteins can be added one at a time, so a caller may stream per-residue rows without holding them all. A
+    "headers" list in the attributes is aligned with the proteins in the order they are added (or reserved): the
+    i-th dataset gets the i-th header as its "header" attribute.
     """
 
     def __init__(self, path: Path, attributes: dict[str, Any]):
         self.path = path
-        self.attributes = attributes
+        self.attributes = {key: value for key, value in attributes.items() if key != HEADERS}
+        self.headers: Sequence[str] = attributes.get(HEADERS) or ()
+        self.created = 0
         self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         self.handle: Any = None
 
@@ -106,14 +128,20 @@ class H5Writer:
             self.handle.attrs[key] = _attribute(value)
         return self
 
+    def _label(self, dataset: Any, protein_id: str) -> None:
+        dataset.attrs["original_id"] = protein_id
+        if self.created < len(self.headers):
+            dataset.attrs["header"] = self.headers[self.created]
+        self.created += 1
+
     def add(self, protein_id: str, array: torch.Tensor) -> None:
         dataset = self.handle.create_dataset(h5_name(protein_id), data=array.detach().cpu().numpy())
-        dataset.attrs["original_id"] = protein_id
+        self._label(dataset, protein_id)
 
     def reserve(self, protein_id: str, shape: tuple[int, ...]) -> None:
         """Create an empty float16 dataset now (fixing its place in the file's order); fill() writes it later."""
         dataset = self.handle.create_dataset(h5_name(protein_id), shape=shape, dtype="float16")
-        dataset.attrs["original_id"] = protein_id
+        self._label(dataset, protein_id)
 
     def fill(self, protein_id: str, array: torch.Tensor) -> None:
         self.handle[h5_name(protein_id)][...] = array.detach().to(torch.float16).cpu().numpy()
@@ -130,6 +158,90 @@ class H5Writer:
                 os.replace(self.tmp, self.path)
         finally:
             self.tmp.unlink(missing_ok=True)
+
+
+class ParquetWriter:
+    """One Parquet file written in row groups as blocks arrive, under a temporary name renamed into place (fsynced)
+    when the block ends cleanly; only the current block is ever in memory."""
+
+    def __init__(self, path: Path, dim: int, metadata: dict[str, Any]):
+        self.path = path
+        self.dim = dim
+        # meta["headers"] (one per row) becomes a "header" column rather than metadata that grows with the job
+        self.metadata = {key: value for key, value in metadata.items() if key != HEADERS}
+        self.headers: Sequence[str] | None = metadata.get(HEADERS)
+        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self.writer: Any = None
+        self.rows = 0
+
+    def __enter__(self) -> ParquetWriter:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        columns = [("id", pa.string()), ("embedding", pa.list_(pa.float16(), self.dim))]
+        self.schema = pa.schema(
+            columns + ([("header", pa.string())] if self.headers is not None else []),
+            metadata={
+                key: value if isinstance(value, str) else json.dumps(value) for key, value in self.metadata.items()
+            },
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # No dictionary encoding: ids are unique and float16 vectors barely repeat, so dictionaries only cost memory.
+        self.writer = pq.ParquetWriter(self.tmp, self.schema, use_dictionary=False, compression="zstd")
+        return self
+
+    def write(self, ids: Sequence[str], embeddings: Any) -> None:
+        """Append rows: `ids` and their vectors ([n, D] torch tensor or numpy array, any float dtype)."""
+        import numpy as np
+        import pyarrow as pa
+
+        if isinstance(embeddings, torch.Tensor):
+            embeddings = embeddings.detach().cpu().to(torch.float16).numpy()
+        vectors = np.ascontiguousarray(embeddings, dtype=np.float16)
+        if vectors.shape != (len(ids), self.dim):
+            raise ValueError(
+                f"{self.path.name}: got {vectors.shape} vectors for {len(ids)} ids of dimension {self.dim}"
+            )
+        for start in range(0, len(ids), PARQUET_ROWS_PER_GROUP):
+            end = min(start + PARQUET_ROWS_PER_GROUP, len(ids))
+            column = pa.FixedSizeListArray.from_arrays(pa.array(vectors[start:end].reshape(-1)), self.dim)
+            arrays = [pa.array(list(ids[start:end]), pa.string()), column]
+            if self.headers is not None:
+                arrays.append(pa.array(list(self.headers[self.rows + start : self.rows + end]), pa.string()))
+            self.writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
+        self.rows += len(ids)
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        try:
+            self.writer.close()
+            if exc_type is None:
+                descriptor = os.open(self.tmp, os.O_RDONLY)
+                try:
+                    os.fsync(descriptor)
+                finally:
+                    os.close(descriptor)
+                os.replace(self.tmp, self.path)
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def write_parquet(path: Path, ids: list[str], embeddings: torch.Tensor, meta: dict[str, Any], **extra: Any) -> None:
+    with ParquetWriter(path, embeddings.shape[1], {**meta, **extra}) as writer:
+        writer.write(ids, embeddings)
+
+
+def read_parquet(path: Path) -> tuple[list[str], torch.Tensor, dict[str, str]]:
+    """(ids, float16 [N, D], metadata as text) of a file written here. Large files: read them in pieces with
+    pyarrow.dataset or polars.scan_parquet instead."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    column = table.column("embedding").combine_chunks()
+    dim = column.type.list_size
+    flat = column.values.to_numpy(zero_copy_only=False).astype(np.float16, copy=False)
+    metadata = {key.decode(): value.decode() for key, value in (table.schema.metadata or {}).items()}
+    return table.column("id").to_pylist(), torch.from_numpy(flat.reshape(-1, dim).copy()), metadata
 
 
 def write_h5(
@@ -163,12 +275,16 @@ def write_outputs(
 ) -> list[Path]:
     """One split of one model (or the concatenated models) in every format asked for; returns the files written."""
     written = []
-    if "pt" in FORMATS[output_format]:
+    formats = output_formats(output_format)
+    if "pt" in formats:
         written.append(pt_path(output_dir, split, output_key))
         write_pt(written[-1], ids, embeddings, meta, **extra)
-    if "h5" in FORMATS[output_format]:
+    if "h5" in formats:
         written.append(h5_path(output_dir, split, output_key))
         write_h5(written[-1], ids, embeddings, meta, residues, **extra)
+    if "parquet" in formats:
+        written.append(parquet_path(output_dir, split, output_key))
+        write_parquet(written[-1], ids, embeddings, meta, **extra)
     return written
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from utils.config import Config, ModelConfig
+from utils.config import Config, ModelConfig, output_formats
 from utils.errors import UserError
 from utils.families import Architecture, Family, architecture, detect_family
 from utils.fasta import Record
@@ -391,7 +391,7 @@ def estimate_output_bytes(
     proteins = sum(len(records) for records in splits.values())
     residues = sum(len(r.sequence) for records in splits.values() for r in records)
     unique = {r.sequence for records in splits.values() for r in records}
-    files = 2 if config.run.output_format == "both" else 1
+    files = len(output_formats(config.run.output_format))
     total = 0
     for model in models:
         done = present.get(model.config.output_key, set())

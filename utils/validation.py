@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from utils.batching import plan_batches
-from utils.encode import Encoder, TokenLayoutError, estimate_peak_bytes
+from utils.encode import Encoder, TokenLayoutError
 from utils.families import Architecture, Family
+from utils.limits import Limits, heaviest_pass
 
 # Every residue letter a FASTA may carry (utils.fasta.ALPHABET), in a fixed order for reports.
 ALL_RESIDUES = "ACDEFGHIKLMNPQRSTVWYXBZUO"
@@ -401,31 +401,13 @@ class Projection:
 
 
 def project_peak(
-    arch: Architecture,
-    dtype_bytes: int,
-    lengths: Sequence[int],
-    token_budget: int,
-    max_residues: int,
-    max_items: int,
-    family: Family,
-    window_overlap: int,
+    limits: Limits, arch: Architecture, precision: str, lengths: Sequence[int], family: Family, window_overlap: int
 ) -> Projection:
-    """The worker's batch plan over the job's lengths, and the estimated peak of its heaviest forward pass.
-
-    A batch holding a protein longer than max_residues runs as separate passes (Encoder.embed): windows of
-    max_residues residues, the others alone.
-    """
-    capped = [min(n, max_residues) for n in lengths]
-    peak, items, tokens = 0, 0, 0
-    for batch in plan_batches(capped, token_budget, max_items, family.special_tokens):
-        if any(lengths[i] > max_residues for i in batch):
-            n, t = 1, max_residues + family.special_tokens
-        else:
-            n, t = len(batch), max(capped[i] for i in batch) + family.special_tokens
-        estimate = estimate_peak_bytes(arch, dtype_bytes, n, t)
-        if estimate > peak:
-            peak, items, tokens = estimate, n, t
+    """The job's batch plan over its lengths (utils.limits, as the worker plans it), and the estimated peak of its
+    heaviest forward pass."""
+    peak, items, tokens = heaviest_pass(limits, arch, precision, lengths, family.special_tokens)
     longest = max(lengths)
+    max_residues = limits.max_residues
     overlap = min(window_overlap, max_residues // 4)
     return Projection(peak, items, tokens, longest, longest > max_residues, max_residues, overlap)
 

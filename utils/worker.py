@@ -17,25 +17,15 @@ from pathlib import Path
 
 import torch
 
-from utils.batching import chunked, plan_batches
-from utils.encode import (
-    DTYPES,
-    Encoder,
-    ModelError,
-    auto_max_residues,
-    auto_token_budget,
-    device_memory_bytes,
-    load_encoder,
-)
+from utils.batching import chunked
+from utils.encode import Encoder, ModelError, load_encoder
 from utils.families import FAMILIES, Architecture
 from utils.finite import Fp32Redo, redo_non_finite
+from utils.limits import Limits, device_limits
 from utils.store import ChunkStore, sequence_digest
 
 INTERRUPTED = 3
 FAILED = 1
-# On CPU, T5's heads × L × L position bias makes one full-length pass slower than windows: 10,000 residues took 17 s
-# whole and 7 s as three recorded 4,096-residue windows (benchmarks/throughput.py). Set max_residues to override.
-CPU_T5_MAX_RESIDUES = 4096
 
 
 @dataclass(frozen=True)
@@ -60,23 +50,12 @@ class WorkOrder:
     seed: int
 
 
-@dataclass(frozen=True)
-class Limits:
-    token_budget: int
-    max_residues: int
-
-
 def resolve_limits(order: WorkOrder, memory_bytes: int | None = None) -> Limits:
-    """Token budget and longest one-pass protein for this order's device (or for `memory_bytes`, if given)."""
-    dtype_bytes = DTYPES[order.precision].itemsize
-    memory = memory_bytes or device_memory_bytes(order.device)
-    budget = order.token_budget or auto_token_budget(order.arch, dtype_bytes, memory, order.device)
-    longest = order.max_residues or auto_max_residues(order.arch, dtype_bytes, memory)
-    if order.max_residues is None and order.device == "cpu" and order.arch.position_bias:
-        longest = min(longest, CPU_T5_MAX_RESIDUES)
-    if order.arch.max_residues is not None:
-        longest = min(longest, order.arch.max_residues)
-    return Limits(budget, longest)
+    """This order's limits on its device (utils.limits), or on a device of `memory_bytes`, if given."""
+    return device_limits(
+        order.arch, order.device, order.precision, batch_size=order.max_items,
+        max_tokens_per_batch=order.token_budget, max_residues=order.max_residues, memory_bytes=memory_bytes,
+    )  # fmt: skip
 
 
 def _die_with_parent() -> None:
@@ -132,15 +111,14 @@ def _run(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) -> int:
     sequences = list(order.sequences)
     digests = [sequence_digest(s) for s in sequences]
     limits = resolve_limits(order)
-    lengths = [min(len(s), limits.max_residues) for s in sequences]
-    batches = plan_batches(lengths, limits.token_budget, order.max_items, family.special_tokens)
+    batches = limits.plan_batches([len(s) for s in sequences], family.special_tokens)
     pending = [b for b in batches if any(digests[i] not in done for i in b)]
     residues_todo = sum(len(sequences[i]) for b in pending for i in b)
     reused = sum(d in done for d in digests)
     log.info(
         "model %s (%s) on %s, %s; %d unique sequences, %d already in chunks; token budget %d, max residues %d",
         order.model_name, family.label, order.device, order.precision, len(sequences), reused,
-        limits.token_budget, limits.max_residues,
+        limits.max_tokens_per_batch, limits.max_residues,
     )  # fmt: skip
     if 0 < reused < len(digests):
         print(

@@ -1,0 +1,61 @@
+"""Protein ids from FASTA headers, as the config's `paths.id_format` asks (a pure mapping over parsed records).
+
+- `first_word` (default): the header's first word, verbatim (what utils/fasta.py already gives).
+- `uniprot`: UniProt headers `sp|ACC|NAME …` and `tr|ACC|NAME …` give `ACC` (isoforms keep their suffix:
+  `sp|P12345-2|…` → `P12345-2`); any other header, a bare accession included, keeps its first word. This is what
+  labels join on: CAFA's training FASTA has Swiss-Prot headers, its test FASTA bare accessions, GO annotations and
+  ProtSpace use the accession.
+
+The whole header line stays on the record (`Record.header`) and goes into the outputs, so nothing is lost.
+Ids must be unique within a file after mapping: `sp|P1|A` and `tr|P1|B` (or `sp|P1|A` and a bare `P1`) are refused,
+naming both headers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+from utils.errors import UserError
+from utils.fasta import Record
+
+ID_FORMATS = ("first_word", "uniprot")
+# The database tag, the accession, then the entry name: the layout of every UniProtKB FASTA header.
+_UNIPROT_HEADER = re.compile(r"^(?:sp|tr)\|([^|]+)\|")
+
+
+def protein_id(first_word: str, id_format: str) -> str:
+    """The id of one record whose header starts with `first_word`."""
+    if id_format == "uniprot":
+        match = _UNIPROT_HEADER.match(first_word)
+        if match:
+            return match.group(1)
+        return first_word
+    if id_format == "first_word":
+        return first_word
+    raise ValueError(f"unknown id_format {id_format!r}")  # the config refuses it before this
+
+
+def _shown(header: str, limit: int = 70) -> str:
+    text = repr(header)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def apply_id_format(records: list[Record], id_format: str, source: str) -> list[Record]:
+    """Records with ids mapped by `id_format`; raise UserError for every id that two headers now share."""
+    if id_format == "first_word":
+        return records
+    mapped = [replace(record, id=protein_id(record.id, id_format)) for record in records]
+    first: dict[str, Record] = {}
+    problems = []
+    for record in mapped:
+        earlier = first.setdefault(record.id, record)
+        if earlier is not record:
+            problems.append(
+                f"{source}: headers {_shown(earlier.header)} and {_shown(record.header)} both give protein id "
+                f"{record.id!r} under paths.id_format: {id_format}; ids must be unique: remove one of the two "
+                "proteins, or set id_format: first_word"
+            )
+    if problems:
+        raise UserError(problems)
+    return mapped
