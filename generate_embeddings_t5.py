@@ -80,25 +80,6 @@ def shard_by_residues(sequences: list[str], shards: int) -> list[list[str]]:
     return groups
 
 
-def model_fingerprint(config: Config, model) -> str:
-    from utils.encode import resolve_precision
-    from utils.store import fingerprint
-
-    precisions = sorted({resolve_precision(model.config.precision, d) for d in model.config.devices})
-    return fingerprint(
-        {
-            "identity": model.identity,
-            "name": model.config.name,
-            "family": model.family,
-            "precisions": precisions,
-            "max_residues": config.run.max_residues,
-            "window_overlap": config.run.window_overlap,
-            "per_residue": config.run.per_residue,
-            "format": 1,
-        }
-    )
-
-
 @dataclass
 class Job:
     """One model: its work orders (one per device it is sharded over) and how each worker ended."""
@@ -119,12 +100,13 @@ class Job:
 
 
 def plan_jobs(config: Config, splits: dict[str, list[Record]], models: list) -> list[Job]:
+    from utils import preflight
     from utils.encode import resolve_precision
 
     sequences = unique_sequences(splits)
     jobs = []
     for model in models:
-        chunk_dir = config.output_dir / ".chunks" / model.config.output_key
+        chunk_dir = preflight.chunk_dir(config, model.config)
         devices = model.config.devices
         job = Job(model)
         shards = shard_by_residues(sequences, len(devices))
@@ -146,7 +128,7 @@ def plan_jobs(config: Config, splits: dict[str, list[Record]], models: list) -> 
                     per_residue=config.run.per_residue,
                     batches_per_chunk=config.run.save_every_n_batches,
                     chunk_dir=chunk_dir,
-                    fingerprint=model_fingerprint(config, model),
+                    chunk_settings=preflight.chunk_settings(config, model),
                     sequences=tuple(shard_sequences),
                     log_path=config.log_dir / f"{log_name}.log",
                     bar_position=0,
@@ -227,7 +209,7 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
     from utils.store import ChunkStore
 
     model = job.model
-    store = ChunkStore(config.output_dir / ".chunks" / model.config.output_key, job.orders[0].fingerprint)
+    store = ChunkStore(job.orders[0].chunk_dir, job.orders[0].chunk_settings, model.dim)
     found, _ = store.load()
     lines = []
     for split, records in splits.items():
@@ -238,7 +220,9 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
             raise RuntimeError(f"model {model.config.key}: {len(missing)} protein(s) have no embedding, e.g. {example}")
         ids = [r.id for r in records]
         embeddings = torch.stack([row.pooled for row in rows]).to(torch.float16)
-        windowed = {r.id: row.note for r, row in zip(records, rows, strict=True) if row.note}
+        notes = {r.id: row.note for r, row in zip(records, rows, strict=True) if row.note}
+        windowed = {i: {k: v for k, v in n.items() if k != "redone"} for i, n in notes.items() if "windows" in n}
+        redone = {i: n["redone"] for i, n in notes.items() if "redone" in n}
         meta = {
             "model": model.config.name,
             "model_name": tool_model_name(model.family, model.arch),  # ProtSpace's name: protspace prepare needs it
@@ -251,6 +235,7 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
             "pooling": f"mean over residue token rows [{model.family.residue_offset}, "
             f"{model.family.residue_offset}+L): no special tokens, no prefix, no padding",
             "windowed": windowed,
+            "redone_in_fp32": redone,  # id → why (non-finite in fp16/bf16)
             "split": split,
             "checkpoint": model.identity,
             "headers": [r.header for r in records],  # aligned with ids; in HDF5 each dataset's "header" attribute
@@ -264,6 +249,7 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
         if config.run.concatenate:
             job.merged[split] = embeddings
         note = f", {len(windowed)} embedded in windows (see meta['windowed'])" if windowed else ""
+        note += f", {len(redone)} redone in fp32 (see meta['redone_in_fp32'])" if redone else ""
         lines.append(f"{split} {model.config.output_key}: {len(ids)} proteins × {model.dim}{note}")
     return lines
 

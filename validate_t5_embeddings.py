@@ -197,6 +197,7 @@ def _memory(
     import torch
 
     from utils import validation as v
+
     def project(lengths: list[int]) -> v.Projection:
         return v.project_peak(limits, model.arch, order.precision, lengths, model.family, order.window_overlap)
 
@@ -269,6 +270,17 @@ def write_report(path: Path, document: dict) -> None:
     os.replace(tmp, path)
 
 
+def positive_gb(text: str) -> float:
+    """argparse type: a finite number of gigabytes above zero (float() alone takes 'nan' and 'inf')."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive, finite number of GB")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=Path("config_t5.yaml"), help="YAML config (see README)")
@@ -277,15 +289,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "always in it (default 100)",
     )  # fmt: skip
     parser.add_argument(
-        "--assume-device-memory-gb", type=float, default=None, metavar="GB",
+        "--assume-device-memory-gb", type=positive_gb, default=None, metavar="GB",
         help="pretend each model's device has GB of memory: the automatic batch limits and the memory projection "
         "use it (to plan for another card, and for tests); default: the device's real memory",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.num_proteins < 2:
         parser.error("--num-proteins must be at least 2")
-    if args.assume_device_memory_gb is not None and args.assume_device_memory_gb <= 0:
-        parser.error("--assume-device-memory-gb must be positive")
     return args
 
 

@@ -20,6 +20,7 @@ import torch
 from utils.batching import chunked
 from utils.encode import Encoder, ModelError, load_encoder
 from utils.families import FAMILIES, Architecture
+from utils.finite import Fp32Redo, redo_non_finite
 from utils.limits import Limits, device_limits
 from utils.store import ChunkStore, sequence_digest
 
@@ -42,7 +43,7 @@ class WorkOrder:
     per_residue: bool
     batches_per_chunk: int
     chunk_dir: Path
-    fingerprint: str
+    chunk_settings: dict  # what produced the chunks (utils.preflight.chunk_settings)
     sequences: tuple[str, ...]  # unique, this shard's
     log_path: Path
     bar_position: int
@@ -101,10 +102,9 @@ def _run(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) -> int:
 
     torch.manual_seed(order.seed)
     family = FAMILIES[order.family]
-    store = ChunkStore(order.chunk_dir, order.fingerprint)
-    done, stale = store.load(remove_stale=True)
-    if stale:
-        message = f"{order.label}: {stale} chunk(s) made with other settings were deleted; their proteins are redone"
+    store = ChunkStore(order.chunk_dir, order.chunk_settings, order.arch.hidden)
+    done, set_aside = store.load(set_aside=True)
+    for message in set_aside.lines(order.label):
         log.warning(message)
         print(f"note: {message}", file=sys.stderr)
 
@@ -133,6 +133,14 @@ def _run(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) -> int:
     encoder = Encoder(
         tokenizer, model, family, order.device, limits.max_residues, order.window_overlap, order.per_residue
     )
+    fp32 = None
+    if order.precision != "fp32":
+        fp32 = Fp32Redo(
+            lambda: Encoder(
+                *load_encoder(order.model_name, family, order.device, "fp32"), family, order.device,
+                limits.max_residues, order.window_overlap, order.per_residue,
+            )
+        )  # fmt: skip
     bar = tqdm(
         total=residues_todo, unit="res", unit_scale=True, desc=order.label, position=order.bar_position,
         dynamic_ncols=True, leave=True, file=sys.stderr, postfix={"proteins": 0},
@@ -152,6 +160,7 @@ def _run(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) -> int:
                 if k + 1 < len(todo):
                     ahead = encoder.tokenize_ahead([sequences[i] for i in todo[k + 1]])
                 embedded = encoder.embed(batch_sequences, tokens)
+                embedded, _ = redo_non_finite(embedded, batch_sequences, order.precision, fp32)
                 chunk_digests += [digests[i] for i in batch]
                 chunk_embedded += embedded
                 for e, i in zip(embedded, batch, strict=True):
@@ -170,6 +179,8 @@ def _run(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) -> int:
     finally:
         bar.close()
         encoder.close()
+        if fp32 is not None:
+            fp32.close()
     elapsed = time.perf_counter() - started
     log.info("done: %d proteins, %d residues in %.1f s", proteins, residues_todo, elapsed)
     return 0
