@@ -143,10 +143,15 @@ def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: f
         return report
     seconds = time.perf_counter() - started
     emit("load", v.check_load, seconds, model.family, net, warnings, model.arch, order.precision)
-    encoder = Encoder(tokenizer, net, model.family, order.device, limits.max_residues, order.run.window_overlap)
+    emit("token layout", v.check_token_layout, tokenizer, model.family)
+    try:
+        encoder = Encoder(tokenizer, net, model.family, order.device, limits.max_residues, order.run.window_overlap)
+    except Exception as exc:  # noqa: BLE001 - the job refuses this tokenizer when the model loads
+        emit("embeddings", _raise, exc)
+        report.skipped += ["every other check (the job refuses this tokenizer)"]
+        return report
     net = None  # the encoder holds the weights; the fp32 reference may swap them for an fp32 copy
     try:
-        emit("token layout", v.check_token_layout, encoder)
         try:
             vectors, sample_seconds, windowed = embed_sample(encoder, sample, limits)
             measured = v.measured_peak_bytes(device)  # weights + the sample's batches, as the job would run them
@@ -266,6 +271,17 @@ def write_report(path: Path, document: dict) -> None:
     os.replace(tmp, path)
 
 
+def positive_gb(text: str) -> float:
+    """argparse type: a finite number of gigabytes above zero (float() alone takes 'nan' and 'inf')."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive, finite number of GB")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, epilog=describe_config_keys(), formatter_class=argparse.RawDescriptionHelpFormatter
@@ -276,15 +292,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "always in it (default 100)",
     )  # fmt: skip
     parser.add_argument(
-        "--assume-device-memory-gb", type=float, default=None, metavar="GB",
+        "--assume-device-memory-gb", type=positive_gb, default=None, metavar="GB",
         help="pretend each model's device has GB of memory: the automatic batch limits and the memory projection "
         "use it (to plan for another card, and for tests); default: the device's real memory",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.num_proteins < 2:
         parser.error("--num-proteins must be at least 2")
-    if args.assume_device_memory_gb is not None and args.assume_device_memory_gb <= 0:
-        parser.error("--assume-device-memory-gb must be positive")
     return args
 
 

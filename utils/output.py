@@ -54,6 +54,33 @@ def residues_h5_path(pooled_h5: Path) -> Path:
     return pooled_h5.with_suffix(".per_residue.h5")
 
 
+def planned_outputs(
+    output_dir: Path,
+    splits: Sequence[str],
+    output_keys: Sequence[str],
+    output_format: str,
+    per_residue: bool,
+    concatenate: bool,
+) -> list[tuple[Path, str, str]]:
+    """Every final file a run writes, as (path, split, output key): the one list the pre-checks test for collisions
+    and obstacles, built from the same path functions the writers use."""
+    keys = list(output_keys) + ([CONCAT_KEY] if concatenate else [])
+    planned = []
+    for split in splits:
+        for key in keys:
+            formats = output_formats(output_format)
+            if "pt" in formats:
+                planned.append((pt_path(output_dir, split, key), split, key))
+            if "h5" in formats:
+                pooled = h5_path(output_dir, split, key)
+                planned.append((pooled, split, key))
+                if per_residue and key != CONCAT_KEY:
+                    planned.append((residues_h5_path(pooled), split, key))
+            if "parquet" in formats:
+                planned.append((parquet_path(output_dir, split, key), split, key))
+    return planned
+
+
 def h5_name(protein_id: str) -> str:
     """Protein id → HDF5 dataset name; reversible (h5_id), so names of distinct ids never collide."""
     if protein_id == ".":
