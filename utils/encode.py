@@ -14,19 +14,15 @@ from typing import Any
 import torch
 
 from utils.batching import padded_tokens, window_spans
+from utils.errors import ModelError
 from utils.families import Family
 from utils.pooling import mean_over_residues, merge_windows, residue_rows
+from utils.tokens import TokenLayoutError, build_table
+
+__all__ = ["Embedded", "Encoder", "ModelError", "TokenLayoutError", "load_encoder"]
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 MODEL_LOAD_OPTIONS = {"EsmModel": {"add_pooling_layer": False}}
-
-
-class ModelError(RuntimeError):
-    """A checkpoint that cannot give correct embeddings; the worker reports it in one line and stops."""
-
-
-class TokenLayoutError(ModelError):
-    """The tokenizer did not produce one token per residue: wrong tokenizer or model text."""
 
 
 @dataclass
@@ -124,30 +120,15 @@ class Encoder:
         self.max_residues = max_residues
         self.window_overlap = window_overlap
         self.per_residue = per_residue
-        self.unk_id = tokenizer.unk_token_id
+        self.table = build_table(tokenizer, family)  # raises TokenLayoutError when the tokenizer is not the family's
         self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        self.out_of_memory_events = 0
+        self.smallest_failed_square = float("inf")  # items × tokens² of the smallest batch that ran out of memory
 
     # -- tokenization -------------------------------------------------------------------------------------------
     def tokenize(self, sequences: list[str]) -> dict[str, torch.Tensor]:
-        texts = [self.family.model_text(s) for s in sequences]
-        tokens = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=True)
-        lengths = torch.tensor([len(s) for s in sequences])
-        found = tokens["attention_mask"].sum(dim=1)
-        expected = lengths + self.family.special_tokens
-        if not torch.equal(found, expected):
-            row = int(torch.nonzero(found != expected)[0])
-            raise TokenLayoutError(
-                f"tokenizer made {int(found[row])} tokens for a {int(lengths[row])}-residue protein "
-                f"(expected {int(expected[row])}); the tokenizer does not match the {self.family.label} layout"
-            )
-        residue_ids = tokens["input_ids"][:, self.family.residue_slice(int(lengths.max()))]
-        in_protein = torch.arange(residue_ids.shape[1])[None, :] < lengths[:, None]
-        if self.unk_id is not None and bool(((residue_ids == self.unk_id) & in_protein).any()):
-            raise TokenLayoutError(
-                f"tokenizer produced <unk> for residues; the tokenizer does not match the {self.family.label} "
-                "layout (spaces between residues, upper case)"
-            )
-        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"], "lengths": lengths}
+        """Residue strings → padded ids, mask and lengths, by the table checked against this model's tokenizer."""
+        return self.table.encode(sequences)
 
     def tokenize_ahead(self, sequences: list[str]):
         """Start tokenizing the next batch on a CPU thread while the device runs the current one."""
@@ -166,7 +147,7 @@ class Encoder:
         lengths = tokens["lengths"].to(self.device, non_blocking=True)
         return mean_over_residues(hidden, lengths, self.family.residue_offset), hidden
 
-    def _run(self, sequences: list[str], tokens: dict[str, torch.Tensor] | None) -> list[Embedded]:
+    def _embed_whole_batch(self, sequences: list[str], tokens: dict[str, torch.Tensor] | None) -> list[Embedded]:
         tokens = tokens if tokens is not None else self.tokenize(sequences)
         pooled, hidden = self.forward(tokens)
         pooled = pooled.cpu()  # the one device-to-host copy per batch
@@ -185,11 +166,17 @@ class Encoder:
             rest = [i for i in range(len(sequences)) if i not in windowed]
             done = dict(zip(rest, self.embed([sequences[i] for i in rest]) if rest else [], strict=True))
             return [windowed[i] if i in windowed else done[i] for i in range(len(sequences))]
-        try:
-            return self._run(sequences, tokens)
-        except torch.OutOfMemoryError:
-            pass  # leave the except block first, so the failed pass's tensors can be freed
-        self._release_memory()
+        square = len(sequences) * (max(map(len, sequences)) + self.family.special_tokens) ** 2
+        if len(sequences) == 1 or square < self.smallest_failed_square:
+            try:
+                return self._embed_whole_batch(sequences, tokens)
+            except torch.OutOfMemoryError:
+                pass  # leave the except block first, so the failed pass's tensors can be freed
+            # A failed pass costs its partial forward and the allocator's cache: later batches at least this large
+            # are split before they are tried, not after.
+            self.out_of_memory_events += 1
+            self.smallest_failed_square = min(self.smallest_failed_square, square)
+            self._release_memory()
         if len(sequences) == 1:
             window = max(16, min(self.max_residues, len(sequences[0])) // 2)
             return [self.embed_windows(sequences[0], window, "out of memory at full length")]

@@ -144,12 +144,10 @@ class RayRunner:
         from utils.encode import Embedded
         from utils.store import ChunkStore, sequence_digest
 
-        store = ChunkStore(job.chunk_dir, job.fingerprint)
-        done, stale = store.load(remove_stale=True)
-        if stale:
-            print(
-                f"note: {job.model.config.key}: {stale} chunk(s) made with other settings were deleted", file=sys.stderr
-            )
+        store = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim)
+        done, set_aside = store.load(set_aside=True)
+        for message in set_aside.lines(job.model.config.key):
+            print(f"note: {message}", file=sys.stderr)
         sequences = dict.fromkeys(s for order in job.orders for s in order.sequences)
         pending = sorted((s for s in sequences if sequence_digest(s) not in done), key=len, reverse=True)
         label = job.model.config.key
