@@ -122,6 +122,7 @@ _RUN_MEANINGS = {  # in the README's order; defaults come from RunParams
     "concatenate": "also write {split}_embeddings_concat.*, all models side by side",
     "output_format": "pt, h5, parquet, both (pt + h5), all, or a list such as [pt, parquet]",
     "per_residue": "also write [L, D] residue rows to .per_residue.h5 (needs h5 in output_format)",
+    "engine": "local (worker processes here) or ray (a Ray Data actor pool; RAY_ADDRESS names the cluster)",
 }
 CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("paths.data_dir", ".", "directory of the FASTA files"),
