@@ -9,7 +9,8 @@ fresh output directories: the local engine (one worker process), the Ray engine 
 Ray started here (4 logical CPUs), then the local engine again (the faster local run is compared). Prints Ray's
 start-up, each run's wall time, and the Ray engine's extra time per protein over the local engine (first Ray job:
 actor start and model load included; second: the Ray runtime warm, a new actor still started). Both engines'
-vectors are compared as well.
+vectors are compared as well. Both engines run torch with one thread (OMP_NUM_THREADS=1, as Ray sets it for an
+actor of one CPU).
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # One intra-op thread on both sides: Ray gives an actor of num_cpus=1 OMP_NUM_THREADS=1, and the local worker
+    # (a spawned process) inherits this; otherwise the comparison is of thread counts on a shared machine.
+    os.environ["OMP_NUM_THREADS"] = "1"
     import ray
     import torch
 
