@@ -39,6 +39,7 @@ class ModelConfig:
     output_key: str
     precision: str
     max_tokens_per_batch: int | None  # None: the run's setting
+    layer: int = -1  # hidden state to pool, counted as transformers' hidden_states (0 embeddings, -1 the last)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ _PATH_KEYS = (
     "data_dir", "raw_train_sequences", "raw_test_sequences", "splits", "output_dir", "log_dir", "id_format"
 )  # fmt: skip
 _RUN_KEYS = tuple(RunParams.__dataclass_fields__)
-_MODEL_KEYS = ("name", "device", "output_key", "precision", "max_tokens_per_batch")
+_MODEL_KEYS = ("name", "device", "output_key", "precision", "max_tokens_per_batch", "layer")
 _TOP_KEYS = ("paths", "run_params", "models")
 
 
@@ -283,7 +284,14 @@ def _read_models(check: _Checker, models: dict, run: RunParams) -> tuple[ModelCo
             output_key = str(key)
         precision = check.choice(spec, "precision", where, run.precision, PRECISIONS)
         budget = check.positive_int(spec, "max_tokens_per_batch", where, run.max_tokens_per_batch, 16, auto=True)
-        result.append(ModelConfig(str(key), name, tuple(d for d in devices if d), output_key, precision, budget))
+        layer = spec.get("layer", -1)
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            # The range depends on the checkpoint's depth: utils.preflight checks it once the config.json is read.
+            check.add(f"{where}layer", f"must be an integer (0 = embedding output, -1 = last layer), got {layer!r}")
+            layer = -1
+        result.append(
+            ModelConfig(str(key), name, tuple(d for d in devices if d), output_key, precision, budget, layer)
+        )
     seen: dict[str, str] = {}
     for model in result:
         if model.output_key in seen or model.output_key == "concat":

@@ -26,6 +26,10 @@ class Family:
     model_class: str  # transformers class that loads the encoder alone
     attention: str = "sdpa"  # attention implementation to load with (utils/encode.py registers custom ones)
     licence: str = ""
+    # Where the loaded encoder keeps its transformer layers (a ModuleList) and the norm applied after the last one:
+    # a `models.<key>.layer` other than the last keeps only the layers up to it and drops that norm (utils/encode.py).
+    layer_stack: str = "encoder.layer"
+    final_norm: str = "encoder.emb_layer_norm_after"
 
     def model_text(self, sequence: str) -> str:
         residues = sequence.translate(RARE_TO_X) if self.rare_to_x else sequence
@@ -35,8 +39,11 @@ class Family:
         return slice(self.residue_offset, self.residue_offset + n_residues)
 
 
-PROT_T5 = Family("prot_t5", "ProtT5", "", " ", True, 0, 1, "T5EncoderModel", "t5_sdpa_shared_mask")
-PROST_T5 = Family("prost_t5", "ProstT5", "<AA2fold> ", " ", True, 1, 2, "T5EncoderModel", "t5_sdpa_shared_mask")
+_T5_LAYERS = {"layer_stack": "encoder.block", "final_norm": "encoder.final_layer_norm"}
+PROT_T5 = Family("prot_t5", "ProtT5", "", " ", True, 0, 1, "T5EncoderModel", "t5_sdpa_shared_mask", **_T5_LAYERS)
+PROST_T5 = Family(
+    "prost_t5", "ProstT5", "<AA2fold> ", " ", True, 1, 2, "T5EncoderModel", "t5_sdpa_shared_mask", **_T5_LAYERS
+)
 ESM2 = Family("esm2", "ESM2", "", "", False, 1, 2, "EsmModel")
 ESM1B = Family("esm1b", "ESM-1b", "", "", False, 1, 2, "EsmModel")
 ESMC = Family(
@@ -54,6 +61,8 @@ ESMC = Family(
         "(github.com/Biohub/esm); the 2024 EvolutionaryScale releases were under the Cambrian Open License "
         "(esmc-300m-2024-12) and the Cambrian Non-Commercial License (esmc-600m-2024-12)"
     ),
+    layer_stack="layers",
+    final_norm="norm",
 )
 FAMILIES = {family.name: family for family in (PROT_T5, PROST_T5, ESM2, ESM1B, ESMC)}
 
@@ -132,3 +141,16 @@ def tool_model_name(family: Family, arch: Architecture) -> str:
     test checkpoint: `esm2_2x32`), so two different architectures never share a name."""
     known = TOOL_MODEL_NAMES.get((family.name, arch.layers, arch.hidden))
     return known or f"{family.name}_{arch.layers}x{arch.hidden}"
+
+
+def hidden_state_index(layer: int, layers: int) -> int | None:
+    """`models.<key>.layer` → its index in transformers' `hidden_states` (0 … layers), or None when out of range.
+
+    Counted as transformers' `hidden_states` and fair-esm's `repr_layers` count: 0 is the embedding output (before any
+    transformer layer), i the output of layer i, and `layers` (= -1) the last layer's output after the final norm,
+    which is `last_hidden_state`; -2 is the output of the layer before the last, without that norm. In every family
+    here the final norm follows only the last layer (T5 `final_layer_norm`, ESM `emb_layer_norm_after`, ESM C `norm`),
+    so layers before the last come as the residual stream leaves them, exactly as `hidden_states[i]` gives them.
+    """
+    index = layer if layer >= 0 else layers + 1 + layer
+    return index if 0 <= index <= layers else None
