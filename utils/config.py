@@ -75,8 +75,15 @@ _MODEL_KEYS = ("name", "device", "output_key", "precision", "max_tokens_per_batc
 _TOP_KEYS = ("paths", "run_params", "models")
 
 
+def auto_device() -> str:
+    """`device: auto`: the first GPU when torch sees one, else the CPU (so one config serves any machine)."""
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
 def normalise_device(value: Any) -> str | None:
-    """0 / '0' / 'cuda' / 'cuda:1' / 'cpu' → canonical form; None when unrecognised."""
+    """0 / '0' / 'cuda' / 'cuda:1' / 'cpu' / 'auto' → canonical form ('auto' resolved here); None when unrecognised."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int) and value >= 0:
@@ -85,6 +92,8 @@ def normalise_device(value: Any) -> str | None:
         text = value.strip().lower()
         if text == "cpu":
             return "cpu"
+        if text == "auto":
+            return auto_device()
         if text == "cuda":
             return "cuda:0"
         match = re.fullmatch(r"(?:cuda:)?(\d+)", text)
@@ -271,9 +280,8 @@ def _read_models(check: _Checker, models: dict, run: RunParams) -> tuple[ModelCo
         raw_list = raw_devices if isinstance(raw_devices, list) else [raw_devices]
         devices = tuple(normalise_device(d) for d in raw_list)
         if not raw_list or None in devices:
-            check.add(
-                f"{where}device", f"must be a CUDA index, 'cuda:N', 'cpu', or a list of them, got {raw_devices!r}"
-            )
+            accepted = "a CUDA index, 'cuda:N', 'cpu', 'auto', or a list of them"
+            check.add(f"{where}device", f"must be {accepted}, got {raw_devices!r}")
         gpus = [d for d in devices if d and d != "cpu"]
         if len(set(gpus)) < len(gpus):
             # Shards on one GPU would only queue behind each other; [cpu, cpu] is allowed (the tests shard that way).

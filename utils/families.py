@@ -78,6 +78,15 @@ class Architecture:
     params: int  # encoder parameters (approximate, from shapes)
     position_bias: bool  # T5 materialises a heads × L × L bias tensor
     max_residues: int | None  # learned absolute positions cap the length
+    attention_width: int = 0  # heads × head dimension (T5: 4,096 at d_model 1,024); 0: the hidden size
+
+    def matmul_flops(self, tokens: int, layers: int | None = None) -> float:
+        """Forward FLOPs of one sequence of `tokens` tokens through the first `layers` layers (all by default): two per
+        weight per token for the projections and feed-forward, plus QKᵀ and AV, 2 × T × width each per token."""
+        used = self.layers if layers is None else layers
+        per_layer_weights = self.params / self.layers  # the embedding table is a lookup, < 0.1 % of params here
+        width = self.attention_width or self.hidden
+        return used * (2.0 * per_layer_weights * tokens + 4.0 * width * tokens * tokens)
 
 
 def detect_family(model_config: Any, vocabulary: dict[str, int], model_name: str) -> Family:
@@ -104,7 +113,7 @@ def architecture(model_config: Any) -> Architecture:
         inner = c.num_heads * c.d_kv
         gated = 3 if "gated" in str(getattr(c, "feed_forward_proj", "")) else 2
         params = layers * (4 * hidden * inner + gated * hidden * ffn) + c.vocab_size * hidden
-        return Architecture(hidden, layers, heads, ffn, params, True, None)
+        return Architecture(hidden, layers, heads, ffn, params, True, None, inner)
     layers, hidden, heads = c.num_hidden_layers, c.hidden_size, c.num_attention_heads
     ffn = getattr(c, "intermediate_size", 4 * hidden)
     gated = 3 if getattr(c, "model_type", None) == "esmc" else 2
