@@ -25,11 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from generate_embeddings_t5 import BAD_INPUT, plan_jobs, prepare, unique_sequences
+from utils import exits
 from utils.errors import UserError
+from utils.job import plan_jobs, prepare, unique_sequences
 from utils.validation import TOLERANCES, Check, guarded, spread, stratified_sample
 
-PASSED, FAILED = 0, 1
 NAME_WIDTH = 16
 
 
@@ -86,21 +86,18 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def run_sample(encoder, sample: list[str], limits):
-    """Embed the sample as a worker would (its batch plan, Encoder.embed per batch) → (vectors, seconds, windowed)."""
+def embed_sample(encoder, sample: list[str], limits):
+    """Embed the sample as a worker would (utils.embedder's loop) → (vectors, seconds, windowed)."""
     import torch
 
-    batches = limits.plan_batches([len(s) for s in sample], encoder.family.special_tokens)
+    from utils.embedder import embed_in_batches
+
     encoder.embed([min(sample, key=len)])  # warm-up (kernels, allocator) outside the timing
-    vectors: list = [None] * len(sample)
-    windowed = 0
     started = time.perf_counter()
-    for batch in batches:
-        for i, embedded in zip(batch, encoder.embed([sample[i] for i in batch]), strict=True):
-            vectors[i] = embedded.pooled
-            windowed += embedded.note is not None
+    embedded = embed_in_batches(encoder, sample, limits)
     seconds = time.perf_counter() - started  # pooled vectors are on the host already: the device has finished
-    return torch.stack(vectors), seconds, windowed
+    windowed = sum(e.note is not None for e in embedded)
+    return torch.stack([e.pooled for e in embedded]), seconds, windowed
 
 
 def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: float | None, show) -> ModelReport:
@@ -109,7 +106,6 @@ def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: f
     from utils import validation as v
     from utils.encode import Encoder, load_encoder
     from utils.limits import device_memory_bytes
-    from utils.worker import resolve_limits
 
     model, order = job.model, job.orders[0]
     report = ModelReport(model.config.key, model.config.name, model.family.label, order.device, order.precision)
@@ -120,35 +116,35 @@ def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: f
         show(report.key, result)
         return result
 
-    limits = resolve_limits(order, int(assumed_gb * 1e9) if assumed_gb is not None else None)
+    limits = order.limits(int(assumed_gb * 1e9) if assumed_gb is not None else None)
     device = torch.device(order.device)
     shards = f", {len(job.orders)} shards (checked on {order.device})" if len(job.orders) > 1 else ""
     print(
         f"{model.config.key}: {model.config.name} on {order.device}{shards}, {order.precision}; "
-        f"token budget {limits.max_tokens_per_batch:,}, batch ≤ {order.max_items}, "
+        f"token budget {limits.max_tokens_per_batch:,}, batch ≤ {limits.batch_size}, "
         f"max_residues {limits.max_residues:,}",
         flush=True,
     )
-    torch.manual_seed(order.seed)
+    torch.manual_seed(order.run.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     started = time.perf_counter()
     try:
         with v.transformers_warnings() as warnings:
-            tokenizer, net = load_encoder(order.model_name, model.family, order.device, order.precision)
+            tokenizer, net = load_encoder(model.source, model.family, order.device, order.precision)
     except Exception as exc:  # noqa: BLE001 - a checkpoint that does not load is a failed check
         emit("load", _raise, exc)
         report.skipped = ["every other check (the model did not load)"]
         return report
     seconds = time.perf_counter() - started
     emit("load", v.check_load, seconds, model.family, net, warnings, model.arch, order.precision)
-    encoder = Encoder(tokenizer, net, model.family, order.device, limits.max_residues, order.window_overlap)
+    encoder = Encoder(tokenizer, net, model.family, order.device, limits.max_residues, order.run.window_overlap)
     net = None  # the encoder holds the weights; the fp32 reference may swap them for an fp32 copy
     try:
         emit("token layout", v.check_token_layout, encoder)
         try:
-            vectors, sample_seconds, windowed = run_sample(encoder, sample, limits)
+            vectors, sample_seconds, windowed = embed_sample(encoder, sample, limits)
             measured = v.measured_peak_bytes(device)  # weights + the sample's batches, as the job would run them
         except Exception as exc:  # noqa: BLE001
             emit("embeddings", _raise, exc)
@@ -164,7 +160,7 @@ def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: f
         emit("pooling clean", v.check_pooling, encoder, spread(short, 4))
         fit = [s for s in within if 8 * (len(s) + model.family.special_tokens) <= limits.max_tokens_per_batch]
         subset = spread(fit if len(fit) >= 2 else within, 8)
-        emit("batch invariance", v.check_batch_invariance, encoder, subset, TOLERANCES[order.precision], order.seed)
+        emit("batch invariance", v.check_batch_invariance, encoder, subset, TOLERANCES[order.precision], order.run.seed)
 
         if vectors is not None:
             capacity = int(assumed_gb * 1e9) if assumed_gb is not None else device_memory_bytes(order.device)
@@ -192,8 +188,9 @@ def _memory(
     import torch
 
     from utils import validation as v
+
     def project(lengths: list[int]) -> v.Projection:
-        return v.project_peak(limits, model.arch, order.precision, lengths, model.family, order.window_overlap)
+        return v.project_peak(limits, model.arch, order.precision, lengths, model.family, order.run.window_overlap)
 
     sample_estimate = project([len(s) for s in sample]).peak_bytes
     peak, what = measured
@@ -217,7 +214,7 @@ def _reference(encoder, order, model, sequences: list[str], job_vectors: dict) -
             torch.cuda.empty_cache()
         fits = model.arch.params * 4 <= 0.8 * device_memory_bytes(order.device)
         where = order.device if fits else "cpu"
-        tokenizer, net = load_encoder(order.model_name, model.family, where, "fp32")
+        tokenizer, net = load_encoder(model.source, model.family, where, "fp32")
     job = torch.stack([job_vectors[s] for s in sequences])
     reference = torch.stack([v.reference_vector(tokenizer, net, model.family, s) for s in sequences])
     return v.check_reference(job, reference, order.precision, where)
@@ -292,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         for line in exc.lines():
             print(f"error: {line}", file=sys.stderr)
-        return BAD_INPUT
+        return exits.BAD_INPUT
 
     sequences = unique_sequences(splits)
     job_lengths = [len(s) for s in sequences]
@@ -334,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in failures:
             print(f"  ✗ {line}")
     print(f"report: {path}")
-    return PASSED if passed else FAILED
+    return exits.OK if passed else exits.FAILED
 
 
 if __name__ == "__main__":

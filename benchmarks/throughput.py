@@ -365,9 +365,9 @@ def run_engine(
     checkpoint: Path, arch: str, proteins: list[str], device: str, flops: FlopModel, out: Path, args: Any, variant: str
 ) -> dict[str, Any]:
     """The main job's path in this process: resolve the model, plan jobs, run the worker loop, write the final .pt."""
-    import generate_embeddings_t5 as main_job
+    from utils import job as main_job
     from utils import worker
-    from utils.batching import plan_batches, window_spans
+    from utils.batching import window_spans
     from utils.config import Config, ModelConfig, RunParams
     from utils.encode import padding_fraction
     from utils.fasta import Record
@@ -402,10 +402,10 @@ def run_engine(
     resolved = resolve_model(model_config)
     job = main_job.plan_jobs(config, splits, [resolved])[0]
     order = job.orders[0]
-    log = worker._logger(order.log_path)
+    log = worker.open_log(order.log_path)
     worker.load_encoder = timed_load
     try:
-        code = worker._run(order, log, {"requested": False})
+        code = worker.embed_order(order, log, {"requested": False})
     finally:
         worker.load_encoder = real_load
         for handler in list(log.handlers):
@@ -421,10 +421,10 @@ def run_engine(
     _release(device)
 
     family = resolved.family
-    limits = worker.resolve_limits(order)
+    limits = order.limits()
     unique = list(order.sequences)
     lengths = [min(len(s), limits.max_residues) for s in unique]
-    batches = plan_batches(lengths, limits.token_budget, order.max_items, family.special_tokens)
+    batches = limits.plan_batches([len(s) for s in unique], family.special_tokens)
     outputs = [torch.load(out / f"{split}_embeddings_bench.pt", weights_only=True) for split in splits]
     windowed: dict[str, Any] = {}
     for output in outputs:
@@ -447,9 +447,9 @@ def run_engine(
         "residues_embedded": sum(len(p) for p in proteins),
         "truncated_proteins": 0,
         "attention": timing["attention"],
-        "token_budget": limits.token_budget,
+        "token_budget": limits.max_tokens_per_batch,
         "max_residues": limits.max_residues,
-        "max_items": order.max_items,
+        "max_items": order.run.batch_size,
         "batches": len(batches),
         "padding_fraction": padding_fraction([[lengths[i] for i in b] for b in batches], family.special_tokens),
         "windowed": {f"{len(sequence)} residues": note for sequence, note in notes.items()},

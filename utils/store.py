@@ -120,28 +120,35 @@ class ChunkStore:
 
 
 class OutputLock:
-    """One run per output directory. flock is released by the kernel when the holder dies, even by kill -9."""
+    """One run per output directory. flock is released by the kernel when the holder dies, even by kill -9.
 
-    def __init__(self, output_dir: Path):
+    `shared`: array shards (--shard I/N) of one job write into one directory at once, each its own chunks; they
+    share the lock with each other, and exclude a whole run or the --merge that writes the final files.
+    """
+
+    def __init__(self, output_dir: Path, shared: bool = False):
         self.path = output_dir / ".lock"
+        self.shared = shared
         self.handle: Any = None
 
     def __enter__(self) -> OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(self.path, "a+")
         try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.handle, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             self.handle.seek(0)
-            other = self.handle.read().strip() or "unknown"
+            other = self.handle.read().strip()
             self.handle.close()
+            who = f"another run (pid {other})" if other else "shard runs (--shard)"
             raise UserError(
-                f"{self.path.parent}: another run (pid {other}) is writing to this output directory; "
+                f"{self.path.parent}: {who} is writing to this output directory; "
                 "wait for it to finish, or set paths.output_dir to another directory"
             ) from None
         self.handle.seek(0)
         self.handle.truncate()
-        self.handle.write(str(os.getpid()))
+        if not self.shared:  # shards leave the file empty: a blocked run then knows it waits for shards
+            self.handle.write(str(os.getpid()))
         self.handle.flush()
         return self
 
