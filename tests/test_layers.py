@@ -5,11 +5,20 @@ model one protein at a time; the layer is part of the resume fingerprint; out-of
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 import torch
 
-from tests.conftest import REFERENCE_LAYOUT, cosine, random_protein, write_config, write_fasta
+from tests.conftest import (
+    REFERENCE_LAYOUT,
+    cosine,
+    load_output,
+    random_protein,
+    run_cli,
+    write_config,
+    write_fasta,
+)
 from utils.config import load_config
 from utils.encode import Encoder, load_encoder
 from utils.errors import UserError
@@ -97,3 +106,41 @@ def test_config_layer_type_and_range(tmp_path, checkpoints):
         with pytest.raises(UserError) as caught:
             resolve_model(config.models[0])
         assert f"models.m.layer: {layer} is out of range" in str(caught.value) and "has 2 layers" in str(caught.value)
+
+
+# -- through the CLI: wiring, meta, names, the resume fingerprint ---------------------------------------------------
+def test_cli_layers_meta_names_and_fingerprint(tmp_path, checkpoints):
+    rng = random.Random(3)
+    train = [(f"p{i}", random_protein(rng, rng.randint(5, 120))) for i in range(8)]
+    test = [("t0", random_protein(rng, 60))]
+    write_fasta(tmp_path / "train.fasta", train)
+    write_fasta(tmp_path / "test.fasta", test)
+    references = {layout: LayerReference(checkpoints[layout], layout) for layout in ("prost_t5", "esm1b")}
+
+    def run(layers: dict[str, int]) -> str:
+        models = {key: {"name": checkpoints[key], "layer": layer} for key, layer in layers.items()}
+        config = write_config(tmp_path, models, run_params={"output_format": "both"})
+        result = run_cli("generate_embeddings_t5.py", "--config", str(config))
+        assert result.returncode == 0, result.stderr
+        return result.stderr
+
+    def check(key: str, layer: int) -> None:
+        data = load_output(tmp_path / "out" / f"train_embeddings_{key}.pt")
+        index = hidden_state_index(layer, TINY_LAYERS)
+        assert (data["meta"]["layer"], data["meta"]["layers"]) == (index, TINY_LAYERS)
+        suffix = "" if index == TINY_LAYERS else f"_layer{index}"
+        assert data["meta"]["model_name"] == f"{key}_2x32{suffix}"
+        for row, (rec_id, sequence) in zip(data["embeddings"], train, strict=True):
+            assert cosine(row, references[key](sequence, layer)) > 0.9999, (key, layer, rec_id)
+
+    run({"prost_t5": 1, "esm1b": 0})
+    check("prost_t5", 1)
+    check("esm1b", 0)
+    # -2 is hidden state 1 again: its chunks are reused; ESM-1b's layer changed: its chunks are redone
+    run({"prost_t5": -2, "esm1b": -1})
+    check("prost_t5", -2)
+    check("esm1b", -1)
+    pattern = r"(\d+) unique sequences, (\d+) already in chunks"
+    starts = {key: re.findall(pattern, (tmp_path / "logs" / f"{key}.log").read_text()) for key in ("prost_t5", "esm1b")}
+    assert starts == {"prost_t5": [("9", "0"), ("9", "9")], "esm1b": [("9", "0"), ("9", "0")]}
+    assert "made with other settings were deleted" in (tmp_path / "logs" / "esm1b.log").read_text()

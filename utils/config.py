@@ -54,6 +54,7 @@ class RunParams:
     concatenate: bool = False
     output_format: str = "pt"  # one of OUTPUT_FORMATS, or single formats joined by ',' (given as a YAML list)
     per_residue: bool = False
+    report: bool = True  # run_report.html and run_summary.json at the end of the run (utils/report.py)
 
 
 @dataclass(frozen=True)
@@ -339,6 +340,7 @@ def load_config(path: Path) -> Config:
         concatenate=check.boolean(run_table, "concatenate", "run_params.", defaults.concatenate),
         output_format=check.formats(run_table, "output_format", "run_params.", defaults.output_format),
         per_residue=check.boolean(run_table, "per_residue", "run_params.", defaults.per_residue),
+        report=check.boolean(run_table, "report", "run_params.", defaults.report),
     )
     if run.max_residues is not None and run.window_overlap >= run.max_residues // 2:
         check.add("run_params.window_overlap", f"must be less than half of max_residues ({run.max_residues})")

@@ -74,8 +74,8 @@ def split_lines(config: Config, splits: dict[str, list[Record]]) -> list[str]:
         within += sum(count - 1 for count in here.values())
         residues = sum(len(r.sequence) for r in records)
         lines.append(
-            f"  {name:<10} {len(records):>9,} proteins {len(here):>9,} unique {residues:>13,} residues   "
-            f"{length_line([len(r.sequence) for r in records])}   ({config.splits[name]})"
+            f"  {name}: {len(records):,} proteins, {len(here):,} unique, {residues:,} residues; "
+            f"{length_line([len(r.sequence) for r in records])}  ({config.splits[name]})"
         )
         seen.update(here.keys())
     unique = len(seen)
@@ -162,6 +162,14 @@ def matmul_rate(device: str, precision: str) -> float:
     return best
 
 
+def flop_text(value: float, per_second: bool = False) -> str:
+    """FLOPs with an SI prefix: 2.4 GFLOP, 33.1 TFLOP (/s when a rate)."""
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if value >= scale:
+            return f"{value / scale:,.1f} {prefix}FLOP" + ("/s" if per_second else "")
+    return f"{value:,.0f} FLOP" + ("/s" if per_second else "")
+
+
 def duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
@@ -193,9 +201,9 @@ def dry_run(
         layer = model.layer_index
         layer_text = "last layer" if layer == model.arch.layers else f"hidden state {layer} of {model.arch.layers}"
         lines.append(
-            f"  {model.config.key}: {model.family.label} ({tool_model_name(model.family, model.arch)}), "
-            f"{model.arch.layers} layers × {model.arch.hidden}, {model.arch.params / 1e9:.2f} B parameters, "
-            f"{layer_text}; {model.config.name}"
+            f"  {model.config.key}: {model.config.name}: {model.family.label} "
+            f"({tool_model_name(model.family, model.arch, layer)}), {model.arch.layers} layers × {model.arch.hidden}, "
+            f"{model.arch.params / 1e6:,.1f} M parameters, {layer_text}"
         )
         shards = shard_by_residues(sequences, len(devices))
         for shard, (device, shard_sequences) in enumerate(zip(devices, shards, strict=True)):
@@ -209,28 +217,28 @@ def dry_run(
             device_seconds[device] += seconds
             device_gflop_per_residue[device] += 2 * model.arch.params / 1e9 * plan.residues / max(total_residues, 1)
             lines.append(
-                f"    {label} on {device} ({precision}): {plan.proteins:,} proteins, {plan.residues:,} residues; "
-                f"{plan.batches:,} batches of ≤ {plan.max_tokens_per_batch:,} padded tokens "
-                f"(≤ {config.run.batch_size} proteins, {plan.padding:.1%} padding); one pass up to "
-                f"{plan.max_residues:,} residues"
+                f"    {label} on {device} ({precision}): {plan.proteins:,} proteins, {plan.residues:,} residues in "
+                f"{plan.batches:,} batches (≤ {plan.max_tokens_per_batch:,} padded tokens, ≤ {config.run.batch_size} "
+                f"proteins; {plan.padding:.1%} padding)"
             )
             if plan.windowed:
                 examples = ", ".join(f"{n:,} residues → {w} windows" for n, w in sorted(plan.windowed)[-SHOWN:][::-1])
                 lines.append(f"      windows: {len(plan.windowed):,} protein(s), {plan.window_reason}: {examples}")
             else:
-                lines.append("      windows: none (every protein in one pass)")
+                lines.append(f"      windows: none (one pass up to {plan.max_residues:,} residues holds every protein)")
             lines.append(
-                f"      work: {plan.flops / 1e12:,.1f} TFLOP; projected {duration(seconds)} at "
-                f"{rates[(device, precision)] / 1e12:,.1f} TFLOP/s measured × MFU {speed / rates[(device, precision)]}"
+                f"      work: {flop_text(plan.flops)} → projected {duration(seconds)} (measured "
+                f"{flop_text(rates[(device, precision)], per_second=True)} matmul × assumed MFU "
+                f"{speed / rates[(device, precision)]:g})"
             )
     lines.append("devices (models on one device run one after another; devices at the same time):")
     for device, seconds in device_seconds.items():
         lines.append(
-            f"  {device}: {device_gflop_per_residue[device]:.2f} GFLOP per residue (2 × parameters), "
-            f"projected {duration(seconds)}"
+            f"  {device}: {flop_text(device_gflop_per_residue[device] * 1e9)} per residue (2 × parameters of "
+            f"its models and shards), projected {duration(seconds)}"
         )
     needed = estimate_output_bytes(config, splits, models)
-    lines.append(f"disk: about {needed / 1e9:,.2f} GB for the outputs and checkpoint chunks in {config.output_dir}")
+    lines.append(f"disk: about {needed / 1e6:,.1f} MB for the outputs and checkpoint chunks in {config.output_dir}")
     wall = max(device_seconds.values(), default=0.0)
     lines.append(
         f"projected wall time: {duration(wall)} (the busiest device; model loading not counted; assumed MFU "

@@ -6,7 +6,7 @@ tokenizer vocabulary), never from the config key's name. Facts: ../shared/DESIGN
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from utils.errors import UserError
@@ -28,8 +28,9 @@ class Family:
     licence: str = ""
     # Where the loaded encoder keeps its transformer layers (a ModuleList) and the norm applied after the last one:
     # a `models.<key>.layer` other than the last keeps only the layers up to it and drops that norm (utils/encode.py).
-    layer_stack: str = "encoder.layer"
-    final_norm: str = "encoder.emb_layer_norm_after"
+    # Left out of the repr, which the resume fingerprint hashes: chunks made before these fields existed stay valid.
+    layer_stack: str = field(default="encoder.layer", repr=False)
+    final_norm: str = field(default="encoder.emb_layer_norm_after", repr=False)
 
     def model_text(self, sequence: str) -> str:
         residues = sequence.translate(RARE_TO_X) if self.rare_to_x else sequence
@@ -145,11 +146,13 @@ TOOL_MODEL_NAMES = {
 }
 
 
-def tool_model_name(family: Family, arch: Architecture) -> str:
+def tool_model_name(family: Family, arch: Architecture, layer_index: int | None = None) -> str:
     """ProtSpace's name for this checkpoint; one of another size gets `{family}_{layers}x{hidden}` (e.g. a tiny
-    test checkpoint: `esm2_2x32`), so two different architectures never share a name."""
+    test checkpoint: `esm2_2x32`), so two different architectures never share a name. Vectors of a hidden state
+    other than the last get `_layer{index}` (e.g. `esm2_3b_layer20`): they are not what the plain name means."""
     known = TOOL_MODEL_NAMES.get((family.name, arch.layers, arch.hidden))
-    return known or f"{family.name}_{arch.layers}x{arch.hidden}"
+    name = known or f"{family.name}_{arch.layers}x{arch.hidden}"
+    return name if layer_index is None or layer_index == arch.layers else f"{name}_layer{layer_index}"
 
 
 def hidden_state_index(layer: int, layers: int) -> int | None:

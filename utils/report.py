@@ -17,6 +17,7 @@ import html
 import io
 import json
 import platform
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -272,7 +273,8 @@ def chart_timeline(workers: Sequence[WorkerSummary]) -> str | None:
     axes.set_xlabel(label)
     handles, labels = axes.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
-    axes.legend(unique.values(), unique.keys(), fontsize=8, loc="lower right")
+    axes.legend(unique.values(), unique.keys(), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=4)
+    axes.set_xlim(left=0)
     axes.grid(axis="x", alpha=0.3)
     return _png(figure)
 
@@ -289,7 +291,7 @@ def chart_reuse(workers: Sequence[WorkerSummary]) -> str | None:
     axes.barh(labels, computed, left=reused, color="#4c9a5f", label="computed in this run")
     axes.invert_yaxis()
     axes.set_xlabel("unique sequences")
-    axes.legend(fontsize=8, loc="lower right")
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
     return _png(figure)
 
 
@@ -447,3 +449,31 @@ def write_report(
     report = output_dir / REPORT_NAME
     atomic_write_bytes(report, render_html(summary, split_lengths, workers).encode())
     return report
+
+
+def report_run(config: Any, splits: dict[str, Any], jobs: list[Any], started: float, status: str) -> None:
+    """The job's last step (utils.job.run_job): the report of the run that began at `started`, for whatever was
+    done. A report that cannot be written is a note, never a failure of the run."""
+    from utils.families import tool_model_name
+
+    models = []
+    for job in jobs:
+        model = job.model
+        state = "done" if job.finished else "failed" if job.failed else "interrupted"
+        models.append({
+            "key": model.config.key,
+            "name": model.config.name,
+            "model_name": tool_model_name(model.family, model.arch, model.layer_index),
+            "family": model.family.label,
+            "layer": model.layer_index,
+            "devices": list(model.config.devices),
+            "checkpoint": model.identity,
+            "status": state,
+        })  # fmt: skip
+    sequences = {name: [record.sequence for record in records] for name, records in splits.items()}
+    try:
+        path = write_report(config.output_dir, config.log_dir, config.path, sequences, models, started, status)
+    except Exception as exc:  # noqa: BLE001 - the outputs are written; the report is only a picture of the run
+        print(f"note: the run report could not be written ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return
+    print(f"report: {path}", file=sys.stderr)
