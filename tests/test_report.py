@@ -6,10 +6,17 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from tests.conftest import REPO, cli_env, random_protein, run_cli, run_job, write_config, write_fasta
 from utils.report import ProgressLog, read_progress, summarise_worker, write_report
 
 MODELS = [
@@ -81,3 +88,86 @@ def test_a_cut_last_line_keeps_the_records_before_it(tmp_path):
     (events,) = read_progress(tmp_path, started).values()
     worker = summarise_worker(events, started)
     assert worker.computed == 4 and worker.status == "failed"
+
+
+# -- through the real CLI -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def reported_runs(checkpoints, tmp_path_factory):
+    """The same command twice: a first run, then a rerun that finds every chunk done."""
+    directory = tmp_path_factory.mktemp("reported")
+    rng = random.Random(29)
+    train = [(f"p{i}", random_protein(rng, rng.randint(20, 300))) for i in range(24)] + [("long", "M" * 1500)]
+    test = [("t0", train[0][1]), ("t1", random_protein(rng, 90))]
+    models = {"esm1b": {"name": checkpoints["esm1b"]}, "esm2": {"name": checkpoints["esm2"]}}
+    run_params = {"report": True, "save_every_n_batches": 1, "output_format": "both"}
+    first = run_job(directory, models, train, test, run_params=run_params)
+    summaries = [json.loads((directory / "out" / "run_summary.json").read_text())]
+    first_html = (directory / "out" / "run_report.html").read_text()
+    second = run_cli("generate_embeddings_t5.py", "--config", str(directory / "config_t5.yaml"))
+    assert second.returncode == 0, second.stderr
+    summaries.append(json.loads((directory / "out" / "run_summary.json").read_text()))
+    unique = len({s for _, s in train + test})
+    return directory, summaries, unique, (first, second), first_html
+
+
+def test_cli_run_report(reported_runs):
+    import torch
+
+    directory, (summary, _), unique, (first, _), text = reported_runs
+    assert f"report: {directory / 'out' / 'run_report.html'}" in first.stderr
+    assert summary["status"] == "done" and summary["versions"]["torch"] == torch.__version__
+    assert summary["splits"]["train"]["proteins"] == 25 and summary["splits"]["test"]["unique"] == 2
+    models = {m["key"]: m for m in summary["models"]}
+    assert models["esm1b"]["checkpoint"].startswith("local:") and models["esm1b"]["model_name"] == "esm1b_2x32"
+    workers = {w["label"]: w for w in summary["workers"]}
+    assert set(workers) == {"esm1b", "esm2"}
+    for worker in workers.values():
+        assert (worker["status"], worker["computed"], worker["reused"]) == ("done", unique, 0)
+        assert worker["computed_chunks"] == len(worker["rate_over_time"]) > 1
+    assert workers["esm1b"]["windowed_lengths"] == [1500] and workers["esm2"]["windowed_lengths"] == []
+    files = {o["file"] for o in summary["outputs"]}
+    names = {f"{split}_embeddings_{key}" for split in ("train", "test") for key in models}
+    assert files == {f"{name}.{ext}" for name in names for ext in ("pt", "h5")}
+    assert text.count("data:image/png;base64,") == 4
+
+
+def test_rerun_report_shows_reuse(reported_runs):
+    directory, (first, second), unique, _, _ = reported_runs
+    workers = {w["label"]: w for w in second["workers"]}
+    for worker in workers.values():
+        assert (worker["status"], worker["computed"], worker["reused"]) == ("done", 0, unique)
+        assert worker["reused_chunks"] == first["workers"][0]["computed_chunks"] or worker["reused_chunks"] > 1
+    text = (directory / "out" / "run_report.html").read_text()
+    assert "nothing to show" in text  # no throughput curve: nothing was computed
+
+
+def test_interrupted_run_reports_what_was_done(checkpoints, tmp_path):
+    from tests.test_faults import FAULT_HOOK
+
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(FAULT_HOOK)
+    rng = random.Random(31)
+    write_fasta(tmp_path / "train.fasta", [(f"p{i}", random_protein(rng, 40)) for i in range(40)])
+    write_fasta(tmp_path / "test.fasta", [("t", "MKV")])
+    config = write_config(tmp_path, {"m": {"name": checkpoints["esm2"]}},
+                          run_params={"report": True, "batch_size": 2, "save_every_n_batches": 1})  # fmt: skip
+    env = {**cli_env(), "PYTHONPATH": str(tmp_path / "hook"), "TEST_EMBED_SLOW_S": "0.1"}
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "generate_embeddings_t5.py"), "--config", str(config)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    progress = tmp_path / "logs" / "m.progress.jsonl"
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if progress.exists() and '"chunk"' in progress.read_text():
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["models"][0]["status"] == "interrupted"
+    (worker,) = summary["workers"]
+    assert worker["status"] == "interrupted" and 1 <= worker["computed"] < 41
+    assert summary["outputs"] == []  # an interrupted model writes no final file
+    assert (tmp_path / "out" / "run_report.html").exists()
