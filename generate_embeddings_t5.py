@@ -16,10 +16,13 @@ import sys
 from pathlib import Path
 
 from utils import exits
+from utils.config import describe_config_keys
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=describe_config_keys(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", type=Path, default=Path("config_t5.yaml"), help="YAML config (see README)")
     parser.add_argument(
         "--dry-run",

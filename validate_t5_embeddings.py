@@ -24,11 +24,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from utils import exits
-from utils.errors import UserError
-from utils.job import plan_jobs, prepare, unique_sequences
-from utils.validation import TOLERANCES, Check, guarded, spread, stratified_sample
+from utils.config import describe_config_keys
+
+if TYPE_CHECKING:  # the library is imported after the command line is read: --help must not need torch
+    from utils.validation import Check
 
 NAME_WIDTH = 16
 
@@ -71,6 +73,8 @@ class Printer:
 
 
 def describe_tolerances() -> str:
+    from utils.validation import TOLERANCES
+
     groups: dict = {}
     for precision, tolerance in TOLERANCES.items():
         groups.setdefault(tolerance, []).append(precision)
@@ -132,17 +136,24 @@ def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: f
     started = time.perf_counter()
     try:
         with v.transformers_warnings() as warnings:
-            tokenizer, net = load_encoder(model.source, model.family, order.device, order.precision)
+            tokenizer, net = load_encoder(
+                model.source, model.family, order.device, order.precision, layer_index=model.layer_index
+            )
     except Exception as exc:  # noqa: BLE001 - a checkpoint that does not load is a failed check
         emit("load", _raise, exc)
         report.skipped = ["every other check (the model did not load)"]
         return report
     seconds = time.perf_counter() - started
     emit("load", v.check_load, seconds, model.family, net, warnings, model.arch, order.precision)
-    encoder = Encoder(tokenizer, net, model.family, order.device, limits.max_residues, order.run.window_overlap)
+    emit("token layout", v.check_token_layout, tokenizer, model.family)
+    try:
+        encoder = Encoder(tokenizer, net, model.family, order.device, limits.max_residues, order.run.window_overlap)
+    except Exception as exc:  # noqa: BLE001 - the job refuses this tokenizer when the model loads
+        emit("embeddings", _raise, exc)
+        report.skipped += ["every other check (the job refuses this tokenizer)"]
+        return report
     net = None  # the encoder holds the weights; the fp32 reference may swap them for an fp32 copy
     try:
-        emit("token layout", v.check_token_layout, encoder)
         try:
             vectors, sample_seconds, windowed = embed_sample(encoder, sample, limits)
             measured = v.measured_peak_bytes(device)  # weights + the sample's batches, as the job would run them
@@ -157,10 +168,11 @@ def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: f
         # Proteins the job embeds in one pass; for invariance, eight that fit one batch under the token budget.
         within = sorted((s for s in sample if len(s) <= limits.max_residues), key=len)
         short = [s for s in within if len(s) <= 512] or within
-        emit("pooling clean", v.check_pooling, encoder, spread(short, 4))
+        emit("pooling clean", v.check_pooling, encoder, v.spread(short, 4))
         fit = [s for s in within if 8 * (len(s) + model.family.special_tokens) <= limits.max_tokens_per_batch]
-        subset = spread(fit if len(fit) >= 2 else within, 8)
-        emit("batch invariance", v.check_batch_invariance, encoder, subset, TOLERANCES[order.precision], order.run.seed)
+        subset = v.spread(fit if len(fit) >= 2 else within, 8)
+        tolerance = v.TOLERANCES[order.precision]
+        emit("batch invariance", v.check_batch_invariance, encoder, subset, tolerance, order.run.seed)
 
         if vectors is not None:
             capacity = int(assumed_gb * 1e9) if assumed_gb is not None else device_memory_bytes(order.device)
@@ -214,7 +226,7 @@ def _reference(encoder, order, model, sequences: list[str], job_vectors: dict) -
             torch.cuda.empty_cache()
         fits = model.arch.params * 4 <= 0.8 * device_memory_bytes(order.device)
         where = order.device if fits else "cpu"
-        tokenizer, net = load_encoder(model.source, model.family, where, "fp32")
+        tokenizer, net = load_encoder(model.source, model.family, where, "fp32", layer_index=model.layer_index)
     job = torch.stack([job_vectors[s] for s in sequences])
     reference = torch.stack([v.reference_vector(tokenizer, net, model.family, s) for s in sequences])
     return v.check_reference(job, reference, order.precision, where)
@@ -224,7 +236,7 @@ def cross_model_checks(reports: list[ModelReport], families: dict[str, str], sho
     """ProstT5 vs ProtT5 on the same sample: recorded under the ProstT5 model's key."""
     import torch
 
-    from utils.validation import check_cross_model
+    from utils.validation import check_cross_model, guarded
 
     prost = [r for r in reports if families[r.key] == "prost_t5" and r.vectors]
     prot = [r for r in reports if families[r.key] == "prot_t5" and r.vectors]
@@ -261,28 +273,43 @@ def write_report(path: Path, document: dict) -> None:
     os.replace(tmp, path)
 
 
+def positive_gb(text: str) -> float:
+    """argparse type: a finite number of gigabytes above zero (float() alone takes 'nan' and 'inf')."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive, finite number of GB")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=describe_config_keys(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", type=Path, default=Path("config_t5.yaml"), help="YAML config (see README)")
     parser.add_argument(
         "--num-proteins", type=int, default=100, help="sample size, stratified by length; the job's longest protein is "
         "always in it (default 100)",
     )  # fmt: skip
     parser.add_argument(
-        "--assume-device-memory-gb", type=float, default=None, metavar="GB",
+        "--assume-device-memory-gb", type=positive_gb, default=None, metavar="GB",
         help="pretend each model's device has GB of memory: the automatic batch limits and the memory projection "
         "use it (to plan for another card, and for tests); default: the device's real memory",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.num_proteins < 2:
         parser.error("--num-proteins must be at least 2")
-    if args.assume_device_memory_gb is not None and args.assume_device_memory_gb <= 0:
-        parser.error("--assume-device-memory-gb must be positive")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from utils.errors import UserError
+    from utils.job import plan_jobs, prepare, unique_sequences
+    from utils.validation import TOLERANCES, stratified_sample
+
     quiet_transformers()
     try:
         config, splits, models = prepare(args.config)

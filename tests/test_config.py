@@ -238,10 +238,12 @@ def test_output_and_log_dir_must_be_directories(tmp_path):
 
 
 def _resolved(dim: int) -> preflight.ResolvedModel:
+    from utils.config import ModelConfig
     from utils.families import PROT_T5, Architecture
 
     arch = Architecture(dim, 24, 32, 16384, 1_200_000_000, True, None)
-    return preflight.ResolvedModel(None, "x", PROT_T5, arch, "local:0")  # type: ignore[arg-type]
+    model = ModelConfig("prot_t5_xl", "x", ("cpu",), "prot_t5_xl", "auto", None)
+    return preflight.ResolvedModel(model, "x", PROT_T5, arch, "sha256:0")
 
 
 def test_disk_too_small_is_refused(tmp_path, monkeypatch):

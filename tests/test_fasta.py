@@ -68,9 +68,33 @@ def test_bom_gzip_and_plain_read_the_same(tmp_path):
 
 
 def test_header_characters_are_kept_verbatim():
-    odd = ["a/b", "a|b|c", "x:1-2", "é_ü", "tab>in", "%2F", "\\back", "日本", "q\x85", "id\u2028x"]
+    odd = ["a/b", "a|b|c", "x:1-2", "é_ü", "tab>in", "%2F", "\\back", "日本", "ß€"]
     text = "".join(f">{rec_id} description\nMK\n" for rec_id in odd)
     assert [r.id for r in parse_fasta(text, "in.fa")] == odd
+
+
+@pytest.mark.parametrize("space", ["\xa0", "\u2000", "\u3000", "\x85", "\u2028", "\x1c", "\u202f", "\t"])
+def test_id_ends_at_any_unicode_whitespace_like_biopython(space):
+    # Biopython: record.id = title.split(None, 1)[0]
+    text = f">P1{space}desc one\nMK\n>{space}P2{space}\nMKV\n"
+    assert [r.id for r in parse_fasta(text, "in.fa")] == ["P1", "P2"]
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (">\xa0", ["in.fa:3", "header has no id"]),  # only a no-break space
+        (">\u3000\u2003\u2028", ["in.fa:3", "header has no id"]),
+        (">a\x07b", ["in.fa:3", "'a\\x07b'", "U+0007", "control or invisible"]),
+        (">a\x1bb desc", ["in.fa:3", "U+001B"]),
+        (">a\u200bb", ["in.fa:3", "U+200B"]),  # zero-width space: a format character, not whitespace
+        (">\x7f", ["in.fa:3", "U+007F"]),
+    ],
+)
+def test_empty_or_control_character_ids_are_refused_with_their_line(header, expected):
+    message = _refusal(f">ok\nMKV\n{header}\nMKV\n")
+    for part in expected:
+        assert part in message, (part, message)
 
 
 # -- refused, each naming the culprit --------------------------------------------------------------------------------
@@ -153,7 +177,8 @@ JUNK = st.one_of(
         exclude_categories=("Cs",),  # lone surrogates cannot occur in decoded text
     ),
 )
-ID_TEXT = st.text(st.characters(exclude_characters=BLANKS + "\r\n", exclude_categories=("Cs",)), min_size=1, max_size=8)
+# Ids end at any whitespace (Zs, Zl, Zp and the Cc blanks) and may not hold control (Cc) or format (Cf) characters.
+ID_TEXT = st.text(st.characters(exclude_categories=("Cs", "Cc", "Cf", "Zs", "Zl", "Zp")), min_size=1, max_size=8)
 LINE_ENDS = st.sampled_from(["\n", "\r\n", "\r"])
 
 

@@ -222,8 +222,14 @@ def test_changed_precision_sets_stale_chunks_aside_and_recomputes(fasta_rerun, r
     config.write_text(yaml.safe_dump(settings, sort_keys=False))
     result = run_cli("generate_embeddings_t5.py", "--config", str(config))
     assert result.returncode == 0, result.stderr
-    stale = re.search(r"note: prot_t5_xl: (\d+) chunk\(s\) made with other settings were deleted", result.stderr)
+    stale = re.search(
+        r"note: prot_t5_xl: (\d+) chunk\(s\) made with other settings \(precisions: \['fp32'\] → \['bf16'\]\) "
+        r"were moved to \S+/set_aside; their proteins are redone",
+        result.stderr,
+    )
     assert stale and int(stale.group(1)) > 0, result.stderr
+    kept = list((directory / "out" / ".chunks" / KEY / "set_aside").glob("*.chk"))
+    assert len(kept) == int(stale.group(1))  # moved aside, not deleted
     bf16 = load_output(directory / "out" / f"train_embeddings_{KEY}.pt")
     assert bf16["meta"]["precision"] == ["bf16"] and bf16["ids"] == fp32["ids"]
     assert _log_counts((directory / "logs" / f"{KEY}.log").read_text())[-1] == (len(U2), 0)

@@ -6,8 +6,10 @@ Relative paths are read from the directory the command runs in, as the user's ex
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import re
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import yaml
 
 from utils.errors import UserError
 from utils.ids import ID_FORMATS
+from utils.paths import input_file_problem
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 # output_format names → the files they write; a YAML list names single formats.
@@ -29,6 +32,28 @@ FORMATS = {
 OUTPUT_FORMATS = tuple(FORMATS)
 SINGLE_FORMATS = ("pt", "h5", "parquet")
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+SEED_MAX = 2**64 - 1  # torch.manual_seed takes 0 .. 2**64 - 1
+MAX_ALIASES = 100  # a YAML config has a few anchors; thousands are an alias bomb ("billion laughs")
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 60, 60
+
+
+def shown(value: Any) -> str:
+    """A value as it goes into an error line: short, whatever it is (a nested alias bomb, a megabyte string)."""
+    return _SHORT.repr(value)
+
+
+def _yaml_type_hint(name: Any) -> str:
+    """For a key YAML did not read as text: what it read, and that quotes make it text."""
+    if isinstance(name, bool):
+        what = "true/false (yes, no, on, off, true and false are booleans in YAML)"
+    elif isinstance(name, (datetime.date, datetime.datetime)):
+        what = f"a date ({name})"
+    elif isinstance(name, (int, float)):
+        what = f"a number ({name})"
+    else:
+        what = f"a {type(name).__name__}"
+    return f"YAML reads this name as {what}, not text; put the name in quotes"
 
 
 @dataclass(frozen=True)
@@ -68,11 +93,70 @@ class Config:
     id_format: str = "first_word"  # how a FASTA header becomes a protein id (utils/ids.py)
 
 
-_PATH_KEYS = (
-    "data_dir", "raw_train_sequences", "raw_test_sequences", "splits", "output_dir", "log_dir", "id_format"
-)  # fmt: skip
-_RUN_KEYS = tuple(RunParams.__dataclass_fields__)
-_MODEL_KEYS = ("name", "device", "output_key", "precision", "max_tokens_per_batch", "layer")
+@dataclass(frozen=True)
+class ConfigKey:
+    """One config key as the README's table and --help show it; the validator knows the keys from this table."""
+
+    key: str  # dotted: paths.data_dir, run_params.batch_size, models.<key>.name
+    default: str
+    meaning: str
+
+
+def _shown_default(value: Any) -> str:
+    if value is None:
+        return "auto"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+_RUN_MEANINGS = {  # in the README's order; defaults come from RunParams
+    "batch_size": "most proteins in one batch (an upper bound; the token budget usually decides)",
+    "max_tokens_per_batch": "padded tokens per batch, specials included; auto: chosen for the device",
+    "save_every_n_batches": "batches per checkpoint chunk: at most this much work is lost to a kill -9",
+    "seed": "seeds torch and the validation sample",
+    "precision": "auto (fp16 on GPU, fp32 on CPU), fp16, bf16 or fp32",
+    "max_residues": "longer proteins are embedded in overlapping windows; auto: what fits the device",
+    "window_overlap": "residues shared by neighbouring windows (at most a quarter of the window)",
+    "concatenate": "also write {split}_embeddings_concat.*, all models side by side",
+    "output_format": "pt, h5, parquet, both (pt + h5), all, or a list such as [pt, parquet]",
+    "per_residue": "also write [L, D] residue rows to .per_residue.h5 (needs h5 in output_format)",
+    "report": "write run_report.html and run_summary.json into output_dir at the end of the run",
+}
+CONFIG_KEYS: tuple[ConfigKey, ...] = (
+    ConfigKey("paths.data_dir", ".", "directory of the FASTA files"),
+    ConfigKey("paths.raw_train_sequences", "—", "FASTA of split train (plain or .gz)"),
+    ConfigKey("paths.raw_test_sequences", "—", "FASTA of split test"),
+    ConfigKey("paths.splits", "—", "more splits: {name: file}"),
+    ConfigKey("paths.output_dir", "required", "where the output files (and the .chunks/ checkpoints) go"),
+    ConfigKey("paths.log_dir", "logs", "one log file per worker, and the validation report"),
+    ConfigKey("paths.id_format", "first_word", "how a header becomes the protein id: first_word or uniprot"),
+    *(ConfigKey(f"run_params.{k}", _shown_default(getattr(RunParams(), k)), m) for k, m in _RUN_MEANINGS.items()),
+    ConfigKey("models.<key>.name", "required", "hub id or local checkpoint directory"),
+    ConfigKey("models.<key>.device", "cpu", "CUDA index, cuda:N, cpu, auto, or a list to shard over devices"),
+    ConfigKey("models.<key>.output_key", "<key>", "the name in output file names"),
+    ConfigKey("models.<key>.precision", "run's", "per-model override of run_params.precision"),
+    ConfigKey("models.<key>.max_tokens_per_batch", "run's", "per-model override of run_params.max_tokens_per_batch"),
+    ConfigKey("models.<key>.layer", "-1", "hidden state to pool: 0 embedding output … -1 last layer"),
+)
+
+
+def _section_keys(prefix: str) -> tuple[str, ...]:
+    return tuple(k.key.removeprefix(prefix) for k in CONFIG_KEYS if k.key.startswith(prefix))
+
+
+_PATH_KEYS = _section_keys("paths.")
+_RUN_KEYS = _section_keys("run_params.")
+_MODEL_KEYS = _section_keys("models.<key>.")
+
+
+def describe_config_keys() -> str:
+    """The config keys with their defaults, for --help."""
+    width = max(len(k.key) for k in CONFIG_KEYS)
+    lines = [f"  {k.key:<{width}}  {k.default:<10}  {k.meaning}" for k in CONFIG_KEYS]
+    return "config keys (key, default, meaning; README.md has the details):\n" + "\n".join(lines)
+
+
 _TOP_KEYS = ("paths", "run_params", "models")
 
 
@@ -124,9 +208,9 @@ class _Checker:
     def known_keys(self, table: dict, allowed: tuple[str, ...], where: str) -> None:
         for key in table:
             if key not in allowed:
-                near = difflib.get_close_matches(str(key).lower(), allowed, n=1)
+                near = difflib.get_close_matches(key.lower(), allowed, n=1) if isinstance(key, str) else []
                 hint = f"did you mean '{near[0]}'?" if near else f"known keys: {', '.join(allowed)}"
-                self.add(f"{where}{key}", f"unknown key ({hint})")
+                self.add(f"{where}{shown(key) if not isinstance(key, str) else key}", f"unknown key ({hint})")
 
     def table(self, parent: dict, key: str, where: str, required: bool) -> dict:
         value = parent.get(key)
@@ -140,17 +224,32 @@ class _Checker:
         return value
 
     def positive_int(
-        self, table: dict, key: str, where: str, default: int | None, minimum: int = 1, auto: bool = False
+        self,
+        table: dict,
+        key: str,
+        where: str,
+        default: int | None,
+        minimum: int = 1,
+        auto: bool = False,
+        maximum: int | None = None,
     ) -> int | None:
-        """An integer ≥ minimum; with `auto`, also 'auto' or an empty value, meaning None (chosen per device)."""
+        """An integer in [minimum, maximum]; with `auto`, also 'auto' or an empty value, meaning None (chosen per
+        device)."""
         if key not in table:
             return default
         value = table[key]
         if auto and (value is None or (isinstance(value, str) and value.strip().lower() == "auto")):
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            accepted = f"an integer ≥ {minimum}" + (" or auto" if auto else "")
-            got = "no value" if value is None else f"{value!r}"
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < minimum
+            or (maximum is not None and value > maximum)
+        ):
+            accepted = (
+                f"an integer ≥ {minimum}" + (f" and ≤ {maximum}" if maximum else "") + (" or auto" if auto else "")
+            )
+            got = "no value" if value is None else shown(value)
             self.add(f"{where}{key}", f"must be {accepted}, got {got}; fix the value or remove the line")
             return default
         return value
@@ -158,9 +257,9 @@ class _Checker:
     def choice(self, table: dict, key: str, where: str, default: str, choices: tuple[str, ...]) -> str:
         value = table.get(key, default)
         if not isinstance(value, str) or value not in choices:
-            near = difflib.get_close_matches(str(value).strip().lower(), choices, n=1)
+            near = difflib.get_close_matches(value.strip().lower(), choices, n=1) if isinstance(value, str) else []
             hint = f" (did you mean '{near[0]}'?)" if near else ""
-            self.add(f"{where}{key}", f"must be one of {', '.join(choices)}, got {value!r}{hint}")
+            self.add(f"{where}{key}", f"must be one of {', '.join(choices)}, got {shown(value)}{hint}")
             return default
         return value
 
@@ -177,7 +276,7 @@ class _Checker:
     def boolean(self, table: dict, key: str, where: str, default: bool) -> bool:
         value = table.get(key, default)
         if not isinstance(value, bool):
-            self.add(f"{where}{key}", f"must be true or false, got {value!r}")
+            self.add(f"{where}{key}", f"must be true or false, got {shown(value)}")
             return default
         return value
 
@@ -188,7 +287,7 @@ class _Checker:
                 self.add(f"{where}{key}", "missing; give a path")
             return None
         if not isinstance(value, str) or not value.strip():
-            self.add(f"{where}{key}", f"must be a path (text), got {value!r}")
+            self.add(f"{where}{key}", f"must be a path (text), got {shown(value)}")
             return None
         return Path(value).expanduser()
 
@@ -198,7 +297,18 @@ class _DuplicateKey(yaml.YAMLError):
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """safe_load that refuses a key given twice in one mapping (PyYAML would silently keep the last one)."""
+    """safe_load that refuses a key given twice in one mapping (PyYAML would silently keep the last one) and more
+    than MAX_ALIASES aliases (nested aliases grow exponentially when anything walks the result)."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > MAX_ALIASES:
+                line = self.peek_event().start_mark.line + 1
+                raise _DuplicateKey(
+                    f"line {line}: more than {MAX_ALIASES} aliases (*name); a config needs a few: write the values out"
+                )
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
         seen: dict = {}
@@ -212,14 +322,17 @@ class _StrictLoader(yaml.SafeLoader):
             except TypeError:
                 continue  # unhashable key: SafeLoader reports it
             if duplicate:
-                raise _DuplicateKey(f"line {line}: key {key!r} is given twice (also on line {seen[key]}); keep one")
+                raise _DuplicateKey(
+                    f"line {line}: key {shown(key)} is given twice (also on line {seen[key]}); keep one"
+                )
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
 
 def _read_yaml(path: Path) -> dict:
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory; pass --config with the path to your config_t5.yaml")
+    problem = input_file_problem(path)
+    if problem:
+        raise UserError(f"{path}: {problem}; pass --config with the path to your config_t5.yaml")
     if not path.is_file():
         raise UserError(f"{path}: config file not found; pass --config with the path to your config_t5.yaml")
     try:
@@ -250,12 +363,14 @@ def _read_splits(check: _Checker, paths: dict, data_dir: Path) -> dict[str, Path
     extra = check.table(paths, "splits", "paths.", required=False)
     for name, file in extra.items():
         where = f"paths.splits.{name}"
-        if not isinstance(name, str) or not SPLIT_NAME.match(name):
+        if not isinstance(name, str):
+            check.add(f"paths.splits.{shown(name)}", _yaml_type_hint(name))
+        elif not SPLIT_NAME.match(name):
             check.add(where, "split names may use letters, digits, '_', '-' and '.' only")
         elif name in splits:
             check.add(where, f"split '{name}' is already named by raw_{name}_sequences; choose another name")
         elif not isinstance(file, str) or not file.strip():
-            check.add(where, f"must be a FASTA path, got {file!r}")
+            check.add(where, f"must be a FASTA path, got {shown(file)}")
         else:
             splits[name] = Path(file).expanduser()
     if not splits and not check.problems:
@@ -267,6 +382,9 @@ def _read_models(check: _Checker, models: dict, run: RunParams) -> tuple[ModelCo
     result = []
     for key, spec in models.items():
         where = f"models.{key}."
+        if not isinstance(key, str):
+            check.add(f"models.{shown(key)}", _yaml_type_hint(key) + " (model names become output keys and file names)")
+            continue
         if not isinstance(spec, dict):
             check.add(f"models.{key}", "must be a mapping with name, device and output_key")
             continue
@@ -274,7 +392,7 @@ def _read_models(check: _Checker, models: dict, run: RunParams) -> tuple[ModelCo
         name = spec.get("name")
         if not isinstance(name, str) or not name.strip():
             example = "Rostlab/prot_t5_xl_half_uniref50-enc"
-            got = "missing" if name is None else f"must be text, got {name!r}"
+            got = "missing" if name is None else f"must be text, got {shown(name)}"
             check.add(f"{where}name", f"{got}; give a hub id (e.g. {example}) or a local checkpoint directory")
             name = ""
         raw_devices = spec.get("device", "cpu")
@@ -282,11 +400,11 @@ def _read_models(check: _Checker, models: dict, run: RunParams) -> tuple[ModelCo
         devices = tuple(normalise_device(d) for d in raw_list)
         if not raw_list or None in devices:
             accepted = "a CUDA index, 'cuda:N', 'cpu', 'auto', or a list of them"
-            check.add(f"{where}device", f"must be {accepted}, got {raw_devices!r}")
+            check.add(f"{where}device", f"must be {accepted}, got {shown(raw_devices)}")
         gpus = [d for d in devices if d and d != "cpu"]
         if len(set(gpus)) < len(gpus):
             # Shards on one GPU would only queue behind each other; [cpu, cpu] is allowed (the tests shard that way).
-            check.add(f"{where}device", f"lists a GPU twice ({raw_devices!r}); name each GPU once")
+            check.add(f"{where}device", f"lists a GPU twice ({shown(raw_devices)}); name each GPU once")
         output_key = spec.get("output_key", str(key))
         if not isinstance(output_key, str) or not SPLIT_NAME.match(output_key) or output_key.endswith(".per_residue"):
             check.add(f"{where}output_key", "must be text of letters, digits, '_', '-' or '.', used in file names")
@@ -332,7 +450,7 @@ def load_config(path: Path) -> Config:
         save_every_n_batches=check.positive_int(
             run_table, "save_every_n_batches", "run_params.", defaults.save_every_n_batches
         ),
-        seed=check.positive_int(run_table, "seed", "run_params.", defaults.seed, minimum=0),
+        seed=check.positive_int(run_table, "seed", "run_params.", defaults.seed, minimum=0, maximum=SEED_MAX),
         precision=check.choice(run_table, "precision", "run_params.", defaults.precision, PRECISIONS),
         max_tokens_per_batch=check.positive_int(run_table, "max_tokens_per_batch", "run_params.", None, 16, auto=True),
         max_residues=check.positive_int(run_table, "max_residues", "run_params.", None, minimum=16, auto=True),

@@ -15,14 +15,25 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from utils.encode import Embedded, Encoder
+    from utils.finite import Fp32Redo
     from utils.limits import Limits
 
 
 def embed_batches(
-    encoder: Encoder, sequences: Sequence[str], batches: Sequence[Sequence[int]]
+    encoder: Encoder,
+    sequences: Sequence[str],
+    batches: Sequence[Sequence[int]],
+    precision: str | None = None,
+    fp32: Fp32Redo | None = None,
 ) -> Iterator[tuple[Sequence[int], list[Embedded]]]:
     """(batch, one Embedded per index in it) for each batch in turn; the next batch is tokenized on a CPU thread
-    while the device runs the current one. Stop iterating at any batch boundary (the worker does on a signal)."""
+    while the device runs the current one. Stop iterating at any batch boundary (the worker does on a signal).
+
+    With `precision` (the encoder's), every batch is checked for NaN/inf (utils.finite): non-finite proteins are
+    redone by `fp32`, or, without it (already fp32), raise NonFiniteError. Without it, the caller sees them as they
+    are (the pre-flight check reports them)."""
+    from utils.finite import redo_non_finite
+
     if not batches:
         return
     ahead = encoder.tokenize_ahead([sequences[i] for i in batches[0]])
@@ -33,7 +44,10 @@ def embed_batches(
             tokens = None  # windows tokenize each window themselves
         if k + 1 < len(batches):
             ahead = encoder.tokenize_ahead([sequences[i] for i in batches[k + 1]])
-        yield batch, encoder.embed(batch_sequences, tokens)
+        embedded = encoder.embed(batch_sequences, tokens)
+        if precision is not None:
+            embedded, _ = redo_non_finite(embedded, batch_sequences, precision, fp32)
+        yield batch, embedded
 
 
 def embed_in_batches(
@@ -41,12 +55,15 @@ def embed_in_batches(
     sequences: Sequence[str],
     limits: Limits,
     on_batch: Callable[[Sequence[int], list[Embedded]], None] | None = None,
+    precision: str | None = None,
+    fp32: Fp32Redo | None = None,
 ) -> list[Embedded]:
     """Every sequence through the encoder in planned batches → one Embedded per sequence, in the caller's order.
-    `on_batch(indices, embedded)` is called after each batch (progress, timing)."""
+    `on_batch(indices, embedded)` is called after each batch (progress, timing); `precision` and `fp32` as for
+    embed_batches."""
     batches = limits.plan_batches([len(s) for s in sequences], encoder.family.special_tokens)
     results: list[Embedded | None] = [None] * len(sequences)
-    for batch, embedded in embed_batches(encoder, sequences, batches):
+    for batch, embedded in embed_batches(encoder, sequences, batches, precision, fp32):
         for i, item in zip(batch, embedded, strict=True):
             results[i] = item
         if on_batch is not None:
@@ -81,6 +98,7 @@ class Embedder:
         from utils.config import PRECISIONS, Config, ModelConfig, RunParams, normalise_device
         from utils.encode import Encoder, load_encoder, resolve_precision
         from utils.errors import UserError
+        from utils.finite import Fp32Redo
         from utils.limits import device_limits
         from utils.preflight import check_devices, resolve_model
 
@@ -122,8 +140,18 @@ class Embedder:
             max_tokens_per_batch=max_tokens_per_batch,
             max_residues=max_residues,
         )
-        tokenizer, net = load_encoder(self.model.source, self.model.family, where, self.precision)
-        self.encoder = Encoder(tokenizer, net, self.model.family, where, self.limits.max_residues, window_overlap)
+        family, longest = self.model.family, self.limits.max_residues
+        tokenizer, net = load_encoder(self.model.source, family, where, self.precision)
+        self.encoder = Encoder(tokenizer, net, family, where, longest, window_overlap)
+        # As in the job: proteins that overflow fp16/bf16 (NaN/inf) are redone in fp32, loaded on first need.
+        self.fp32 = None
+        if self.precision != "fp32":
+            self.fp32 = Fp32Redo(
+                lambda: Encoder(
+                    *load_encoder(self.model.source, family, where, "fp32"), family, where, longest, window_overlap,
+                    self.encoder.per_residue,
+                )
+            )  # fmt: skip
         self.windowed: dict[int, dict] = {}  # of the last embed() call: index → how it was split into windows
 
     @property
@@ -154,7 +182,10 @@ class Embedder:
         cleaned = [record.sequence for record in parse_fasta(text, "sequences")]
         unique = list(dict.fromkeys(cleaned))
         self.encoder.per_residue = per_residue
-        embedded = dict(zip(unique, embed_in_batches(self.encoder, unique, self.limits), strict=True))
+        if self.fp32 is not None and self.fp32.encoder is not None:
+            self.fp32.encoder.per_residue = per_residue
+        results = embed_in_batches(self.encoder, unique, self.limits, precision=self.precision, fp32=self.fp32)
+        embedded = dict(zip(unique, results, strict=True))
         rows = [embedded[s] for s in cleaned]
         self.windowed = {i: row.note for i, row in enumerate(rows) if row.note}
         if per_residue:
@@ -163,6 +194,8 @@ class Embedder:
 
     def close(self) -> None:
         self.encoder.close()
+        if self.fp32 is not None:
+            self.fp32.close()
 
     def __enter__(self) -> Embedder:
         return self

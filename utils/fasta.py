@@ -1,5 +1,8 @@
 """FASTA file → records. The id is the header's first word, kept verbatim; the sequence is upper-case residues.
 
+The id ends at the first whitespace character of any kind (str.split: also no-break and other Unicode spaces), as
+in Biopython; an id that is empty after that, or holds a control or invisible format character, is refused.
+
 Accepted as they are: plain or gzip (detected by content, not by name), a UTF-8 byte-order mark, wrapped lines,
 LF / CRLF / CR line ends, blank lines, spaces or tabs inside sequence lines, lower-case residues (upper-cased: for
 ProstT5 lower case would silently mean 3Di), one trailing `*`, any characters in the header.
@@ -12,11 +15,13 @@ from __future__ import annotations
 
 import gzip
 import re
+import unicodedata
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.errors import UserError
+from utils.paths import input_file_problem
 
 # The 20 standard amino acids plus the ambiguity/rare codes every supported family has in its vocabulary.
 ALPHABET = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")
@@ -25,9 +30,9 @@ _ALPHABET_TEXT = "".join(sorted(ALPHABET))
 # Checked before upper-casing: str.upper() maps some non-ASCII letters onto ASCII ones ('ı' → 'I', 'ſ' → 'S').
 _LETTERS = ALPHABET | frozenset(c.lower() for c in ALPHABET)
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
-_BLANKS = " \t\v\f"  # ASCII blanks: trimmed from lines, dropped inside sequence lines; the id ends at the first
+_BLANKS = " \t\v\f"  # ASCII blanks: trimmed from lines, dropped inside sequence lines
 _DROP_BLANKS = str.maketrans("", "", _BLANKS)
-_FIRST_WORD = re.compile(r"[^ \t\v\f]+")
+_HIDDEN_CATEGORIES = ("Cc", "Cf")  # control and invisible format characters (e.g. U+200B): refused in ids
 _HINTS = {
     "-": "alignment gaps are not residues: give unaligned sequences",
     ".": "alignment gaps are not residues: give unaligned sequences",
@@ -108,12 +113,18 @@ def parse_fasta(text: str, source: str) -> list[Record]:
     def finish() -> None:
         if header is None:
             return
-        word = _FIRST_WORD.match(header)
-        if word is None:
+        words = header.split(maxsplit=1)
+        if not words:
             problems.append(f"{source}:{header_line}: header has no id; write an id right after '>'")
             return
-        rec_id = word.group()
+        rec_id = words[0]
         shown = _shown(rec_id)
+        hidden = next((c for c in rec_id if unicodedata.category(c) in _HIDDEN_CATEGORIES), None)
+        if hidden is not None:
+            problems.append(
+                f"{source}:{header_line}: protein id {shown} contains the control or invisible character "
+                f"U+{ord(hidden):04X}; ids must be visible text: remove it from the header"
+            )
         if pieces and pieces[-1][1].endswith(STOP):  # one trailing stop codon is not a residue
             pieces[-1] = (pieces[-1][0], pieces[-1][1][:-1])
         sequence = "".join(piece for _, piece in pieces)
@@ -162,8 +173,9 @@ def parse_fasta(text: str, source: str) -> list[Record]:
 
 
 def read_fasta(path: Path) -> list[Record]:
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, not a FASTA file; name the file in the config")
+    problem = input_file_problem(path)
+    if problem:
+        raise UserError(f"{path}: {problem}; name a FASTA file (plain or gzip) in the config")
     if not path.is_file():
         raise UserError(f"{path}: FASTA file not found; check paths.data_dir and the split's file name in the config")
     return parse_fasta(_read_text(path), str(path))

@@ -88,33 +88,6 @@ def shard_by_residues(sequences: list[str], shards: int) -> list[list[str]]:
     return groups
 
 
-def chunk_dir(config: Config, model: ResolvedModel) -> Path:
-    """Where a model's workers keep their checkpoint chunks (and where the merge reads them)."""
-    return config.output_dir / ".chunks" / model.config.output_key
-
-
-def model_fingerprint(config: Config, model: ResolvedModel) -> str:
-    """What the chunks of a model depend on; chunks made with other settings are not reused."""
-    from utils.encode import resolve_precision
-    from utils.store import fingerprint
-
-    precisions = sorted({resolve_precision(model.config.precision, d) for d in model.config.devices})
-    return fingerprint(
-        {
-            "identity": model.identity,
-            "name": model.config.name,
-            "family": model.family,  # its repr, as before: chunks of runs begun with older code stay valid
-            "precisions": precisions,
-            "max_residues": config.run.max_residues,
-            "window_overlap": config.run.window_overlap,
-            "per_residue": config.run.per_residue,
-            "format": 1,
-            # only when not the last layer, so that chunks of runs from before `layer` existed stay valid
-            **({"layer": model.layer_index} if model.layer_index != model.arch.layers else {}),
-        }
-    )
-
-
 @dataclass(frozen=True)
 class WorkOrder:
     """What one worker process embeds: one model (or one shard of it) on one device."""
@@ -125,7 +98,7 @@ class WorkOrder:
     device: str
     precision: str  # model.config.precision resolved for this device
     sequences: tuple[str, ...]  # this shard's unique sequences
-    fingerprint: str
+    chunk_settings: dict  # what produced the chunks (utils.preflight.chunk_settings)
     chunk_dir: Path
     log_path: Path
     bar_position: int = 0  # the progress bar's line: the order's lane
@@ -150,7 +123,7 @@ class Job:
 
     model: ResolvedModel
     chunk_dir: Path
-    fingerprint: str
+    chunk_settings: dict
     orders: list[WorkOrder] = field(default_factory=list)
     exit_codes: list[int] = field(default_factory=list)
 
@@ -164,13 +137,15 @@ class Job:
 
 
 def plan_jobs(config: Config, splits: dict[str, list[Record]], models: list[ResolvedModel]) -> list[Job]:
+    from utils import preflight
     from utils.encode import resolve_precision
 
     sequences = unique_sequences(splits)
     jobs = []
     for model in models:
         devices = model.config.devices
-        job = Job(model, chunk_dir(config, model), model_fingerprint(config, model))
+        # The chunk directory and settings are also what the pre-flight disk check reads: one definition, there.
+        job = Job(model, preflight.chunk_dir(config, model.config), preflight.chunk_settings(config, model))
         shards = shard_by_residues(sequences, len(devices))
         for shard, (device, shard_sequences) in enumerate(zip(devices, shards, strict=True)):
             sharded = len(devices) > 1
@@ -184,7 +159,7 @@ def plan_jobs(config: Config, splits: dict[str, list[Record]], models: list[Reso
                     device=device,
                     precision=resolve_precision(model.config.precision, device),
                     sequences=tuple(shard_sequences),
-                    fingerprint=job.fingerprint,
+                    chunk_settings=job.chunk_settings,
                     chunk_dir=job.chunk_dir,
                     log_path=config.log_dir / f"{log_name}.log",
                 )
@@ -275,7 +250,7 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
     from utils.store import ChunkStore, sequence_digest
 
     model = job.model
-    store = ChunkStore(job.chunk_dir, job.fingerprint)
+    store = ChunkStore(job.chunk_dir, job.chunk_settings, model.dim)
     found, _ = store.load()
     lines, merged = [], {}
     for split, records in splits.items():
@@ -286,7 +261,9 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
             raise RuntimeError(f"model {model.config.key}: {len(missing)} protein(s) have no embedding, e.g. {example}")
         ids = [r.id for r in records]
         embeddings: torch.Tensor = torch.stack([row.pooled for row in rows]).to(torch.float16)
-        windowed = {r.id: row.note for r, row in zip(records, rows, strict=True) if row.note}
+        notes = {r.id: row.note for r, row in zip(records, rows, strict=True) if row.note}
+        windowed = {i: {k: v for k, v in n.items() if k != "redone"} for i, n in notes.items() if "windows" in n}
+        redone = {i: n["redone"] for i, n in notes.items() if "redone" in n}
         meta = {
             "model": model.config.name,
             # ProtSpace's name for the model (protspace prepare needs it), with the layer when not the last
@@ -302,6 +279,7 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
             "pooling": f"mean over residue token rows [{model.family.residue_offset}, "
             f"{model.family.residue_offset}+L): no special tokens, no prefix, no padding",
             "windowed": windowed,
+            "redone_in_fp32": redone,  # id → why (non-finite in fp16/bf16)
             "split": split,
             "checkpoint": model.identity,
             "headers": [r.header for r in records],  # aligned with ids; in HDF5 each dataset's "header" attribute
@@ -314,6 +292,7 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
             write_residue_rows(store, records, residues_h5_path(h5_path(config.output_dir, split, key)), meta)
         merged[split] = embeddings
         note = f", {len(windowed)} embedded in windows (see meta['windowed'])" if windowed else ""
+        note += f", {len(redone)} redone in fp32 (see meta['redone_in_fp32'])" if redone else ""
         lines.append(f"{split} {model.config.output_key}: {len(ids)} proteins × {model.dim}{note}")
     return lines, merged
 

@@ -54,6 +54,33 @@ def residues_h5_path(pooled_h5: Path) -> Path:
     return pooled_h5.with_suffix(".per_residue.h5")
 
 
+def planned_outputs(
+    output_dir: Path,
+    splits: Sequence[str],
+    output_keys: Sequence[str],
+    output_format: str,
+    per_residue: bool,
+    concatenate: bool,
+) -> list[tuple[Path, str, str]]:
+    """Every final file a run writes, as (path, split, output key): the one list the pre-checks test for collisions
+    and obstacles, built from the same path functions the writers use."""
+    keys = list(output_keys) + ([CONCAT_KEY] if concatenate else [])
+    planned = []
+    for split in splits:
+        for key in keys:
+            formats = output_formats(output_format)
+            if "pt" in formats:
+                planned.append((pt_path(output_dir, split, key), split, key))
+            if "h5" in formats:
+                pooled = h5_path(output_dir, split, key)
+                planned.append((pooled, split, key))
+                if per_residue and key != CONCAT_KEY:
+                    planned.append((residues_h5_path(pooled), split, key))
+            if "parquet" in formats:
+                planned.append((parquet_path(output_dir, split, key), split, key))
+    return planned
+
+
 def h5_name(protein_id: str) -> str:
     """Protein id → HDF5 dataset name; reversible (h5_id), so names of distinct ids never collide."""
     if protein_id == ".":
@@ -222,17 +249,12 @@ def write_h5(
     ids: list[str],
     embeddings: torch.Tensor,
     meta: dict[str, Any],
-    residues: Sequence[torch.Tensor] | None = None,
     **extra: Any,
 ) -> None:
-    """Per-protein vectors into `path`; with `residues` ([L, D] per protein), also the per-residue file beside it."""
+    """Per-protein vectors into `path` (per-residue rows are streamed from the chunks: utils.job.write_residue_rows)."""
     with H5Writer(path, {**meta, **extra}) as writer:
         for protein_id, vector in zip(ids, embeddings, strict=True):
             writer.add(protein_id, vector)
-    if residues is not None:
-        with H5Writer(residues_h5_path(path), {**meta, "rows": "residue rows only, [L, D] per protein"}) as writer:
-            for protein_id, rows in zip(ids, residues, strict=True):
-                writer.add(protein_id, rows.to(torch.float16))
 
 
 def write_outputs(
@@ -243,7 +265,6 @@ def write_outputs(
     embeddings: torch.Tensor,
     meta: dict[str, Any],
     output_format: str,
-    residues: Sequence[torch.Tensor] | None = None,
     **extra: Any,
 ) -> list[Path]:
     """One split of one model (or the concatenated models) in every format asked for; returns the files written."""
@@ -254,7 +275,7 @@ def write_outputs(
         write_pt(written[-1], ids, embeddings, meta, **extra)
     if "h5" in formats:
         written.append(h5_path(output_dir, split, output_key))
-        write_h5(written[-1], ids, embeddings, meta, residues, **extra)
+        write_h5(written[-1], ids, embeddings, meta, **extra)
     if "parquet" in formats:
         written.append(parquet_path(output_dir, split, output_key))
         write_parquet(written[-1], ids, embeddings, meta, **extra)

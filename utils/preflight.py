@@ -1,14 +1,25 @@
-"""Checks that need the machine (devices, models, disk) and turn the config into per-model facts, before any
-model's weights load. Each problem is one line naming the culprit and the fix."""
+"""Checks that need the machine (devices, models, disk, paths) and turn the config into per-model facts, before any
+model's weights load. Each problem is one line naming the culprit and the fix.
+
+A checkpoint's identity comes from its content, so that touching or copying its files does not throw away finished
+chunks: a Hugging Face cache snapshot is named by its commit; any other directory is a sha256 over its files'
+names and contents, with each file's hash cached (by resolved path, size, mtime and inode) in
+$XDG_CACHE_HOME/protein-embeddings/file-hashes.json, so a rerun does not read gigabytes of weights again.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
+import struct
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from utils.config import Config, ModelConfig, output_formats
 from utils.errors import UserError
@@ -19,10 +30,10 @@ from utils.fasta import Record
 @dataclass(frozen=True)
 class ResolvedModel:
     config: ModelConfig
-    source: str  # what from_pretrained gets: the local directory or the hub id
+    source: str  # what from_pretrained gets: the resolved local directory or the hub id
     family: Family
     arch: Architecture
-    identity: str  # changes when the checkpoint's files change (hub revision, or local files' sizes and times)
+    identity: str  # changes when the checkpoint's content changes: 'hub:<commit>' or 'sha256:<files' hash>'
 
     @property
     def dim(self) -> int:
@@ -61,20 +72,77 @@ def _directory_problem(key: str, path: Path) -> str | None:
         if not os.access(path, os.W_OK | os.X_OK):
             return f"{where} is not writable by this user; fix its permissions or choose another directory"
         return None
+    if path.is_symlink():
+        return f"{where} is a broken symbolic link (or a symlink loop); fix the link or choose another path"
     ancestor = path.absolute().parent
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         return f"{where} cannot be created because {ancestor} is a file; choose another path"
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        return f"{where} cannot be created: {ancestor} is not writable by this user; choose another path"
+    # os.access says yes to root everywhere, and /proc or a read-only mount say yes to a plain check too: try it.
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=ancestor))
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        return f"{where} cannot be created: nothing can be created in {ancestor} ({reason}); choose another path"
     return None
 
 
+def _not_a_file_problem(path: Path, what: str) -> str | None:
+    """Something already at `path` that would stop a file being written there."""
+    if path.is_dir():
+        return f"{path}: is a directory, where the run writes {what}; move it away or choose another output_dir"
+    return None
+
+
+def _output_problems(config: Config) -> list[str]:
+    """Two outputs mapped to one file name, and anything in the way of a file the run will write."""
+    from utils.output import planned_outputs
+
+    problems = []
+    planned = planned_outputs(
+        config.output_dir, list(config.splits), [m.output_key for m in config.models], config.run.output_format,
+        config.run.per_residue, config.run.concatenate,
+    )  # fmt: skip
+    owner: dict[Path, tuple[str, str]] = {}
+    for path, split, key in planned:
+        if path in owner and owner[path] != (split, key):
+            first_split, first_key = owner[path]
+            problems.append(
+                f"paths.output_dir: split '{first_split}' with output_key '{first_key}' and split '{split}' with "
+                f"output_key '{key}' would both write {path.name}; rename a split or an output_key"
+            )
+        owner.setdefault(path, (split, key))
+        problem = _not_a_file_problem(path, f"split '{split}' of '{key}'")
+        if problem:
+            problems.append(problem)
+    chunks = config.output_dir / ".chunks"
+    if chunks.exists() and not chunks.is_dir():
+        problems.append(f"{chunks}: is a file, where the run keeps its chunks; move it away or use another output_dir")
+    elif chunks.is_dir():
+        for model in config.models:
+            directory = chunks / model.output_key
+            if directory.exists() and not directory.is_dir():
+                problems.append(
+                    f"{directory}: is a file, where the chunks of '{model.key}' go; move it away or choose another "
+                    "output_dir"
+                )
+    lock = config.output_dir / ".lock"
+    if lock.exists() and not lock.is_file():
+        problems.append(f"{lock}: is not a file (the run's lock file); remove it and rerun")
+    for model in config.models:
+        log = config.log_dir / f"{model.output_key}.log"
+        if log.is_dir():
+            problems.append(f"{log}: is a directory, where the log of '{model.key}' goes; move it away")
+    return problems
+
+
 def check_paths(config: Config) -> list[str]:
-    """The directories the run writes to exist as directories or can be created (FASTA paths: utils.fasta)."""
+    """The directories the run writes to exist as directories or can be created, no two outputs share a file name,
+    and nothing is in the way of a file the run writes (FASTA paths: utils.fasta)."""
     problems = [_directory_problem("output_dir", config.output_dir), _directory_problem("log_dir", config.log_dir)]
-    return [problem for problem in problems if problem]
+    found = [problem for problem in problems if problem]
+    return found + _output_problems(config)
 
 
 # What from_pretrained loads weights from; a directory without any of them is not a usable checkpoint.
@@ -101,13 +169,113 @@ def hub_offline() -> bool:
     return any(value in ("1", "true", "yes", "on") for value in values) or bool(constants.HF_HUB_OFFLINE)
 
 
-def _local_identity(directory: Path) -> str:
+def _hash_cache_path() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "protein-embeddings" / "file-hashes.json"
+
+
+def _read_hash_cache(path: Path) -> dict[str, str]:
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8"))
+        return cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_hash_cache(path: Path, cache: dict[str, str]) -> None:
+    """Best effort: without a cache the next run hashes the files again, which is slow but correct."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(cache, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    for path in sorted(directory.iterdir()):
-        if path.is_file():
-            stat = path.stat()
-            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return "local:" + digest.hexdigest()[:16]
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# Files that do not change what the model computes: editing a README must not throw away finished chunks.
+_NOT_CHECKPOINT = re.compile(r"^(\..*|README.*|LICEN[CS]E.*|.*\.md)$", re.IGNORECASE)
+
+
+def content_identity(directory: Path) -> str:
+    """'hub:<commit>' for a Hugging Face cache snapshot, else 'sha256:' over the names and contents of the
+    checkpoint's files (weights, tokenizer, config). Independent of mtimes and of how the path was written."""
+    resolved = directory.resolve()
+    if resolved.parent.name == "snapshots" and resolved.parent.parent.name.startswith("models--"):
+        return "hub:" + resolved.name
+    cache_path = _hash_cache_path()
+    cache = _read_hash_cache(cache_path)
+    digest = hashlib.sha256()
+    changed = False
+    for path in sorted(resolved.iterdir()):
+        if _NOT_CHECKPOINT.match(path.name) or not path.is_file():
+            continue
+        info = path.stat()
+        key = f"{path.resolve()}:{info.st_size}:{info.st_mtime_ns}:{info.st_ino}"
+        if key not in cache:
+            cache[key] = _file_sha256(path)
+            changed = True
+        digest.update(f"{path.name}:{cache[key]}\n".encode())
+    if changed:
+        _write_hash_cache(cache_path, cache)
+    return "sha256:" + digest.hexdigest()[:32]
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """A safetensors file whose size disagrees with its own header (a truncated download or copy)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                return f"is {size} bytes, too short for a safetensors file"
+            (header_bytes,) = struct.unpack("<Q", head)
+            if header_bytes > min(size - 8, 100 << 20):
+                return f"has a header of {header_bytes} bytes in a {size}-byte file"
+            header = json.loads(handle.read(header_bytes))
+    except (OSError, ValueError) as exc:
+        return f"cannot be read as safetensors ({type(exc).__name__})"
+    if not isinstance(header, dict):
+        return "has no valid safetensors header"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+            and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2]  # fmt: skip
+    expected = 8 + header_bytes + max(ends, default=0)
+    if size < expected:
+        return f"is truncated ({size} bytes, its header says {expected})"
+    return None
+
+
+def _weights_problem(directory: Path) -> str | None:
+    """The first weight file that is evidently incomplete, as 'name: why'; None when they look whole."""
+    files = []
+    for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = directory / name
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+                files += sorted({str(shard) for shard in weight_map.values()})
+            except (OSError, ValueError, AttributeError):
+                return f"{name}: cannot be read as a weight index"
+    files += [name for name in ("model.safetensors", "pytorch_model.bin") if (directory / name).is_file()]
+    for name in files:
+        path = directory / name
+        if not path.is_file():
+            return f"{name}: listed in the weight index but missing"
+        if name.endswith(".safetensors"):
+            problem = _safetensors_problem(path)
+        else:
+            problem = None if zipfile.is_zipfile(path) else "is not a whole torch archive (truncated?)"
+        if problem:
+            return f"{name}: {problem}"
+    return None
 
 
 def _locate(model: ModelConfig) -> tuple[str, str]:
@@ -129,7 +297,10 @@ def _locate(model: ModelConfig) -> tuple[str, str]:
                 f"{where}: {model.name} has no weights ({' or '.join(WEIGHT_FILES[::2])}); the checkpoint is "
                 "incomplete: copy or download it again"
             )
-        return str(local), _local_identity(local)
+        damaged = _weights_problem(local)
+        if damaged:
+            raise UserError(f"{where}: {model.name}/{damaged}; the checkpoint is damaged: copy or download it again")
+        return str(local.resolve()), content_identity(local)
     from huggingface_hub import snapshot_download
 
     try:
@@ -137,6 +308,12 @@ def _locate(model: ModelConfig) -> tuple[str, str]:
     except Exception:  # not cached (or a partial download): the hub decides below
         cached = None
     if cached is not None and (cached / "config.json").is_file() and _has_weights(cached):
+        damaged = _weights_problem(cached)
+        if damaged:
+            raise UserError(
+                f"{where}: {model.name} in the Hugging Face cache: {damaged}; download it again "
+                f"(hf download {model.name} --force-download)"
+            )
         return model.name, "hub:" + cached.name
     if hub_offline():
         state = "is not a local directory and not in the local Hugging Face cache"
@@ -194,23 +371,63 @@ def resolve_models(config: Config) -> tuple[list[ResolvedModel], list[str]]:
     return resolved, problems
 
 
-def estimate_output_bytes(config: Config, splits: dict[str, list[Record]], models: list[ResolvedModel]) -> int:
-    """Final files plus chunks (with a margin for containers)."""
+def chunk_settings(config: Config, model: ResolvedModel) -> dict[str, Any]:
+    """Everything that decides a chunk's numbers; stored in every chunk so that a changed setting can be named."""
+    from utils.encode import resolve_precision
+
+    return {
+        "checkpoint": model.identity,
+        "family": model.family.name,
+        "precisions": sorted({resolve_precision(model.config.precision, d) for d in model.config.devices}),
+        "max_residues": config.run.max_residues,
+        "window_overlap": config.run.window_overlap,
+        "per_residue": config.run.per_residue,
+        "layer": model.layer_index,  # the hidden state pooled (models.<key>.layer)
+        "format": 2,
+    }
+
+
+def chunk_dir(config: Config, model: ModelConfig) -> Path:
+    return config.output_dir / ".chunks" / model.output_key
+
+
+def estimate_output_bytes(
+    config: Config,
+    splits: dict[str, list[Record]],
+    models: list[ResolvedModel],
+    present: dict[str, set[str]] | None = None,
+) -> int:
+    """Final files, plus chunks still to write (sequences in `present[output_key]`, already in chunks, are not
+    counted), with a margin for containers."""
+    from utils.store import sequence_digest
+
+    present = present or {}
     proteins = sum(len(records) for records in splits.values())
     residues = sum(len(r.sequence) for records in splits.values() for r in records)
+    unique = {r.sequence for records in splits.values() for r in records}
     files = len(output_formats(config.run.output_format))
     total = 0
     for model in models:
-        total += proteins * model.dim * (2 * files + 4)  # float16 finals + float32 chunk rows
+        done = present.get(model.config.output_key, set())
+        todo = [s for s in unique if sequence_digest(s) not in done]
+        total += proteins * model.dim * 2 * files  # float16 finals
+        total += len(todo) * model.dim * 4  # float32 chunk rows
         if config.run.per_residue:
-            total += residues * model.dim * 2 * 2  # per-residue HDF5 + chunks
+            total += residues * model.dim * 2  # per-residue HDF5
+            total += sum(len(s) for s in todo) * model.dim * 2  # per-residue chunk rows
     if config.run.concatenate:
-        total += proteins * sum(m.dim for m in models) * 2
+        total += proteins * sum(m.dim for m in models) * 2 * files
     return int(total * 1.1) + (1 << 20)
 
 
 def check_disk(config: Config, splits: dict[str, list[Record]], models: list[ResolvedModel]) -> list[str]:
-    needed = estimate_output_bytes(config, splits, models)
+    from utils.store import ChunkStore
+
+    present = {
+        m.config.output_key: ChunkStore(chunk_dir(config, m.config), chunk_settings(config, m)).present_digests()
+        for m in models
+    }
+    needed = estimate_output_bytes(config, splits, models, present)
     existing = config.output_dir.resolve()
     while not existing.exists():
         existing = existing.parent
@@ -218,6 +435,6 @@ def check_disk(config: Config, splits: dict[str, list[Record]], models: list[Res
     if needed > free:
         return [
             f"paths.output_dir: {config.output_dir} has {free / 1e9:.2f} GB free but this job needs about "
-            f"{needed / 1e9:.2f} GB; free some space or choose another output_dir"
+            f"{needed / 1e9:.2f} GB more; free some space or choose another output_dir"
         ]
     return []

@@ -1,8 +1,12 @@
-"""Checkpoint chunks: finished batches on disk, written atomically, found again on a rerun.
+"""Checkpoint chunks: finished batches on disk, written atomically, checked when read, found again on a rerun.
 
-Chunks are content-addressed: each holds the digests of the sequences it embedded and the fingerprint of what
-produced them (model, family, precision, preparation, long-protein settings). A rerun reuses every chunk whose
-fingerprint matches, whatever the FASTA order; chunks from other settings are reported and deleted, never mixed in.
+Chunks are content-addressed: each holds the digests of the sequences it embedded, the settings that produced them
+(checkpoint identity, family, precision, preparation, long-protein settings) and their fingerprint, and a sha256
+checksum over all of that and the tensors' bytes. A rerun reuses every chunk that passes every check (checksum,
+structure, shape, dtype, finite values) and whose fingerprint matches. Anything else is set aside, never deleted and
+never mixed in: moved into `set_aside/` beside the chunks, named in one note, its proteins recomputed. A damaged or
+unreadable chunk (a flipped bit, a truncated file, a directory where a chunk should be) is told apart from a chunk
+made with other settings, and for those the note names the settings that changed.
 A kill -9 at any moment leaves each chunk whole or absent (write to a temporary file, fsync, rename).
 """
 
@@ -14,7 +18,7 @@ import io
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +27,21 @@ import torch
 from utils.errors import UserError
 
 CHUNK_SUFFIX = ".chk"
+CHUNK_FORMAT = 2  # 1: no settings, no checksum
+SET_ASIDE = "set_aside"
+_NOTES_LISTED = 10  # damaged chunks named one per line; past this many, counted
 
 
 def sequence_digest(sequence: str) -> str:
     return hashlib.sha1(sequence.encode("ascii")).hexdigest()
 
 
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def fingerprint(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return hashlib.sha256(_canonical(settings).encode()).hexdigest()[:32]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -58,63 +69,197 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return f"{tuple(tensor.shape)}{tensor.dtype}".encode() + flat.view(torch.uint8).numpy().tobytes()
+
+
+def chunk_checksum(chunk: dict[str, Any]) -> str:
+    """sha256 over everything a chunk says: settings, fingerprint, digests, notes and every tensor's shape, dtype
+    and bytes. torch.load does not check the zip's CRCs, so without this a flipped bit would be read as data."""
+    digest = hashlib.sha256()
+    for key in ("format", "fingerprint", "settings", "digests", "notes"):
+        digest.update(_canonical(chunk.get(key)).encode())
+    digest.update(_tensor_bytes(chunk["pooled"]))
+    for rows in chunk["residues"] or ():
+        digest.update(_tensor_bytes(rows))
+    return digest.hexdigest()
+
+
+def chunk_problem(chunk: Any, dim: int | None = None) -> str | None:
+    """Why a loaded chunk cannot be trusted (damaged or malformed), or None. The fingerprint is not compared here."""
+    if not isinstance(chunk, dict):
+        return f"not a chunk (a {type(chunk).__name__})"
+    if chunk.get("format") != CHUNK_FORMAT:
+        return f"chunk format {chunk.get('format', 1)!r}, not {CHUNK_FORMAT}"
+    digests, pooled, residues, notes = (chunk.get(k) for k in ("digests", "pooled", "residues", "notes"))
+    if not isinstance(digests, list) or not digests or not all(isinstance(d, str) for d in digests):
+        return "no list of sequence digests"
+    if not isinstance(pooled, torch.Tensor) or pooled.dtype != torch.float32 or pooled.dim() != 2:
+        return "pooled embeddings are not a float32 [N, D] tensor"
+    if pooled.shape[0] != len(digests) or (dim is not None and pooled.shape[1] != dim):
+        return f"pooled embeddings have shape {tuple(pooled.shape)}, expected ({len(digests)}, {dim or 'D'})"
+    if residues is not None:
+        if not isinstance(residues, list) or len(residues) != len(digests):
+            return "residue rows are not a list with one entry per protein"
+        for rows in residues:
+            if not isinstance(rows, torch.Tensor) or rows.dim() != 2 or rows.shape[1] != pooled.shape[1]:
+                return "residue rows are not [L, D] tensors"
+    if not isinstance(notes, dict) or not isinstance(chunk.get("settings"), dict):
+        return "no notes or settings"
+    if chunk.get("checksum") != chunk_checksum(chunk):
+        return "checksum mismatch: its bytes changed after it was written"
+    if not bool(torch.isfinite(pooled).all()) or not all(bool(torch.isfinite(r).all()) for r in residues or ()):
+        return "non-finite values"
+    return None
+
+
+def _changed_settings(old: dict[str, Any], new: dict[str, Any]) -> dict[str, str]:
+    """setting → 'old → new' for every setting that differs."""
+    changed = {}
+    for key in sorted(set(old) | set(new), key=str):
+        if old.get(key) != new.get(key):
+            changed[str(key)] = f"{old.get(key, 'unset')} → {new.get(key, 'unset')}"
+    return changed
+
+
 @dataclass
 class StoredEmbedding:
     pooled: torch.Tensor  # [D] float32
     note: dict[str, Any] | None
 
 
+@dataclass
+class SetAside:
+    """What one pass over the chunks did not trust: damaged chunks by name with the reason, chunks of other settings
+    with the settings that differ."""
+
+    directory: Path
+    damaged: list[tuple[str, str]] = field(default_factory=list)
+    other_settings: int = 0
+    changed: dict[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.damaged or self.other_settings)
+
+    def lines(self, label: str) -> list[str]:
+        """One note per damaged chunk (the first few, then a count) and one for the chunks of other settings."""
+        where = self.directory / SET_ASIDE
+        lines = [
+            f"{label}: chunk {name} is damaged or unreadable ({reason}); moved to {where}, its proteins are redone"
+            for name, reason in self.damaged[:_NOTES_LISTED]
+        ]
+        if len(self.damaged) > _NOTES_LISTED:
+            lines.append(f"{label}: {len(self.damaged) - _NOTES_LISTED} more damaged chunk(s) moved to {where}")
+        if self.other_settings:
+            what = "; ".join(f"{key}: {change}" for key, change in self.changed.items()) or "unknown settings"
+            if len(what) > 300:
+                what = what[:297] + "..."
+            lines.append(
+                f"{label}: {self.other_settings} chunk(s) made with other settings ({what}) were moved to {where}; "
+                "their proteins are redone"
+            )
+        return lines
+
+
 class ChunkStore:
-    def __init__(self, directory: Path, fingerprint: str):
+    """The chunks of one model in one directory. `settings` is what produced them (stored in every chunk, so a
+    chunk of other settings can say what changed); `dim` is the embedding width, checked on every chunk read."""
+
+    def __init__(self, directory: Path, settings: dict[str, Any], dim: int | None = None):
         self.directory = directory
-        self.fingerprint = fingerprint
+        self.settings = settings
+        self.fingerprint = fingerprint(settings)
+        self.dim = dim
 
     def chunk_files(self) -> list[Path]:
         return sorted(self.directory.glob(f"*{CHUNK_SUFFIX}")) if self.directory.is_dir() else []
 
-    def _read(self, path: Path) -> dict | None:
-        """The chunk at `path` if it is readable and of this fingerprint, else None."""
+    def _read(self, path: Path) -> tuple[dict | None, str | None, bool]:
+        """→ (chunk if trusted and of these settings, why not trusted, whether it is of other settings)."""
         try:
             chunk = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a chunk from another version or a damaged disk: recompute rather than fail
-            return None
-        return chunk if chunk.get("fingerprint") == self.fingerprint else None
+        except Exception as exc:  # any unreadable file is set aside, never fatal
+            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            return None, f"unreadable: {reason}", False
+        problem = chunk_problem(chunk, self.dim)
+        if problem is not None:
+            return None, problem, False
+        if chunk["fingerprint"] != self.fingerprint or fingerprint(chunk["settings"]) != chunk["fingerprint"]:
+            return chunk, None, True
+        if (chunk["residues"] is not None) != bool(self.settings.get("per_residue", chunk["residues"] is not None)):
+            return None, "residue rows present or absent against its settings", False
+        return chunk, None, False
 
-    def load(self, remove_stale: bool = False) -> tuple[dict[str, StoredEmbedding], int]:
-        """Pooled embeddings in chunks of this fingerprint, by sequence digest; and how many stale chunks were found.
+    def set_aside(self, path: Path) -> Path:
+        """Move a chunk (or whatever sits under a chunk's name) out of the way, keeping it for inspection."""
+        target_dir = self.directory / SET_ASIDE
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / path.name
+        n = 1
+        while target.exists() or target.is_symlink():
+            target, n = target_dir / f"{path.name}.{n}", n + 1
+        os.replace(path, target)
+        return target
+
+    def load(self, set_aside: bool = False) -> tuple[dict[str, StoredEmbedding], SetAside]:
+        """Pooled embeddings of trusted chunks of these settings, by sequence digest; and what was not trusted
+        (moved into set_aside/ when `set_aside`, else only skipped).
 
         Residue rows are left on disk (residue_rows streams them): all of a job's would not fit in memory.
         """
         found: dict[str, StoredEmbedding] = {}
-        stale = 0
+        report = SetAside(self.directory)
         for path in self.chunk_files():
-            chunk = self._read(path)
-            if chunk is None:
-                stale += 1
-                if remove_stale:
-                    path.unlink(missing_ok=True)
+            chunk, problem, other = self._read(path)
+            if problem is not None or other:
+                if problem is not None:
+                    report.damaged.append((path.name, problem))
+                else:
+                    report.other_settings += 1
+                    for key, change in _changed_settings(chunk["settings"], self.settings).items():
+                        report.changed.setdefault(key, change)
+                if set_aside:
+                    self.set_aside(path)
                 continue
             for i, digest in enumerate(chunk["digests"]):
                 found[digest] = StoredEmbedding(chunk["pooled"][i], chunk["notes"].get(digest))
-        return found, stale
+        return found, report
+
+    def present_digests(self) -> set[str]:
+        """Digests in chunks of these settings, read cheaply (tensors memory-mapped, not checked): for estimates."""
+        present: set[str] = set()
+        for path in self.chunk_files():
+            try:
+                chunk = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                if chunk.get("fingerprint") == self.fingerprint:
+                    present.update(d for d in chunk["digests"] if isinstance(d, str))
+            except Exception:  # damaged: it will be set aside and redone, so it counts as not present
+                continue
+        return present
 
     def residue_rows(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(digest, [L, D] float16) for every protein in chunks of this fingerprint, one chunk in memory at a time."""
+        """(digest, [L, D] float16) for every protein in trusted chunks of these settings, one chunk at a time."""
         for path in self.chunk_files():
-            chunk = self._read(path)
-            if chunk is not None and chunk["residues"] is not None:
+            chunk, problem, other = self._read(path)
+            if chunk is not None and problem is None and not other and chunk["residues"] is not None:
                 yield from zip(chunk["digests"], chunk["residues"], strict=True)
 
     def write(self, digests: list[str], embedded: list[Any], per_residue: bool) -> Path:
         name = hashlib.sha1("".join(digests).encode()).hexdigest()[:20] + CHUNK_SUFFIX
-        chunk = {
+        chunk: dict[str, Any] = {
+            "format": CHUNK_FORMAT,
             "fingerprint": self.fingerprint,
+            "settings": self.settings,
             "digests": digests,
-            "pooled": torch.stack([e.pooled for e in embedded]),
+            "pooled": torch.stack([e.pooled for e in embedded]).float(),
             "residues": [e.residues for e in embedded] if per_residue else None,
             "notes": {d: e.note for d, e in zip(digests, embedded, strict=True) if e.note},
         }
+        chunk["checksum"] = chunk_checksum(chunk)
         path = self.directory / name
+        if path.is_dir() and not path.is_symlink():  # something else under this chunk's name: keep it, out of the way
+            self.set_aside(path)
         atomic_torch_save(chunk, path)
         return path
 

@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -20,6 +21,7 @@ from utils import exits
 from utils.batching import chunked
 from utils.embedder import embed_batches
 from utils.encode import Encoder, ModelError, load_encoder
+from utils.finite import Fp32Redo
 from utils.job import WorkOrder
 from utils.report import ProgressLog
 from utils.store import ChunkStore, sequence_digest
@@ -70,10 +72,9 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
 
     torch.manual_seed(order.run.seed)
     family = order.model.family
-    store = ChunkStore(order.chunk_dir, order.fingerprint)
-    done, stale = store.load(remove_stale=True)
-    if stale:
-        message = f"{order.label}: {stale} chunk(s) made with other settings were deleted; their proteins are redone"
+    store = ChunkStore(order.chunk_dir, order.chunk_settings, order.model.dim)
+    done, set_aside = store.load(set_aside=True)
+    for message in set_aside.lines(order.label):
         log.warning(message)
         print(f"note: {message}", file=sys.stderr)
 
@@ -111,9 +112,20 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
     )
     log.info("model loaded in %.1f s", time.perf_counter() - started)
     progress.write("loaded", seconds=time.perf_counter() - started)
-    encoder = Encoder(
-        tokenizer, model, family, order.device, limits.max_residues, order.run.window_overlap, order.run.per_residue
-    )
+
+    def encoder_for(tokenizer: Any, model: torch.nn.Module) -> Encoder:
+        return Encoder(
+            tokenizer, model, family, order.device, limits.max_residues, order.run.window_overlap, order.run.per_residue
+        )
+
+    encoder = encoder_for(tokenizer, model)
+    fp32 = None  # non-finite proteins (fp16/bf16 overflow) are redone in fp32: that copy loads on first need
+    if order.precision != "fp32":
+        fp32 = Fp32Redo(
+            lambda: encoder_for(
+                *load_encoder(order.model.source, family, order.device, "fp32", layer_index=order.model.layer_index)
+            )
+        )
     bar = tqdm(
         total=residues_todo, unit="res", unit_scale=True, desc=order.label, position=order.bar_position,
         dynamic_ncols=True, leave=True, file=sys.stderr, postfix={"proteins": 0},
@@ -127,7 +139,7 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
             chunk_digests: list[str] = []
             chunk_embedded: list = []
             chunk_residues, chunk_windowed = 0, []
-            for batch, embedded in embed_batches(encoder, sequences, todo):
+            for batch, embedded in embed_batches(encoder, sequences, todo, order.precision, fp32):
                 chunk_digests += [digests[i] for i in batch]
                 chunk_embedded += embedded
                 for e, i in zip(embedded, batch, strict=True):
@@ -153,6 +165,8 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
         bar.close()
         encoder.close()
         progress.close()
+        if fp32 is not None:
+            fp32.close()
     elapsed = time.perf_counter() - started
     log.info("done: %d proteins, %d residues in %.1f s", proteins, residues_todo, elapsed)
     return exits.OK
