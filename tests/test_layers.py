@@ -143,4 +143,5 @@ def test_cli_layers_meta_names_and_fingerprint(tmp_path, checkpoints):
     pattern = r"(\d+) unique sequences, (\d+) already in chunks"
     starts = {key: re.findall(pattern, (tmp_path / "logs" / f"{key}.log").read_text()) for key in ("prost_t5", "esm1b")}
     assert starts == {"prost_t5": [("9", "0"), ("9", "9")], "esm1b": [("9", "0"), ("9", "0")]}
-    assert "made with other settings were deleted" in (tmp_path / "logs" / "esm1b.log").read_text()
+    note = next(line for line in (tmp_path / "logs" / "esm1b.log").read_text().splitlines() if "other settings" in line)
+    assert "layer: 0" in note and "2" in note.split("layer: 0")[1][:10]  # the changed setting is named

@@ -118,7 +118,7 @@ def test_cli_run_report(reported_runs):
     assert summary["status"] == "done" and summary["versions"]["torch"] == torch.__version__
     assert summary["splits"]["train"]["proteins"] == 25 and summary["splits"]["test"]["unique"] == 2
     models = {m["key"]: m for m in summary["models"]}
-    assert models["esm1b"]["checkpoint"].startswith("local:") and models["esm1b"]["model_name"] == "esm1b_2x32"
+    assert models["esm1b"]["checkpoint"].startswith("sha256:") and models["esm1b"]["model_name"] == "esm1b_2x32"
     workers = {w["label"]: w for w in summary["workers"]}
     assert set(workers) == {"esm1b", "esm2"}
     for worker in workers.values():
