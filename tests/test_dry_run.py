@@ -62,7 +62,7 @@ def test_windows_shards_batches_and_projection(dry_run):
     assert sum(int(s[2].replace(",", "")) for s in shards) == sum(len(s) for s in unique)
     assert "hidden state 1 of 2" in out and "(esm2_2x32_layer1)" in out
     assert "≤ 2,048 padded tokens" in out
-    assert re.search(r"work: [\d.,]+ [MGT]FLOP → projected \d+ s \(measured [\d.,]+ [GT]FLOP/s matmul × assumed", out)
+    assert re.search(r"work: [\d.,]+ [MGT]FLOP → projected [\d.]+ s \(measured [\d.,]+ [GT]FLOP/s matmul", out)
     assert "disk: about" in out and "projected wall time:" in out
 
 
@@ -123,3 +123,21 @@ def test_shipped_config_balances_the_two_gpus():
     assert per_gpu["cuda:0"] == pytest.approx(6.55, abs=0.01) and per_gpu["cuda:1"] == pytest.approx(6.39, abs=0.01)
     text = (REPO / "config_t5.yaml").read_text()
     assert "6.55 GFLOP per residue on GPU 0" in text and "6.39 GFLOP per residue on GPU 1" in text
+
+
+def test_projection_is_flops_over_rate_times_mfu(tmp_path, checkpoints):
+    """In-process, with the matmul rate given: the work is the FLOP model summed over the proteins' tokens, and the
+    projected time that work over rate × the assumed CPU utilisation."""
+    from utils.dryrun import ASSUMED_MFU, dry_run
+    from utils.job import prepare
+
+    lengths = [5, 50, 300, 700]
+    write_fasta(tmp_path / "train.fasta", [(f"p{i}", "M" * n) for i, n in enumerate(lengths)])
+    write_fasta(tmp_path / "test.fasta", [("t", "K" * 20)])
+    config, splits, models = prepare(write_config(tmp_path, {"m": {"name": checkpoints["esm2"]}}))
+    rate = 1e9
+    text = "\n".join(dry_run(config, splits, models, rate={("cpu", "fp32"): rate}))
+    arch = models[0].arch
+    flops = sum(arch.matmul_flops(n + 2) for n in lengths + [20])  # <cls> and <eos>
+    assert f"work: {flops / 1e6:,.1f} MFLOP → projected {flops / (rate * ASSUMED_MFU['cpu']):.1f} s" in text
+    assert "measured 1.0 GFLOP/s matmul × assumed MFU 0.5" in text

@@ -19,11 +19,14 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from utils.batching import padded_tokens, window_spans
 from utils.config import Config
 from utils.fasta import Record
 from utils.preflight import ResolvedModel
+
+if TYPE_CHECKING:
+    from utils.job import WorkOrder
 
 # The share of the measured matmul rate the engine's forward passes reach. GPU: 0.07 (ProtT5-XL) to 0.16 (ESM2-3B)
 # on an H100 (benchmarks/results/gpu/*.txt); CPU: 0.59 on 2 cores (benchmarks/results/cpu_throughput.json). Rerun
@@ -97,38 +100,31 @@ def window_reason(model: ResolvedModel, config: Config, max_residues: int, memor
     return f"one pass past {max_residues:,} residues would not fit {memory_bytes / 2**30:.0f} GiB (utils/limits.py)"
 
 
-def plan_order(
-    config: Config, model: ResolvedModel, label: str, device: str, precision: str, sequences: Sequence[str]
-) -> OrderPlan:
-    from utils.limits import device_limits
+def plan_order(config: Config, order: WorkOrder) -> OrderPlan:
+    """What the worker of `order` will do: its device limits (utils.limits, as the worker asks them), batch plan,
+    windows and forward FLOPs."""
+    from utils.batching import padded_tokens, window_spans
 
-    limits = device_limits(
-        model.arch,
-        device,
-        precision,
-        batch_size=config.run.batch_size,
-        max_tokens_per_batch=model.config.max_tokens_per_batch,
-        max_residues=config.run.max_residues,
-    )
+    model = order.model
+    limits = order.limits()
     special = model.family.special_tokens
-    lengths = [len(s) for s in sequences]
+    lengths = [len(s) for s in order.sequences]
     batches = limits.plan_batches(lengths, special)
     clipped = [min(n, limits.max_residues) for n in lengths]
     padded = sum(padded_tokens([clipped[i] for i in batch], special) for batch in batches)
     real = sum(clipped) + special * len(clipped)
-    layers = model.layer_index
-    overlap = min(config.run.window_overlap, limits.max_residues // 4)
+    overlap = min(config.run.window_overlap, limits.max_residues // 4)  # as utils.encode.Encoder.embed_windows
     windowed, flops = [], 0.0
     for n in lengths:
         spans = window_spans(n, limits.max_residues, overlap) if n > limits.max_residues else [(0, n)]
         if len(spans) > 1:
             windowed.append((n, len(spans)))
-        flops += sum(model.arch.matmul_flops(end - start + special, layers) for start, end in spans)
+        flops += sum(model.arch.matmul_flops(end - start + special, model.layer_index) for start, end in spans)
     return OrderPlan(
-        label=label,
-        device=device,
-        precision=precision,
-        proteins=len(sequences),
+        label=order.label,
+        device=order.device,
+        precision=order.precision,
+        proteins=len(lengths),
         residues=sum(lengths),
         batches=len(batches),
         padding=1 - real / padded if padded else 0.0,
@@ -172,9 +168,9 @@ def flop_text(value: float, per_second: bool = False) -> str:
 
 def duration(seconds: float) -> str:
     if seconds < 90:
-        return f"{seconds:.0f} s"
+        return f"{seconds:.1f} s"
     if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
+        return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
 
 
@@ -185,19 +181,17 @@ def dry_run(
     rate: dict[tuple[str, str], float] | None = None,
 ) -> list[str]:
     """The plan as lines of text. `rate`: (device, precision) → matmul FLOP/s, measured where not given."""
-    from utils.encode import resolve_precision
     from utils.families import tool_model_name
-    from utils.job import shard_by_residues, unique_sequences
+    from utils.job import plan_jobs, unique_sequences
     from utils.preflight import estimate_output_bytes
 
     rates = dict(rate or {})
-    sequences = unique_sequences(splits)
+    total_residues = sum(len(s) for s in unique_sequences(splits))
     lines = [f"dry run of {config.path}: nothing is loaded or written", *split_lines(config, splits), "models:"]
     device_seconds: Counter[str] = Counter()
-    device_gflop_per_residue: Counter[str] = Counter()
-    total_residues = sum(len(s) for s in sequences)
-    for model in models:
-        devices = model.config.devices
+    device_flop_per_residue: Counter[str] = Counter()
+    for job in plan_jobs(config, splits, models):  # the job's own plan: shards, precisions, work orders
+        model = job.model
         layer = model.layer_index
         layer_text = "last layer" if layer == model.arch.layers else f"hidden state {layer} of {model.arch.layers}"
         lines.append(
@@ -205,21 +199,20 @@ def dry_run(
             f"({tool_model_name(model.family, model.arch, layer)}), {model.arch.layers} layers × {model.arch.hidden}, "
             f"{model.arch.params / 1e6:,.1f} M parameters, {layer_text}"
         )
-        shards = shard_by_residues(sequences, len(devices))
-        for shard, (device, shard_sequences) in enumerate(zip(devices, shards, strict=True)):
-            precision = resolve_precision(model.config.precision, device)
-            label = f"{model.config.key}[{shard}]" if len(devices) > 1 else model.config.key
-            plan = plan_order(config, model, label, device, precision, shard_sequences)
+        for order in job.orders:
+            plan = plan_order(config, order)
+            device, precision = order.device, order.precision
             if (device, precision) not in rates:
                 rates[(device, precision)] = matmul_rate(device, precision)
             speed = rates[(device, precision)] * ASSUMED_MFU["cpu" if device == "cpu" else "cuda"]
             seconds = plan.flops / speed
             device_seconds[device] += seconds
-            device_gflop_per_residue[device] += 2 * model.arch.params / 1e9 * plan.residues / max(total_residues, 1)
+            share = plan.residues / max(total_residues, 1)
+            device_flop_per_residue[device] += 2 * model.arch.params * layer / model.arch.layers * share
             lines.append(
-                f"    {label} on {device} ({precision}): {plan.proteins:,} proteins, {plan.residues:,} residues in "
-                f"{plan.batches:,} batches (≤ {plan.max_tokens_per_batch:,} padded tokens, ≤ {config.run.batch_size} "
-                f"proteins; {plan.padding:.1%} padding)"
+                f"    {plan.label} on {device} ({precision}): {plan.proteins:,} proteins, {plan.residues:,} residues "
+                f"in {plan.batches:,} batches (≤ {plan.max_tokens_per_batch:,} padded tokens, "
+                f"≤ {config.run.batch_size} proteins; {plan.padding:.1%} padding)"
             )
             if plan.windowed:
                 examples = ", ".join(f"{n:,} residues → {w} windows" for n, w in sorted(plan.windowed)[-SHOWN:][::-1])
@@ -234,8 +227,8 @@ def dry_run(
     lines.append("devices (models on one device run one after another; devices at the same time):")
     for device, seconds in device_seconds.items():
         lines.append(
-            f"  {device}: {flop_text(device_gflop_per_residue[device] * 1e9)} per residue (2 × parameters of "
-            f"its models and shards), projected {duration(seconds)}"
+            f"  {device}: {flop_text(device_flop_per_residue[device])} per residue (2 × the parameters of its models "
+            f"and shards), projected {duration(seconds)}"
         )
     needed = estimate_output_bytes(config, splits, models)
     lines.append(f"disk: about {needed / 1e6:,.1f} MB for the outputs and checkpoint chunks in {config.output_dir}")
