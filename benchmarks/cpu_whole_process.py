@@ -55,6 +55,24 @@ def timed(command: list[str], env: dict) -> dict:
         raise RuntimeError(f"{command[1]} failed:\n{exc.stderr.decode()[-2000:]}") from None
 
 
+def agreement_with_fp32(workdir: Path, names: list[str]) -> dict:
+    """Per engine variant (e.g. bf16), how close its vectors are to the fp32 engine's, protein by protein."""
+    import torch
+
+    if not names or not (workdir / "engine.pt").exists():
+        return {}
+    reference = torch.load(workdir / "engine.pt", weights_only=True)["embeddings"].float()
+    figures = {}
+    for name in names:
+        vectors = torch.load(workdir / f"{name}.pt", weights_only=True)["embeddings"].float()
+        cosine = torch.nn.functional.cosine_similarity(vectors.double(), reference.double(), dim=1)
+        figures[name] = {
+            "min_cosine": float(cosine.min()), "median_cosine": float(cosine.median()),
+            "max_abs_difference": float((vectors - reference).abs().max()),
+        }  # fmt: skip
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--proteins", type=int, default=500)
@@ -108,9 +126,12 @@ def main(argv: list[str] | None = None) -> int:
                 result = timed(command, env)
                 result["load_average"] = round(os.getloadavg()[0], 2)
                 results[name].append(result)
+                if not isinstance(side, list):
+                    shutil.copy(out / "out" / "train_embeddings_m.pt", workdir / f"{name}.pt")
                 shutil.rmtree(out, ignore_errors=True)
                 print(f"round {round_index} {name}: {result['seconds']:.1f} s wall, {result['cpu_seconds']:.1f} s CPU",
                       file=sys.stderr, flush=True)  # fmt: skip
+        fidelity = agreement_with_fp32(workdir, [name for name in sides if name.startswith("engine_")])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     best = {name: min(runs, key=lambda r: r["seconds"]) for name, runs in results.items()}
@@ -118,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "proteins": len(sequences), "residues": sum(lengths), "median_length": lengths[len(lengths) // 2],
         "max_length": lengths[-1], "layers": args.layers, "cpus": os.cpu_count(), "rounds": args.rounds,
-        "best": best, "all": results,
+        "best": best, "all": results, "agreement_with_engine_fp32": fidelity,
     }  # fmt: skip
     base = best.get("seed_sdpa")
     print(f"{'side':<16} {'wall s':>8} {'CPU s':>8} {'vs seed_sdpa (wall)':>20} {'peak RSS GiB':>13}")
@@ -126,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         speedup = f"{base['seconds'] / r['seconds']:.2f}x" if base else "-"
         peak = r["peak_rss_bytes"] / 2**30
         print(f"{name:<16} {r['seconds']:>8.1f} {r['cpu_seconds']:>8.1f} {speedup:>20} {peak:>13.2f}")
+    for name, figures in fidelity.items():
+        print(f"{name} against the fp32 engine: min cosine {figures['min_cosine']:.6f}, "
+              f"median {figures['median_cosine']:.6f}, max |Δ| {figures['max_abs_difference']:.2e}")  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
