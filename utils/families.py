@@ -24,7 +24,7 @@ class Family:
     residue_offset: int  # token index of the first residue
     special_tokens: int  # tokens besides residues (prefix and end markers)
     model_class: str  # transformers class that loads the encoder alone
-    attention: str = "sdpa"  # attention implementation to load with (utils/encode.py registers custom ones)
+    attention: str = "sdpa_key_padding"  # attention implementation to load with (utils/encode.py registers these)
     licence: str = ""
 
     def model_text(self, sequence: str) -> str:
