@@ -160,11 +160,14 @@ def test_stratified_sample_is_deterministic_spread_and_keeps_the_longest():
 
 def test_projection_uses_windows_for_proteins_beyond_max_residues():
     from utils.families import Architecture
-    from utils.limits import Limits
+    from utils.limits import device_limits
 
     arch = Architecture(hidden=32, layers=2, heads=4, ffn=64, params=20_000, position_bias=True, max_residues=None)
-    def limits(max_residues: int) -> Limits:
-        return Limits(8192, 10**12, 8, max_residues, 1 << 30)
+
+    def limits(max_residues: int):
+        return device_limits(
+            arch, "cpu", "fp32", batch_size=8, max_tokens_per_batch=8192, max_residues=max_residues, memory_bytes=2**40
+        )
 
     one_pass = project_peak(limits(4000), arch, "fp32", [100, 3000], PROT_T5, 256)
     windowed = project_peak(limits(1000), arch, "fp32", [100, 3000], PROT_T5, 256)
@@ -194,14 +197,14 @@ def test_guards_report_a_job_that_lets_unk_through(checkpoints, monkeypatch):
     tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoints["prot_t5"])
     assert validation.silent_unknown_guards(tokenizer, PROT_T5) == []
 
-    def lenient_table(tokenizer, family):  # a job whose tokenization forgot to refuse <unk>
-        class Lenient:
-            def encode(self, sequences):
-                return tokenizer([family.model_text(s) for s in sequences], padding=True, return_tensors="pt")
+    class Lenient:  # a job whose token table forgot the <unk> check: it takes whatever the tokenizer gives
+        def __init__(self, tokenizer, family):
+            self.tokenizer, self.family = tokenizer, family
 
-        return Lenient()
+        def encode(self, sequences):
+            return self.tokenizer([self.family.model_text(s) for s in sequences], padding=True, return_tensors="pt")
 
-    monkeypatch.setattr(validation, "build_table", lenient_table)
+    monkeypatch.setattr(validation, "build_table", Lenient)
     problems = validation.silent_unknown_guards(tokenizer, PROT_T5)
     assert any("lower case" in p for p in problems) and any("no separator" in p for p in problems)
 

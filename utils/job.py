@@ -28,6 +28,7 @@ from utils.fasta import Record, read_fasta
 from utils.ids import apply_id_format
 from utils.limits import Limits, device_limits
 from utils.preflight import ResolvedModel
+from utils.report import report_run
 
 if TYPE_CHECKING:
     import torch
@@ -291,7 +292,10 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
         redone = {i: n["redone"] for i, n in notes.items() if "redone" in n}
         meta = {
             "model": model.config.name,
-            "model_name": tool_model_name(model.family, model.arch),  # ProtSpace's name: protspace prepare needs it
+            # ProtSpace's name for the model (protspace prepare needs it), with the layer when not the last
+            "model_name": tool_model_name(model.family, model.arch, model.layer_index),
+            "layer": model.layer_index,  # the hidden state pooled: 0 embeddings … layers (the last, after its norm)
+            "layers": model.arch.layers,
             "model_key": model.config.key,
             "output_key": model.config.output_key,
             "family": model.family.label,
@@ -350,7 +354,7 @@ def write_concatenated(
         keys = [job.model.config.output_key for job in jobs]
         embeddings, columns = concatenate([(key, merged[key][split]) for key in keys])
         meta = {
-            "model_name": "+".join(tool_model_name(job.model.family, job.model.arch) for job in jobs),
+            "model_name": "+".join(tool_model_name(j.model.family, j.model.arch, j.model.layer_index) for j in jobs),
             "models": [job.model.config.name for job in jobs],
             "output_keys": keys,
             "families": [job.model.family.label for job in jobs],
@@ -373,6 +377,7 @@ def run_job(config: Config, splits: dict[str, list[Record]], models: list[Resolv
     runner = Runner(jobs)
     previous = {s: signal.signal(s, runner.stop) for s in (signal.SIGINT, signal.SIGTERM)}
     started = time.perf_counter()
+    started_at = time.time()  # the run report keeps the workers' progress records from this moment on
     try:
         runner.run_all()
     finally:
@@ -395,7 +400,10 @@ def run_job(config: Config, splits: dict[str, list[Record]], models: list[Resolv
             f"error: model {job.model.config.key} failed; see {config.log_dir}/{job.model.config.output_key}*.log",
             file=sys.stderr,
         )
-    if not failed and not all(job.finished for job in jobs):
+    interrupted = not failed and not all(job.finished for job in jobs)
+    if config.run.report:
+        report_run(config, splits, jobs, started_at, "failed" if failed else "interrupted" if interrupted else "done")
+    if interrupted:
         print("interrupted: finished chunks are kept; rerun the same command to resume", file=sys.stderr)
         return exits.INTERRUPTED
     print(f"done in {time.perf_counter() - started:.1f} s; outputs in {config.output_dir}", file=sys.stderr)
