@@ -75,9 +75,10 @@ def register_sdpa_key_padding() -> str:
     try:
         from transformers import AttentionInterface
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
-        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, bidirectional_mask_function, sdpa_mask
     except ImportError:
         return "sdpa"
+    del bidirectional_mask_function, sdpa_mask  # key_padding_mask needs them: present in this transformers
     AttentionInterface.register("sdpa_key_padding", sdpa_attention_forward)
     ALL_MASK_ATTENTION_FUNCTIONS.register("sdpa_key_padding", key_padding_mask)
     return "sdpa_key_padding"
@@ -97,9 +98,10 @@ def register_t5_sdpa_shared_mask() -> str:
     try:
         from transformers import AttentionInterface
         from transformers.integrations.sdpa_attention import create_position_bias_mask, sdpa_attention_forward
-        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, bidirectional_mask_function, sdpa_mask
     except ImportError:
         return "sdpa"
+    del bidirectional_mask_function, sdpa_mask  # key_padding_mask needs them: present in this transformers
 
     def t5_sdpa_shared_mask(module, query, key, value, attention_mask, position_bias=None, **kwargs):
         if position_bias is not None:
