@@ -52,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Imported after parsing: --help must not need torch.
     from utils.errors import UserError
-    from utils.job import merge_job, prepare, run_job
+    from utils.job import merge_job, prepare, run_job, start_worker_server
     from utils.shards import parse_shard
+
+    start_worker_server()
     from utils.store import OutputLock
 
     try:
