@@ -80,7 +80,7 @@ def _job(directory: Path, checkpoints, engine: str) -> Path:
     write_fasta(directory / "test.fasta", test)
     models = {
         "t5": {"name": checkpoints["prot_t5"], "device": ["cpu", "cpu"]},  # two actors
-        "esm": {"name": checkpoints["esm2"]},
+        "esm": {"name": checkpoints["esm2"], "layer": 1},  # an inner layer: the actors must cut where the workers do
     }
     run_params = {"engine": engine, "batch_size": 4, "save_every_n_batches": 2, "output_format": ["pt", "parquet"]}
     return write_config(directory, models, run_params=run_params)

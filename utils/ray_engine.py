@@ -82,14 +82,19 @@ class EmbedActor:
 
     def __init__(self, order: WorkOrder):
         from utils.encode import Encoder, load_encoder
+        from utils.finite import Fp32Redo
 
         self.order = order
         self.limits = order.limits()
-        family = order.model.family
-        tokenizer, model = load_encoder(order.model.source, family, order.device, order.precision)
-        self.encoder = Encoder(
-            tokenizer, model, family, order.device, self.limits.max_residues, order.run.window_overlap, False
-        )
+        family, layer = order.model.family, order.model.layer_index
+
+        def encoder_in(precision: str) -> Encoder:  # as the local worker builds it: the configured layer
+            tokenizer, model = load_encoder(order.model.source, family, order.device, precision, layer_index=layer)
+            return Encoder(tokenizer, model, family, order.device, self.limits.max_residues, order.run.window_overlap)
+
+        self.encoder = encoder_in(order.precision)
+        # As the worker: proteins that overflow fp16/bf16 are redone in fp32, that copy loaded on first need.
+        self.fp32 = Fp32Redo(lambda: encoder_in("fp32")) if order.precision != "fp32" else None
 
     def __call__(self, block: pa.Table) -> pa.Table:
         import pyarrow as pa
@@ -98,7 +103,9 @@ class EmbedActor:
         from utils.embedder import embed_in_batches
 
         sequences = block.column("sequence").to_pylist()
-        embedded = embed_in_batches(self.encoder, sequences, self.limits)
+        embedded = embed_in_batches(
+            self.encoder, sequences, self.limits, precision=self.order.precision, fp32=self.fp32
+        )
         pooled = torch.stack([e.pooled for e in embedded]).float().numpy()
         return pa.table(
             {
