@@ -143,10 +143,15 @@ def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: f
         return report
     seconds = time.perf_counter() - started
     emit("load", v.check_load, seconds, model.family, net, warnings, model.arch, order.precision)
-    encoder = Encoder(tokenizer, net, model.family, order.device, limits.max_residues, order.window_overlap)
+    emit("token layout", v.check_token_layout, tokenizer, model.family)
+    try:
+        encoder = Encoder(tokenizer, net, model.family, order.device, limits.max_residues, order.window_overlap)
+    except Exception as exc:  # noqa: BLE001 - the job refuses this tokenizer when the model loads
+        emit("embeddings", _raise, exc)
+        report.skipped += ["every other check (the job refuses this tokenizer)"]
+        return report
     net = None  # the encoder holds the weights; the fp32 reference may swap them for an fp32 copy
     try:
-        emit("token layout", v.check_token_layout, encoder)
         try:
             vectors, sample_seconds, windowed = run_sample(encoder, sample, limits)
             measured = v.measured_peak_bytes(device)  # weights + the sample's batches, as the job would run them

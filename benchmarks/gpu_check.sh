@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# One prepared GPU check for a lent H100/H200, about 8 minutes: the seed's loop against the main job's engine on
-# ProtT5-XL (the engine, and the engine with the other T5 attention), ESM2 3B and ESM C 600M, all random weights in the
-# real shapes (no download), synthetic CAFA-like proteins including one 10,000- and one 35,000-residue protein.
+# One prepared GPU check for a lent H100/H200, about 5 minutes: the host path on the machine's CPU, then the seed's
+# loop against the main job's engine on ProtT5-XL (also with batches of up to 128), ESM2 3B and ESM C 600M, all random
+# weights in the real shapes (no download), synthetic CAFA-like proteins with one 10,000- and one 35,000-residue one.
 #
 #   device run:  bash benchmarks/gpu_check.sh          (JSON, text and a log land in $OUT)
 #   elsewhere:   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
 #   dry run of this script on CPU (tiny shapes, minutes):
-#     DEVICE=cpu EXTRA="--layers 1 --proteins 12 --max-length 200 --long 1200" OUT=/tmp/gpu bash benchmarks/gpu_check.sh
+#     DEVICE=cpu EXTRA="--layers 1 --proteins 12 --max-length 200 --long 1200" HOST="--small 50 --large 100" \
+#       OUT=/tmp/gpu bash benchmarks/gpu_check.sh
 #
 # Each model runs in its own process under a time limit, so a failure or an overrun costs only that model.
 set -u
@@ -15,6 +16,7 @@ OUT=${OUT:-benchmarks/results/gpu}
 PYTHON=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda:0}
 EXTRA=${EXTRA:-}  # appended to every throughput.py call (later options win)
+HOST=${HOST:---small 2000 --large 20000}  # host_overhead.py's protein counts
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1
 
@@ -38,8 +40,15 @@ run() {  # run NAME SECONDS ARGS...: one throughput.py process, its table to std
   [ "$code" -eq 0 ] || echo "== $name FAILED (exit $code; 124 = time limit); see stderr.log"
 }
 
-# T5 attention both ways (the engine's, and the other of plain sdpa / the shared-mask sdpa), whichever it loads now
-run prot_t5_xl 240 --arch prot_t5_xl --proteins 2000 --variants current,sdpa,proposed
+# The host path alone on this machine's CPU (zero-layer models: tokenization, batching, pooling, chunks, merge)
+echo "== host path (limit 120 s)"
+# shellcheck disable=SC2086  # HOST is a list of options
+timeout --kill-after=15 120 "$PYTHON" benchmarks/host_overhead.py --families prot_t5,esm2 $HOST \
+  --json "$OUT/host_overhead.json" 2>>"$OUT/stderr.log" | tee "$OUT/host_overhead.txt"
+
+run prot_t5_xl 200 --arch prot_t5_xl --proteins 2000
+# Batches of up to 128 proteins instead of the config's default 32 (the token and memory budgets still apply)
+run prot_t5_xl_b128 90 --arch prot_t5_xl --proteins 2000 --skip-seed --max-items 128
 run esm2_3b 180 --arch esm2_3b --proteins 800
 if "$PYTHON" -c "import transformers; transformers.EsmcModel" 2>/dev/null; then
   run esmc_600m 100 --arch esmc_600m --proteins 2000
@@ -59,7 +68,7 @@ for path in sorted(Path(sys.argv[1]).glob("*.json")):
             continue
         e, s = r[side], r.get("seed", {})
         rows.append((
-            f"{r['arch']} {side}", f"{s.get('residues_per_s', 0):.0f}", f"{e['residues_per_s']:.0f}",
+            f"{path.stem} {side}", f"{s.get('residues_per_s', 0):.0f}", f"{e['residues_per_s']:.0f}",
             f"{r.get('speedup_' + side, {}).get('encode', 0):.2f}x", f"{s.get('mfu', 0):.2f}/{e['mfu']:.2f}",
             f"{s.get('padding_fraction', 0):.2f}/{e['padding_fraction']:.2f}",
             f"{s.get('peak_memory_bytes', 0) / 2**30:.1f}/{e['peak_memory_bytes'] / 2**30:.1f}",

@@ -367,7 +367,7 @@ def run_engine(
     """The main job's path in this process: resolve the model, plan jobs, run the worker loop, write the final .pt."""
     import generate_embeddings_t5 as main_job
     from utils import worker
-    from utils.batching import plan_batches, window_spans
+    from utils.batching import window_spans
     from utils.config import Config, ModelConfig, RunParams
     from utils.encode import padding_fraction
     from utils.fasta import Record
@@ -424,7 +424,7 @@ def run_engine(
     limits = worker.resolve_limits(order)
     unique = list(order.sequences)
     lengths = [min(len(s), limits.max_residues) for s in unique]
-    batches = plan_batches(lengths, limits.token_budget, order.max_items, family.special_tokens)
+    batches = limits.plan_batches(lengths, family.special_tokens)
     outputs = [torch.load(out / f"{split}_embeddings_bench.pt", weights_only=True) for split in splits]
     windowed: dict[str, Any] = {}
     for output in outputs:
@@ -447,7 +447,7 @@ def run_engine(
         "residues_embedded": sum(len(p) for p in proteins),
         "truncated_proteins": 0,
         "attention": timing["attention"],
-        "token_budget": limits.token_budget,
+        "token_budget": limits.max_tokens_per_batch,
         "max_residues": limits.max_residues,
         "max_items": order.max_items,
         "batches": len(batches),

@@ -84,3 +84,16 @@ def test_logs_one_file_per_worker(t5_run):
     logs = sorted(p.name for p in (directory / "logs").iterdir())
     assert logs == ["prot_t5_xl.log", "structure.log"]
     assert "done:" in (directory / "logs" / "structure.log").read_text()
+
+
+def test_long_protein_on_cpu_is_embedded_whole_by_default(checkpoints, tmp_path):
+    # A protein's vector must not depend on the device: on CPU too, a 4,560-residue protein is embedded at full
+    # length (no speed cap), not in windows, and matches the full-length one-at-a-time fp32 reference.
+    rng = random.Random(11)
+    long_protein = random_protein(rng, 4560)
+    train = [("long_4560", long_protein), ("short", random_protein(rng, 80))]
+    run_job(tmp_path, {"prot_t5_xl": {"name": checkpoints["prot_t5"]}}, train, [("t", random_protein(rng, 50))])
+    output = load_output(tmp_path / "out" / "train_embeddings_prot_t5_xl.pt")
+    assert output["meta"]["windowed"] == {}
+    reference = Reference(checkpoints["prot_t5"], "prot_t5")(long_protein)
+    assert cosine(output["embeddings"][0].float(), reference) >= 0.9999

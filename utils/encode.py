@@ -14,19 +14,15 @@ from typing import Any
 import torch
 
 from utils.batching import padded_tokens, window_spans
+from utils.errors import ModelError
 from utils.families import Family
 from utils.pooling import mean_over_residues, merge_windows, residue_rows
+from utils.tokens import TokenLayoutError, build_table
+
+__all__ = ["Embedded", "Encoder", "ModelError", "TokenLayoutError", "load_encoder"]
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 MODEL_LOAD_OPTIONS = {"EsmModel": {"add_pooling_layer": False}}
-
-
-class ModelError(RuntimeError):
-    """A checkpoint that cannot give correct embeddings; the worker reports it in one line and stops."""
-
-
-class TokenLayoutError(ModelError):
-    """The tokenizer did not produce one token per residue: wrong tokenizer or model text."""
 
 
 @dataclass
@@ -124,30 +120,13 @@ class Encoder:
         self.max_residues = max_residues
         self.window_overlap = window_overlap
         self.per_residue = per_residue
-        self.unk_id = tokenizer.unk_token_id
+        self.table = build_table(tokenizer, family)  # raises TokenLayoutError when the tokenizer is not the family's
         self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
 
     # -- tokenization -------------------------------------------------------------------------------------------
     def tokenize(self, sequences: list[str]) -> dict[str, torch.Tensor]:
-        texts = [self.family.model_text(s) for s in sequences]
-        tokens = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=True)
-        lengths = torch.tensor([len(s) for s in sequences])
-        found = tokens["attention_mask"].sum(dim=1)
-        expected = lengths + self.family.special_tokens
-        if not torch.equal(found, expected):
-            row = int(torch.nonzero(found != expected)[0])
-            raise TokenLayoutError(
-                f"tokenizer made {int(found[row])} tokens for a {int(lengths[row])}-residue protein "
-                f"(expected {int(expected[row])}); the tokenizer does not match the {self.family.label} layout"
-            )
-        residue_ids = tokens["input_ids"][:, self.family.residue_slice(int(lengths.max()))]
-        in_protein = torch.arange(residue_ids.shape[1])[None, :] < lengths[:, None]
-        if self.unk_id is not None and bool(((residue_ids == self.unk_id) & in_protein).any()):
-            raise TokenLayoutError(
-                f"tokenizer produced <unk> for residues; the tokenizer does not match the {self.family.label} "
-                "layout (spaces between residues, upper case)"
-            )
-        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"], "lengths": lengths}
+        """Residue strings → padded ids, mask and lengths, by the table checked against this model's tokenizer."""
+        return self.table.encode(sequences)
 
     def tokenize_ahead(self, sequences: list[str]):
         """Start tokenizing the next batch on a CPU thread while the device runs the current one."""

@@ -16,3 +16,7 @@ class UserError(Exception):
         shown = self.problems[:MAX_LISTED]
         hidden = len(self.problems) - len(shown)
         return shown + ([f"... and {hidden} more problem(s) not shown; fix the ones above and rerun"] if hidden else [])
+
+
+class ModelError(RuntimeError):
+    """A checkpoint that cannot give correct embeddings; the worker reports it in one line and stops."""

@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
-from utils.encode import Encoder, TokenLayoutError
+from utils.encode import Encoder
 from utils.families import Architecture, Family
 from utils.limits import Limits, heaviest_pass
+from utils.tokens import TokenLayoutError, build_table
 
 # Every residue letter a FASTA may carry (utils.fasta.ALPHABET), in a fixed order for reports.
 ALL_RESIDUES = "ACDEFGHIKLMNPQRSTVWYXBZUO"
@@ -203,9 +204,8 @@ GOLDEN = {
 }
 
 
-def check_token_layout(encoder: Encoder) -> Check:
+def check_token_layout(tokenizer: Any, family: Family) -> Check:
     """Tokenize the family's own model text for all 25 residue letters and compare every id with the goldens."""
-    family, tokenizer = encoder.family, encoder.tokenizer
     golden = GOLDEN[family.name]
     vocabulary = tokenizer.get_vocab()
     ids = tokenizer([family.model_text(ALL_RESIDUES)], add_special_tokens=True)["input_ids"][0]
@@ -241,10 +241,10 @@ def check_token_layout(encoder: Encoder) -> Check:
     if wrong and not unknown:
         problems.append(f"residue ids differ from the {family.label} vocabulary: " + ", ".join(wrong[:4]))
     try:
-        encoder.tokenize([ALL_RESIDUES])  # the job's own check must accept what the job will feed
+        build_table(tokenizer, family).encode([ALL_RESIDUES])  # the job's own lookup must accept what it will feed
     except Exception as exc:  # noqa: BLE001
         problems.append(f"the job's tokenization refuses it: {exc}")
-    problems += silent_unknown_guards(encoder)
+    problems += silent_unknown_guards(tokenizer, family)
     prefix = ", ".join(f"{t}={i}" for t, i in golden.leading) if golden.leading else "no prefix"
     end = ", ".join(f"{t}={i}" for t, i in golden.trailing)
     correct = len(ALL_RESIDUES) - len(wrong)
@@ -256,15 +256,16 @@ def check_token_layout(encoder: Encoder) -> Check:
     return Check("token layout", True, figure, detail, values)
 
 
-def silent_unknown_guards(encoder: Encoder) -> list[str]:
+def silent_unknown_guards(tokenizer: Any, family: Family) -> list[str]:
     """Text without the separator, or in lower case, must never become <unk> silently: wherever the tokenizer
-    gives <unk> for it, the job's tokenization has to refuse it; lower case must not reach it at all (FASTA reader)."""
+    gives <unk> for it, the job's token table must refuse that layout; lower case must not reach it at all (FASTA
+    reader)."""
     from utils.fasta import parse_fasta
 
     problems = []
     if parse_fasta(">guard\nmkt\n", "guard")[0].sequence != "MKT":
         problems.append("the FASTA reader does not upper-case residues (lower case is <unk>, or 3Di for ProstT5)")
-    family, tokenizer, sample = encoder.family, encoder.tokenizer, "MKTAYIAKQR"
+    sample = "MKTAYIAKQR"
     variants = {"lower case": (family, sample.lower())}
     if family.separator:
         variants["no separator"] = (replace(family, separator=""), sample)
@@ -273,14 +274,11 @@ def silent_unknown_guards(encoder: Encoder) -> list[str]:
         gives_unknown = tokenizer.unk_token_id in ids or len(ids) != len(text) + family.special_tokens
         if not gives_unknown:
             continue
-        probe = Encoder(tokenizer, encoder.model, variant, str(encoder.device), encoder.max_residues, 0)
         try:
-            probe.tokenize([text])
+            build_table(tokenizer, variant).encode([text])
             problems.append(f"{what} text becomes <unk> and the job's tokenization lets it through")
         except TokenLayoutError:
             pass
-        finally:
-            probe.close()
     return problems
 
 
