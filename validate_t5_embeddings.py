@@ -24,12 +24,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from generate_embeddings_t5 import BAD_INPUT, plan_jobs, prepare, unique_sequences
-from utils.errors import UserError
-from utils.validation import TOLERANCES, Check, guarded, spread, stratified_sample
+from utils import exits
+from utils.config import describe_config_keys
 
-PASSED, FAILED = 0, 1
+if TYPE_CHECKING:  # the library is imported after the command line is read: --help must not need torch
+    from utils.validation import Check
+
 NAME_WIDTH = 16
 
 
@@ -71,6 +73,8 @@ class Printer:
 
 
 def describe_tolerances() -> str:
+    from utils.validation import TOLERANCES
+
     groups: dict = {}
     for precision, tolerance in TOLERANCES.items():
         groups.setdefault(tolerance, []).append(precision)
@@ -86,21 +90,18 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def run_sample(encoder, sample: list[str], limits):
-    """Embed the sample as a worker would (its batch plan, Encoder.embed per batch) → (vectors, seconds, windowed)."""
+def embed_sample(encoder, sample: list[str], limits):
+    """Embed the sample as a worker would (utils.embedder's loop) → (vectors, seconds, windowed)."""
     import torch
 
-    batches = limits.plan_batches([len(s) for s in sample], encoder.family.special_tokens)
+    from utils.embedder import embed_in_batches
+
     encoder.embed([min(sample, key=len)])  # warm-up (kernels, allocator) outside the timing
-    vectors: list = [None] * len(sample)
-    windowed = 0
     started = time.perf_counter()
-    for batch in batches:
-        for i, embedded in zip(batch, encoder.embed([sample[i] for i in batch]), strict=True):
-            vectors[i] = embedded.pooled
-            windowed += embedded.note is not None
+    embedded = embed_in_batches(encoder, sample, limits)
     seconds = time.perf_counter() - started  # pooled vectors are on the host already: the device has finished
-    return torch.stack(vectors), seconds, windowed
+    windowed = sum(e.note is not None for e in embedded)
+    return torch.stack([e.pooled for e in embedded]), seconds, windowed
 
 
 def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: float | None, show) -> ModelReport:
@@ -109,7 +110,6 @@ def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: f
     from utils import validation as v
     from utils.encode import Encoder, load_encoder
     from utils.limits import device_memory_bytes
-    from utils.worker import resolve_limits
 
     model, order = job.model, job.orders[0]
     report = ModelReport(model.config.key, model.config.name, model.family.label, order.device, order.precision)
@@ -120,23 +120,23 @@ def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: f
         show(report.key, result)
         return result
 
-    limits = resolve_limits(order, int(assumed_gb * 1e9) if assumed_gb is not None else None)
+    limits = order.limits(int(assumed_gb * 1e9) if assumed_gb is not None else None)
     device = torch.device(order.device)
     shards = f", {len(job.orders)} shards (checked on {order.device})" if len(job.orders) > 1 else ""
     print(
         f"{model.config.key}: {model.config.name} on {order.device}{shards}, {order.precision}; "
-        f"token budget {limits.max_tokens_per_batch:,}, batch ≤ {order.max_items}, "
+        f"token budget {limits.max_tokens_per_batch:,}, batch ≤ {limits.batch_size}, "
         f"max_residues {limits.max_residues:,}",
         flush=True,
     )
-    torch.manual_seed(order.seed)
+    torch.manual_seed(order.run.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     started = time.perf_counter()
     try:
         with v.transformers_warnings() as warnings:
-            tokenizer, net = load_encoder(order.model_name, model.family, order.device, order.precision)
+            tokenizer, net = load_encoder(model.source, model.family, order.device, order.precision)
     except Exception as exc:  # noqa: BLE001 - a checkpoint that does not load is a failed check
         emit("load", _raise, exc)
         report.skipped = ["every other check (the model did not load)"]
@@ -145,7 +145,7 @@ def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: f
     emit("load", v.check_load, seconds, model.family, net, warnings, model.arch, order.precision)
     emit("token layout", v.check_token_layout, tokenizer, model.family)
     try:
-        encoder = Encoder(tokenizer, net, model.family, order.device, limits.max_residues, order.window_overlap)
+        encoder = Encoder(tokenizer, net, model.family, order.device, limits.max_residues, order.run.window_overlap)
     except Exception as exc:  # noqa: BLE001 - the job refuses this tokenizer when the model loads
         emit("embeddings", _raise, exc)
         report.skipped += ["every other check (the job refuses this tokenizer)"]
@@ -153,7 +153,7 @@ def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: f
     net = None  # the encoder holds the weights; the fp32 reference may swap them for an fp32 copy
     try:
         try:
-            vectors, sample_seconds, windowed = run_sample(encoder, sample, limits)
+            vectors, sample_seconds, windowed = embed_sample(encoder, sample, limits)
             measured = v.measured_peak_bytes(device)  # weights + the sample's batches, as the job would run them
         except Exception as exc:  # noqa: BLE001
             emit("embeddings", _raise, exc)
@@ -166,10 +166,11 @@ def validate_model(job, sample: list[str], job_lengths: list[int], assumed_gb: f
         # Proteins the job embeds in one pass; for invariance, eight that fit one batch under the token budget.
         within = sorted((s for s in sample if len(s) <= limits.max_residues), key=len)
         short = [s for s in within if len(s) <= 512] or within
-        emit("pooling clean", v.check_pooling, encoder, spread(short, 4))
+        emit("pooling clean", v.check_pooling, encoder, v.spread(short, 4))
         fit = [s for s in within if 8 * (len(s) + model.family.special_tokens) <= limits.max_tokens_per_batch]
-        subset = spread(fit if len(fit) >= 2 else within, 8)
-        emit("batch invariance", v.check_batch_invariance, encoder, subset, TOLERANCES[order.precision], order.seed)
+        subset = v.spread(fit if len(fit) >= 2 else within, 8)
+        tolerance = v.TOLERANCES[order.precision]
+        emit("batch invariance", v.check_batch_invariance, encoder, subset, tolerance, order.run.seed)
 
         if vectors is not None:
             capacity = int(assumed_gb * 1e9) if assumed_gb is not None else device_memory_bytes(order.device)
@@ -199,7 +200,7 @@ def _memory(
     from utils import validation as v
 
     def project(lengths: list[int]) -> v.Projection:
-        return v.project_peak(limits, model.arch, order.precision, lengths, model.family, order.window_overlap)
+        return v.project_peak(limits, model.arch, order.precision, lengths, model.family, order.run.window_overlap)
 
     sample_estimate = project([len(s) for s in sample]).peak_bytes
     peak, what = measured
@@ -223,7 +224,7 @@ def _reference(encoder, order, model, sequences: list[str], job_vectors: dict) -
             torch.cuda.empty_cache()
         fits = model.arch.params * 4 <= 0.8 * device_memory_bytes(order.device)
         where = order.device if fits else "cpu"
-        tokenizer, net = load_encoder(order.model_name, model.family, where, "fp32")
+        tokenizer, net = load_encoder(model.source, model.family, where, "fp32")
     job = torch.stack([job_vectors[s] for s in sequences])
     reference = torch.stack([v.reference_vector(tokenizer, net, model.family, s) for s in sequences])
     return v.check_reference(job, reference, order.precision, where)
@@ -233,7 +234,7 @@ def cross_model_checks(reports: list[ModelReport], families: dict[str, str], sho
     """ProstT5 vs ProtT5 on the same sample: recorded under the ProstT5 model's key."""
     import torch
 
-    from utils.validation import check_cross_model
+    from utils.validation import check_cross_model, guarded
 
     prost = [r for r in reports if families[r.key] == "prost_t5" and r.vectors]
     prot = [r for r in reports if families[r.key] == "prot_t5" and r.vectors]
@@ -282,7 +283,9 @@ def positive_gb(text: str) -> float:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=describe_config_keys(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", type=Path, default=Path("config_t5.yaml"), help="YAML config (see README)")
     parser.add_argument(
         "--num-proteins", type=int, default=100, help="sample size, stratified by length; the job's longest protein is "
@@ -301,13 +304,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from utils.errors import UserError
+    from utils.job import plan_jobs, prepare, unique_sequences
+    from utils.validation import TOLERANCES, stratified_sample
+
     quiet_transformers()
     try:
         config, splits, models = prepare(args.config)
     except UserError as exc:
         for line in exc.lines():
             print(f"error: {line}", file=sys.stderr)
-        return BAD_INPUT
+        return exits.BAD_INPUT
 
     sequences = unique_sequences(splits)
     job_lengths = [len(s) for s in sequences]
@@ -349,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in failures:
             print(f"  ✗ {line}")
     print(f"report: {path}")
-    return PASSED if passed else FAILED
+    return exits.OK if passed else exits.FAILED
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ from pathlib import Path
 rows = []
 for path in sorted(Path(sys.argv[1]).glob("*.json")):
     r = json.loads(path.read_text())
-    for side in ("engine", "engine_proposed", "engine_sdpa"):
+    for side in ("engine", "engine_sdpa"):
         if side not in r:
             continue
         e, s = r[side], r.get("seed", {})

@@ -14,16 +14,13 @@ Sides, on the same proteins:
   seed             benchmarks/seed_loop.py: batches of 32 by length, truncation to 1024 tokens (so the long
                    proteins are cut to 1023 residues), eager attention, fp16 through from_pretrained (T5's `wo` in
                    fp32) on GPU / fp32 on CPU, empty_cache after each batch, every protein (duplicates included).
-  engine           the main job, in this process: preflight.resolve_model → generate_embeddings_t5.plan_jobs
-                   (duplicates once) → utils.worker._run (resolve_limits, plan_batches, load_encoder, Encoder,
-                   chunk writes) → generate_embeddings_t5.merge_outputs (final .pt). Only the worker process spawn
-                   and the CLI's imports are left out. Every residue is embedded; over-long proteins go to windows,
-                   which the output records.
-  engine_proposed  (--variants current,proposed) the same with T5's attention set to the shared-mask SDPA
-                   proposed for utils/encode.py (the padding mask folded into the position bias once per forward
-                   pass, not once per layer); dropped when the engine already loads T5 that way.
-  engine_sdpa      (--variants current,sdpa) the same with transformers' plain "sdpa" for T5 (the engine before that
-                   change); dropped when it is what the engine loads anyway.
+  engine           the engine through its Python API, in this process: utils.Embedder (resolve_model, utils.limits,
+                   load_encoder, Encoder) → Embedder.embed, the job's own batch loop (utils.embedder: plan batches,
+                   tokenize ahead, Encoder.embed), duplicates once. Chunk writes, the final files and the worker
+                   process spawn are left out. Every residue is embedded; over-long proteins go to windows, which the
+                   result records.
+  engine_sdpa      (--variants current,sdpa) the same with transformers' plain "sdpa" for T5 (the engine before its
+                   shared-mask attention); dropped when it is what the engine loads anyway.
 
 Residues/s = input residues (the same number for every side) / encode seconds (model loaded). The seed reaches it
 by truncating; the report says how many proteins it cut. MFU = useful FLOPs (matmuls and attention over real tokens,
@@ -51,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -150,20 +148,6 @@ def build_checkpoint(arch: str, directory: Path, device: str, layers: int | None
     shutil.rmtree(tiny)
     _release(device)
     return target
-
-
-# -- T5 attention: the engine's shared-mask SDPA (utils/encode.py), measurable against plain sdpa ------------------
-PROPOSED_T5_ATTENTION = "t5_sdpa_shared_mask"
-
-
-def register_proposed_t5_attention() -> str:
-    """The engine's own registration; raises ImportError where this transformers lacks the pieces it needs."""
-    from utils.encode import register_t5_sdpa_shared_mask
-
-    name = register_t5_sdpa_shared_mask()
-    if name != PROPOSED_T5_ATTENTION:
-        raise ImportError("transformers has no AttentionInterface / create_position_bias_mask")
-    return name
 
 
 # -- the protein set --------------------------------------------------------------------------------------------------
@@ -330,28 +314,19 @@ def run_seed(checkpoint: Path, arch: str, proteins: list[str], device: str, flop
     }
 
 
-VARIANT_SIDES = {"current": "engine", "proposed": "engine_proposed", "sdpa": "engine_sdpa"}
-VARIANT_ATTENTION = {"current": None, "proposed": "proposed", "sdpa": "sdpa"}  # T5 attention override
+VARIANT_SIDES = {"current": "engine", "sdpa": "engine_sdpa"}
+VARIANT_ATTENTION = {"current": None, "sdpa": "sdpa"}  # T5 attention override
 
 
 def select_variants(args: Any) -> list[str]:
     """Drop variants that would measure the same T5 attention as one before them; returns why, one line each."""
     from utils.families import FAMILIES
 
-    loaded = getattr(FAMILIES[ARCHS[args.arch]["family"]], "attention", "sdpa")  # what the engine loads today
-    if ARCHS[args.arch]["family"] != "prot_t5":
-        loaded = "sdpa"  # the override only touches T5
-    effective = {"current": loaded, "proposed": PROPOSED_T5_ATTENTION, "sdpa": "sdpa"}
-    if ARCHS[args.arch]["family"] != "prot_t5":
-        effective.update(proposed="sdpa")
+    family = FAMILIES[ARCHS[args.arch]["family"]]
+    loaded = family.attention if family.name == "prot_t5" else "sdpa"  # the override only touches T5
+    effective = {"current": loaded, "sdpa": "sdpa"}
     kept, seen, skipped = [], set(), []
     for variant in args.variants:
-        if variant == "proposed":
-            try:
-                register_proposed_t5_attention()
-            except ImportError as exc:
-                skipped.append(f"variant proposed skipped: this transformers lacks it ({exc})")
-                continue
         if effective[variant] in seen:
             skipped.append(f"variant {variant} skipped: {effective[variant]} attention is already measured")
             continue
@@ -362,101 +337,67 @@ def select_variants(args: Any) -> list[str]:
 
 
 def run_engine(
-    checkpoint: Path, arch: str, proteins: list[str], device: str, flops: FlopModel, out: Path, args: Any, variant: str
+    checkpoint: Path, arch: str, proteins: list[str], device: str, flops: FlopModel, args: Any, variant: str
 ) -> dict[str, Any]:
-    """The main job's path in this process: resolve the model, plan jobs, run the worker loop, write the final .pt."""
-    import generate_embeddings_t5 as main_job
-    from utils import worker
+    """The engine through its Python API in this process: build the Embedder (model load), then embed."""
+    from utils import Embedder
     from utils.batching import window_spans
-    from utils.config import Config, ModelConfig, RunParams
     from utils.encode import padding_fraction
-    from utils.fasta import Record
-    from utils.preflight import resolve_model
-
-    records = [Record(f"P{i:06d}", s) for i, s in enumerate(proteins)]
-    split_at = int(len(records) * 0.8)  # two splits, as a CAFA job has (train, test); one when too few to split
-    splits = {"train": records[:split_at], "test": records[split_at:]}
-    if not 0 < split_at < len(records):
-        splits = {"train": records}
-    run = RunParams(batch_size=args.max_items, max_tokens_per_batch=args.token_budget, max_residues=args.max_residues)
-    model_config = ModelConfig("bench", str(checkpoint), (device,), "bench", "auto", args.token_budget)
-    config = Config(out / "config_t5.yaml", {}, out, out / "logs", run, (model_config,))
-
-    real_load = worker.load_encoder
-    timing = {"load_seconds": 0.0, "load_cpu": 0.0, "attention": "sdpa"}
-
-    def timed_load(*a: Any, **k: Any):
-        wall, cpu = time.perf_counter(), cpu_seconds()
-        tokenizer, model = real_load(*a, **k)
-        override = VARIANT_ATTENTION[variant]
-        if override and model.config.model_type in ("t5", "mt5"):
-            model.set_attn_implementation(register_proposed_t5_attention() if override == "proposed" else override)
-        timing["attention"] = model.config._attn_implementation
-        _sync(device)
-        timing["load_seconds"] = time.perf_counter() - wall
-        timing["load_cpu"] = cpu_seconds() - cpu
-        return tokenizer, model
 
     memory = PeakMemory(device).start()
     started, cpu_started = time.perf_counter(), cpu_seconds()
-    resolved = resolve_model(model_config)
-    job = main_job.plan_jobs(config, splits, [resolved])[0]
-    order = job.orders[0]
-    log = worker._logger(order.log_path)
-    worker.load_encoder = timed_load
-    try:
-        code = worker._run(order, log, {"requested": False})
-    finally:
-        worker.load_encoder = real_load
-        for handler in list(log.handlers):
-            log.removeHandler(handler)
-            handler.close()
-    if code != 0:
-        raise RuntimeError(f"engine worker returned {code}; see {order.log_path}")
-    main_job.merge_outputs(config, splits, job)
+    embedder = Embedder(
+        str(checkpoint), device=device, batch_size=args.max_items, max_tokens_per_batch=args.token_budget,
+        max_residues=args.max_residues,
+    )  # fmt: skip
+    override = VARIANT_ATTENTION[variant]
+    model = embedder.encoder.model
+    if override and model.config.model_type in ("t5", "mt5"):
+        model.set_attn_implementation(override)
+    _sync(device)
+    load_seconds = time.perf_counter() - started
+    load_cpu = cpu_seconds() - cpu_started
+    vectors = embedder.embed(proteins)
     _sync(device)
     total = time.perf_counter() - started
-    cpu_used = cpu_seconds() - cpu_started - timing["load_cpu"]
+    cpu_used = cpu_seconds() - cpu_started - load_cpu
     peak = memory.stop()
+    attention = model.config._attn_implementation
+    family, limits, windowed_by_index = embedder.model.family, embedder.limits, embedder.windowed
+    embedder.close()
+    del embedder, model
     _release(device)
 
-    family = resolved.family
-    limits = worker.resolve_limits(order)
-    unique = list(order.sequences)
+    unique = list(dict.fromkeys(proteins))
+    batches = limits.plan_batches([len(s) for s in unique], family.special_tokens)
     lengths = [min(len(s), limits.max_residues) for s in unique]
-    batches = limits.plan_batches(lengths, family.special_tokens)
-    outputs = [torch.load(out / f"{split}_embeddings_bench.pt", weights_only=True) for split in splits]
-    windowed: dict[str, Any] = {}
-    for output in outputs:
-        windowed.update(output["meta"]["windowed"])
-    notes = {r.sequence: windowed[r.id] for r in records if r.id in windowed}
+    notes = {proteins[i]: note for i, note in windowed_by_index.items()}
     useful = 0.0
     for sequence in unique:
         note = notes.get(sequence)
         spans = window_spans(len(sequence), note["window_residues"], note["overlap"]) if note else [(0, len(sequence))]
         useful += sum(flops.protein(end - start + family.special_tokens) for start, end in spans)
     return {
-        "load_seconds": timing["load_seconds"],
-        "encode_seconds": total - timing["load_seconds"],
+        "load_seconds": load_seconds,
+        "encode_seconds": total - load_seconds,
         "total_seconds": total,
         "encode_cpu_seconds": cpu_used,
-        "proteins_out": sum(o["embeddings"].shape[0] for o in outputs),
-        "ids_in_input_order": [i for o in outputs for i in o["ids"]] == [r.id for r in records],
-        "all_finite": all(bool(torch.isfinite(o["embeddings"]).all()) for o in outputs),
+        "proteins_out": int(vectors.shape[0]),
+        "all_finite": bool(np.isfinite(vectors).all()),
         "forward_rows": len(unique),
         "residues_embedded": sum(len(p) for p in proteins),
         "truncated_proteins": 0,
-        "attention": timing["attention"],
+        "attention": attention,
         "token_budget": limits.max_tokens_per_batch,
         "max_residues": limits.max_residues,
-        "max_items": order.max_items,
+        "max_items": limits.batch_size,
         "batches": len(batches),
         "padding_fraction": padding_fraction([[lengths[i] for i in b] for b in batches], family.special_tokens),
         "windowed": {f"{len(sequence)} residues": note for sequence, note in notes.items()},
         "peak_memory_bytes": peak,
         "useful_flops": useful,
-        "what_it_does": "main-job path in-process: resolve_model, plan_jobs (duplicates once), worker._run "
-        "(resolve_limits, plan_batches, load_encoder, Encoder, chunk writes), merge_outputs (.pt)",
+        "what_it_does": "utils.Embedder in-process: resolve_model, utils.limits, load_encoder, Encoder; "
+        "Embedder.embed (the job's batch loop, duplicates once); no chunk writes or final files",
     }
 
 
@@ -537,7 +478,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-items", type=int, default=32, help="engine: run_params.batch_size (default 32)")
     parser.add_argument("--token-budget", type=int, help="engine: max_tokens_per_batch (default: the engine's auto)")
     parser.add_argument("--max-residues", type=int, help="engine: run_params.max_residues (default: auto)")
-    parser.add_argument("--variants", default="current", help="engine variants: current, proposed, sdpa (with commas)")
+    parser.add_argument("--variants", default="current", help="engine variants: current, sdpa (with commas)")
     parser.add_argument("--skip-seed", action="store_true", help="engine side(s) only (parameter sweeps)")
     parser.add_argument("--rounds", type=int, default=1, help="alternate the sides N times, keep each one's fastest")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
@@ -611,9 +552,7 @@ def main(argv: list[str] | None = None) -> int:
                     result = run_seed(checkpoint, args.arch, proteins, device, flops)
                 else:
                     variant = next(v for v, side in VARIANT_SIDES.items() if side == name)
-                    out = workdir / f"{name}-{round_index}"  # a fresh output: nothing resumed from an earlier round
-                    result = run_engine(checkpoint, args.arch, proteins, device, flops, out, args, variant)
-                    shutil.rmtree(out, ignore_errors=True)
+                    result = run_engine(checkpoint, args.arch, proteins, device, flops, args, variant)
                 runs[name].append(result)
                 print(f"round {round_index} {name}: encode {result['encode_seconds']:.1f} s", file=sys.stderr)
     finally:

@@ -115,7 +115,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
 
 
-# -- the reference: written from DESIGN.md's table, independent of utils/ ----------------------------------------------
+# -- the reference: written from the README's model table, independent of utils/ ---------------------------------------
 REFERENCE_LAYOUT = {
     # model_type-based family: (model text, first residue row, encoder class)
     "prot_t5": (lambda s: " ".join(s.translate(str.maketrans("UZOB", "XXXX"))), 0, "T5EncoderModel"),

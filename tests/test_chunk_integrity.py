@@ -24,7 +24,7 @@ import torch
 import generate_embeddings_t5
 import validate_t5_embeddings
 from tests.conftest import load_output, random_protein, run_cli, write_config, write_fasta
-from utils import preflight
+from utils import job, preflight
 from utils.store import ChunkStore, chunk_checksum
 
 KEY = "esm"
@@ -130,7 +130,7 @@ def test_damaged_and_malformed_chunks_are_set_aside_named_and_redone(first_run):
 
 def test_resume_that_fits_is_not_refused_by_the_disk_check(first_run, monkeypatch):
     directory, config, _ = first_run
-    config_, splits, models = generate_embeddings_t5.prepare(config)
+    config_, splits, models = job.prepare(config)
     fresh = preflight.estimate_output_bytes(config_, splits, models)
     usage = shutil.disk_usage(directory)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=fresh - 1))

@@ -114,6 +114,21 @@ def test_out_of_memory_splits_the_batch_without_losing_or_moving_a_protein(
     _assert_same_vectors(got, expected, sequences)
 
 
+def test_after_an_out_of_memory_larger_batches_are_split_before_they_are_tried(encoder_factory, monkeypatch):
+    # A failed pass costs its partial forward and the allocator's cache: the GPU check lost much of its time to
+    # repeated failures. Once a batch of items × tokens² ran out, no batch at least that large is tried whole.
+    encoder = encoder_factory()
+    first = _proteins(6, [120, 110, 100, 90])
+    later = _proteins(7, [125, 108, 98, 88])
+    injected = InjectedOOM(monkeypatch, lambda rows, width: rows > 2)
+    encoder.embed(first)
+    failures = injected.raised
+    assert failures >= 1 and encoder.out_of_memory_events == failures
+    encoder.embed(later)  # as large as the batch that failed: split first, never tried whole
+    assert injected.raised == failures
+    assert all(rows <= 2 for rows, _ in injected.shapes[-2:])
+
+
 def test_protein_that_never_fits_goes_to_windows_and_the_note_says_so(encoder_factory, reference, monkeypatch):
     encoder = encoder_factory(max_residues=10_000, window_overlap=8)
     short_a, long, short_b = _proteins(2, [30, 100, 20])

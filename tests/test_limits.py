@@ -14,16 +14,18 @@ GIB = 1 << 30
 
 def test_t5_on_cpu_runs_full_length_when_memory_allows():
     # The same protein must get the same vector on every device: no speed cap on the CPU.
-    assert device_limits(PROT_T5_XL, "cpu", "fp32", memory_bytes=512 * GIB).max_residues > 30_000
-    assert device_limits(PROT_T5_XL, "cpu", "fp32", memory_bytes=24 * GIB).max_residues > 5_000
+    assert device_limits(PROT_T5_XL, "cpu", "fp32", memory_bytes=512 * GIB).max_residues > 10_000
+    assert device_limits(PROT_T5_XL, "cpu", "fp32", memory_bytes=24 * GIB).max_residues > 2_500
     assert device_limits(PROT_T5_XL, "cpu", "fp32", max_residues=9000, memory_bytes=512 * GIB).max_residues == 9000
 
 
 def test_t5_on_gpu_is_limited_by_memory():
     h100 = device_limits(PROT_T5_XL, "cuda:0", "fp16", memory_bytes=80 * GIB)
     a6000 = device_limits(PROT_T5_XL, "cuda:0", "fp16", memory_bytes=48 * GIB)
-    assert h100.max_residues > a6000.max_residues > 10_000
-    assert h100.max_residues < 35_000  # the 35,000-residue protein goes through recorded windows
+    assert h100.max_residues > a6000.max_residues > 5_000
+    # Measured on an H100 (80 GB): one 10,002-token ProtT5-XL pass in fp16 ran out of memory. The plan must window
+    # that protein before trying it, not after a failed pass.
+    assert h100.max_residues < 10_000
     assert estimate_peak_bytes(PROT_T5_XL, 2, 1, h100.max_residues + 2) <= 0.8 * 80 * GIB
 
 

@@ -91,11 +91,68 @@ class Config:
     id_format: str = "first_word"  # how a FASTA header becomes a protein id (utils/ids.py)
 
 
-_PATH_KEYS = (
-    "data_dir", "raw_train_sequences", "raw_test_sequences", "splits", "output_dir", "log_dir", "id_format"
-)  # fmt: skip
-_RUN_KEYS = tuple(RunParams.__dataclass_fields__)
-_MODEL_KEYS = ("name", "device", "output_key", "precision", "max_tokens_per_batch")
+@dataclass(frozen=True)
+class ConfigKey:
+    """One config key as the README's table and --help show it; the validator knows the keys from this table."""
+
+    key: str  # dotted: paths.data_dir, run_params.batch_size, models.<key>.name
+    default: str
+    meaning: str
+
+
+def _shown_default(value: Any) -> str:
+    if value is None:
+        return "auto"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+_RUN_MEANINGS = {  # in the README's order; defaults come from RunParams
+    "batch_size": "most proteins in one batch (an upper bound; the token budget usually decides)",
+    "max_tokens_per_batch": "padded tokens per batch, specials included; auto: chosen for the device",
+    "save_every_n_batches": "batches per checkpoint chunk: at most this much work is lost to a kill -9",
+    "seed": "seeds torch and the validation sample",
+    "precision": "auto (fp16 on GPU, fp32 on CPU), fp16, bf16 or fp32",
+    "max_residues": "longer proteins are embedded in overlapping windows; auto: what fits the device",
+    "window_overlap": "residues shared by neighbouring windows (at most a quarter of the window)",
+    "concatenate": "also write {split}_embeddings_concat.*, all models side by side",
+    "output_format": "pt, h5, parquet, both (pt + h5), all, or a list such as [pt, parquet]",
+    "per_residue": "also write [L, D] residue rows to .per_residue.h5 (needs h5 in output_format)",
+}
+CONFIG_KEYS: tuple[ConfigKey, ...] = (
+    ConfigKey("paths.data_dir", ".", "directory of the FASTA files"),
+    ConfigKey("paths.raw_train_sequences", "—", "FASTA of split train (plain or .gz)"),
+    ConfigKey("paths.raw_test_sequences", "—", "FASTA of split test"),
+    ConfigKey("paths.splits", "—", "more splits: {name: file}"),
+    ConfigKey("paths.output_dir", "required", "where the output files (and the .chunks/ checkpoints) go"),
+    ConfigKey("paths.log_dir", "logs", "one log file per worker, and the validation report"),
+    ConfigKey("paths.id_format", "first_word", "how a header becomes the protein id: first_word or uniprot"),
+    *(ConfigKey(f"run_params.{k}", _shown_default(getattr(RunParams(), k)), m) for k, m in _RUN_MEANINGS.items()),
+    ConfigKey("models.<key>.name", "required", "hub id or local checkpoint directory"),
+    ConfigKey("models.<key>.device", "cpu", "CUDA index, cuda:N, cpu, or a list to shard over devices"),
+    ConfigKey("models.<key>.output_key", "<key>", "the name in output file names"),
+    ConfigKey("models.<key>.precision", "run's", "per-model override of run_params.precision"),
+    ConfigKey("models.<key>.max_tokens_per_batch", "run's", "per-model override of run_params.max_tokens_per_batch"),
+)
+
+
+def _section_keys(prefix: str) -> tuple[str, ...]:
+    return tuple(k.key.removeprefix(prefix) for k in CONFIG_KEYS if k.key.startswith(prefix))
+
+
+_PATH_KEYS = _section_keys("paths.")
+_RUN_KEYS = _section_keys("run_params.")
+_MODEL_KEYS = _section_keys("models.<key>.")
+
+
+def describe_config_keys() -> str:
+    """The config keys with their defaults, for --help."""
+    width = max(len(k.key) for k in CONFIG_KEYS)
+    lines = [f"  {k.key:<{width}}  {k.default:<10}  {k.meaning}" for k in CONFIG_KEYS]
+    return "config keys (key, default, meaning; README.md has the details):\n" + "\n".join(lines)
+
+
 _TOP_KEYS = ("paths", "run_params", "models")
 
 

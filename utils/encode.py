@@ -122,6 +122,8 @@ class Encoder:
         self.per_residue = per_residue
         self.table = build_table(tokenizer, family)  # raises TokenLayoutError when the tokenizer is not the family's
         self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        self.out_of_memory_events = 0
+        self.smallest_failed_square = float("inf")  # items × tokens² of the smallest batch that ran out of memory
 
     # -- tokenization -------------------------------------------------------------------------------------------
     def tokenize(self, sequences: list[str]) -> dict[str, torch.Tensor]:
@@ -164,11 +166,17 @@ class Encoder:
             rest = [i for i in range(len(sequences)) if i not in windowed]
             done = dict(zip(rest, self.embed([sequences[i] for i in rest]) if rest else [], strict=True))
             return [windowed[i] if i in windowed else done[i] for i in range(len(sequences))]
-        try:
-            return self._run(sequences, tokens)
-        except torch.OutOfMemoryError:
-            pass  # leave the except block first, so the failed pass's tensors can be freed
-        self._release_memory()
+        square = len(sequences) * (max(map(len, sequences)) + self.family.special_tokens) ** 2
+        if len(sequences) == 1 or square < self.smallest_failed_square:
+            try:
+                return self._run(sequences, tokens)
+            except torch.OutOfMemoryError:
+                pass  # leave the except block first, so the failed pass's tensors can be freed
+            # A failed pass costs its partial forward and the allocator's cache: later batches at least this large
+            # are split before they are tried, not after.
+            self.out_of_memory_events += 1
+            self.smallest_failed_square = min(self.smallest_failed_square, square)
+            self._release_memory()
         if len(sequences) == 1:
             window = max(16, min(self.max_residues, len(sequences[0])) // 2)
             return [self.embed_windows(sequences[0], window, "out of memory at full length")]

@@ -1,7 +1,7 @@
 """Per model family: how a sequence becomes model text, where its residues sit among the tokens, how to load it.
 
 All family differences live here, as data. The family is detected from the checkpoint (config `model_type`,
-tokenizer vocabulary), never from the config key's name. Facts: ../shared/DESIGN.md.
+tokenizer vocabulary), never from the config key's name (README.md, Models, has the per-family table).
 """
 
 from __future__ import annotations

@@ -4,9 +4,12 @@ memory model both come from. The worker, the Python API, the pre-flight check an
 Memory model (a deliberate over-estimate, per forward pass of `items` rows of `tokens` tokens):
   weights                      parameters × bytes per value
   linear activations           items × tokens × bytes × (8 × hidden + 2 × ffn)
-  square (attention) tensors   items × tokens² × (bytes × 3 × heads + 24)  for T5, which materialises its position
-                               bias (heads × T × T), the padding-masked copy the attention kernel reads, and the
-                               int64/float32 bucket arithmetic that builds the bias (T × T);
+  square (attention) tensors   items × tokens² × (bytes × 12 × heads + 64)  for T5, which materialises its position
+                               bias (heads × T × T, built through a T × T × heads lookup and a permuted copy), the
+                               padding-masked copy the attention kernel reads, the attention kernel's own copies, and
+                               the int64/float32 bucket arithmetic (T × T). Measured bound: on an 80 GB H100 one
+                               10,002-token ProtT5-XL pass in fp16 ran out of memory, so the true figure is above
+                               ~800 bytes per token pair there (12 × 32 × 2 + 64 = 832);
                                items × tokens² × bytes × 2                 for the other families (the T × T mask)
 A batch fits when its linear activations use at most half of the activation memory (80 % of the device, less the
 weights) and its square tensors the other half. The quadratic term is what decides for long proteins: a batch padded
@@ -75,7 +78,7 @@ def linear_bytes_per_token(arch: Architecture, dtype_bytes: int) -> int:
 
 
 def square_bytes_per_token_pair(arch: Architecture, dtype_bytes: int) -> int:
-    return dtype_bytes * 3 * arch.heads + 24 if arch.position_bias else dtype_bytes * 2
+    return dtype_bytes * 12 * arch.heads + 64 if arch.position_bias else dtype_bytes * 2
 
 
 def estimate_peak_bytes(arch: Architecture, dtype_bytes: int, items: int, tokens: int) -> int:

@@ -249,17 +249,12 @@ def write_h5(
     ids: list[str],
     embeddings: torch.Tensor,
     meta: dict[str, Any],
-    residues: Sequence[torch.Tensor] | None = None,
     **extra: Any,
 ) -> None:
-    """Per-protein vectors into `path`; with `residues` ([L, D] per protein), also the per-residue file beside it."""
+    """Per-protein vectors into `path` (per-residue rows are streamed from the chunks: utils.job.write_residue_rows)."""
     with H5Writer(path, {**meta, **extra}) as writer:
         for protein_id, vector in zip(ids, embeddings, strict=True):
             writer.add(protein_id, vector)
-    if residues is not None:
-        with H5Writer(residues_h5_path(path), {**meta, "rows": "residue rows only, [L, D] per protein"}) as writer:
-            for protein_id, rows in zip(ids, residues, strict=True):
-                writer.add(protein_id, rows.to(torch.float16))
 
 
 def write_outputs(
@@ -270,7 +265,6 @@ def write_outputs(
     embeddings: torch.Tensor,
     meta: dict[str, Any],
     output_format: str,
-    residues: Sequence[torch.Tensor] | None = None,
     **extra: Any,
 ) -> list[Path]:
     """One split of one model (or the concatenated models) in every format asked for; returns the files written."""
@@ -281,7 +275,7 @@ def write_outputs(
         write_pt(written[-1], ids, embeddings, meta, **extra)
     if "h5" in formats:
         written.append(h5_path(output_dir, split, output_key))
-        write_h5(written[-1], ids, embeddings, meta, residues, **extra)
+        write_h5(written[-1], ids, embeddings, meta, **extra)
     if "parquet" in formats:
         written.append(parquet_path(output_dir, split, output_key))
         write_parquet(written[-1], ids, embeddings, meta, **extra)

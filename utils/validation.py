@@ -1,7 +1,7 @@
 """Pre-flight checks of one model on a sample of the job's proteins, through the job's own code path.
 
 Each check returns a `Check` (passed, the measured figure, a detail line). The sample is embedded exactly as a
-worker would embed it (utils.worker.resolve_limits, utils.batching.plan_batches, utils.encode.Encoder.embed); the
+worker would embed it (utils.limits, utils.embedder.embed_in_batches, utils.encode.Encoder.embed); the
 checks then recompute what they test independently (own slicing of last_hidden_state, own vocabulary goldens,
 an unpadded one-protein-at-a-time reference) so that a fault in the pipeline shows instead of agreeing with itself.
 """
@@ -184,7 +184,7 @@ def check_load(
 # -- token layout -------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TokenGolden:
-    """The real hub vocabularies (../shared/DESIGN.md), written out independently of utils.families."""
+    """The real hub vocabularies (the published tokenizer files' ids), written out independently of utils.families."""
 
     leading: tuple[tuple[str, int], ...]  # tokens before the first residue
     trailing: tuple[tuple[str, int], ...]  # tokens after the last residue

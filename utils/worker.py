@@ -1,8 +1,8 @@
-"""One worker process: one model (or one shard of it) on one device, every split's unique sequences, in chunks.
+"""One worker process: one work order (a model, or one shard of it, on one device), in checkpoint chunks.
 
-The worker loads its model once, plans length-sorted batches over all its sequences, skips the chunks a previous
-run finished, and writes each new chunk atomically. SIGTERM / Ctrl-C: the current batch finishes, the finished
-batches of the current chunk are written, and the worker exits with INTERRUPTED.
+The worker loads its model once, plans length-sorted batches over all its sequences (utils.embedder), skips the
+chunks a previous run finished, and writes each new chunk atomically. SIGTERM / Ctrl-C: the current batch finishes,
+the finished batches of the current chunk are written, and the worker exits with exits.INTERRUPTED.
 """
 
 from __future__ import annotations
@@ -12,50 +12,18 @@ import logging
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from utils import exits
 from utils.batching import chunked
+from utils.embedder import embed_batches
 from utils.encode import Encoder, ModelError, load_encoder
-from utils.families import FAMILIES, Architecture
-from utils.finite import Fp32Redo, redo_non_finite
-from utils.limits import Limits, device_limits
+from utils.finite import Fp32Redo
+from utils.job import WorkOrder
 from utils.store import ChunkStore, sequence_digest
-
-INTERRUPTED = 3
-FAILED = 1
-
-
-@dataclass(frozen=True)
-class WorkOrder:
-    label: str  # model key, with the shard when sharded
-    model_name: str
-    family: str
-    arch: Architecture
-    device: str
-    precision: str
-    token_budget: int | None
-    max_items: int
-    max_residues: int | None
-    window_overlap: int
-    per_residue: bool
-    batches_per_chunk: int
-    chunk_dir: Path
-    chunk_settings: dict  # what produced the chunks (utils.preflight.chunk_settings)
-    sequences: tuple[str, ...]  # unique, this shard's
-    log_path: Path
-    bar_position: int
-    seed: int
-
-
-def resolve_limits(order: WorkOrder, memory_bytes: int | None = None) -> Limits:
-    """This order's limits on its device (utils.limits), or on a device of `memory_bytes`, if given."""
-    return device_limits(
-        order.arch, order.device, order.precision, batch_size=order.max_items,
-        max_tokens_per_batch=order.token_budget, max_residues=order.max_residues, memory_bytes=memory_bytes,
-    )  # fmt: skip
 
 
 def _die_with_parent() -> None:
@@ -65,7 +33,7 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _logger(path: Path) -> logging.Logger:
+def open_log(path: Path) -> logging.Logger:
     path.parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger(f"worker.{path.stem}")
     logger.setLevel(logging.INFO)
@@ -75,8 +43,8 @@ def _logger(path: Path) -> logging.Logger:
     return logger
 
 
-def run(order: WorkOrder) -> int:
-    """Process entry point. Returns 0 when every sequence is in a chunk."""
+def run_work_order(order: WorkOrder) -> int:
+    """Process entry point: signals, log file, then the order. Returns an exit code (utils.exits)."""
     _die_with_parent()
     stop = {"requested": False}
 
@@ -85,24 +53,25 @@ def run(order: WorkOrder) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    log = _logger(order.log_path)
+    log = open_log(order.log_path)
     try:
-        return _run(order, log, stop)
+        return embed_order(order, log, stop)
     except ModelError as exc:
         log.error("%s", exc)
         print(f"error: model {order.label}: {exc}", file=sys.stderr)
-        return FAILED
+        return exits.FAILED
     except Exception:
         log.exception("worker failed")
         raise
 
 
-def _run(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) -> int:
+def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) -> int:
+    """Every sequence of the order not yet in a chunk → new chunks. Returns exits.OK or exits.INTERRUPTED."""
     from tqdm import tqdm
 
-    torch.manual_seed(order.seed)
-    family = FAMILIES[order.family]
-    store = ChunkStore(order.chunk_dir, order.chunk_settings, order.arch.hidden)
+    torch.manual_seed(order.run.seed)
+    family = order.model.family
+    store = ChunkStore(order.chunk_dir, order.chunk_settings, order.model.dim)
     done, set_aside = store.load(set_aside=True)
     for message in set_aside.lines(order.label):
         log.warning(message)
@@ -110,14 +79,15 @@ def _run(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) -> int:
 
     sequences = list(order.sequences)
     digests = [sequence_digest(s) for s in sequences]
-    limits = resolve_limits(order)
+    limits = order.limits()
+    # The plan covers every sequence, done or not, so a rerun cuts the same batches and chunks as the first run.
     batches = limits.plan_batches([len(s) for s in sequences], family.special_tokens)
     pending = [b for b in batches if any(digests[i] not in done for i in b)]
     residues_todo = sum(len(sequences[i]) for b in pending for i in b)
     reused = sum(d in done for d in digests)
     log.info(
         "model %s (%s) on %s, %s; %d unique sequences, %d already in chunks; token budget %d, max residues %d",
-        order.model_name, family.label, order.device, order.precision, len(sequences), reused,
+        order.model.source, family.label, order.device, order.precision, len(sequences), reused,
         limits.max_tokens_per_batch, limits.max_residues,
     )  # fmt: skip
     if 0 < reused < len(digests):
@@ -125,57 +95,49 @@ def _run(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) -> int:
             f"note: {order.label}: {reused} sequences reused from earlier chunks, computing the rest", file=sys.stderr
         )
     if not pending:
-        return 0
+        return exits.OK
 
     started = time.perf_counter()
-    tokenizer, model = load_encoder(order.model_name, family, order.device, order.precision)
+    tokenizer, model = load_encoder(order.model.source, family, order.device, order.precision)
     log.info("model loaded in %.1f s", time.perf_counter() - started)
-    encoder = Encoder(
-        tokenizer, model, family, order.device, limits.max_residues, order.window_overlap, order.per_residue
-    )
-    fp32 = None
+
+    def encoder_for(tokenizer: Any, model: torch.nn.Module) -> Encoder:
+        return Encoder(
+            tokenizer, model, family, order.device, limits.max_residues, order.run.window_overlap, order.run.per_residue
+        )
+
+    encoder = encoder_for(tokenizer, model)
+    fp32 = None  # non-finite proteins (fp16/bf16 overflow) are redone in fp32: that copy loads on first need
     if order.precision != "fp32":
-        fp32 = Fp32Redo(
-            lambda: Encoder(
-                *load_encoder(order.model_name, family, order.device, "fp32"), family, order.device,
-                limits.max_residues, order.window_overlap, order.per_residue,
-            )
-        )  # fmt: skip
+        fp32 = Fp32Redo(lambda: encoder_for(*load_encoder(order.model.source, family, order.device, "fp32")))
     bar = tqdm(
         total=residues_todo, unit="res", unit_scale=True, desc=order.label, position=order.bar_position,
         dynamic_ncols=True, leave=True, file=sys.stderr, postfix={"proteins": 0},
     )  # fmt: skip
     proteins = 0
     try:
-        for chunk in chunked(batches, order.batches_per_chunk):
+        for chunk in chunked(batches, order.run.save_every_n_batches):
             todo = [b for b in chunk if any(digests[i] not in done for i in b)]
             if not todo:
                 continue
             chunk_digests: list[str] = []
             chunk_embedded: list = []
-            ahead = encoder.tokenize_ahead([sequences[i] for i in todo[0]])
-            for k, batch in enumerate(todo):
-                batch_sequences = [sequences[i] for i in batch]
-                tokens = _tokens_or_none(ahead, batch_sequences, limits.max_residues)
-                if k + 1 < len(todo):
-                    ahead = encoder.tokenize_ahead([sequences[i] for i in todo[k + 1]])
-                embedded = encoder.embed(batch_sequences, tokens)
-                embedded, _ = redo_non_finite(embedded, batch_sequences, order.precision, fp32)
+            for batch, embedded in embed_batches(encoder, sequences, todo, order.precision, fp32):
                 chunk_digests += [digests[i] for i in batch]
                 chunk_embedded += embedded
                 for e, i in zip(embedded, batch, strict=True):
                     if e.note:
                         log.info("sequence %s (%d residues): %s", digests[i][:12], len(sequences[i]), e.note)
                 proteins += len(batch)
-                bar.update(sum(len(s) for s in batch_sequences))
+                bar.update(sum(len(sequences[i]) for i in batch))
                 bar.set_postfix(proteins=proteins, refresh=False)
                 if stop["requested"]:
                     break
-            path = store.write(chunk_digests, chunk_embedded, order.per_residue)
+            path = store.write(chunk_digests, chunk_embedded, order.run.per_residue)
             log.info("wrote %s (%d proteins)", path.name, len(chunk_digests))
             if stop["requested"]:
                 log.warning("stopped by signal after %d proteins; finished chunks are kept", proteins)
-                return INTERRUPTED
+                return exits.INTERRUPTED
     finally:
         bar.close()
         encoder.close()
@@ -183,10 +145,4 @@ def _run(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) -> int:
             fp32.close()
     elapsed = time.perf_counter() - started
     log.info("done: %d proteins, %d residues in %.1f s", proteins, residues_todo, elapsed)
-    return 0
-
-
-def _tokens_or_none(future, sequences: list[str], max_residues: int):
-    """Prefetched tokens, unless the batch goes through windows (which tokenize each window themselves)."""
-    tokens = future.result()  # raises TokenLayoutError in this thread, where it is reported
-    return None if any(len(s) > max_residues for s in sequences) else tokens
+    return exits.OK

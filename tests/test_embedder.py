@@ -1,0 +1,110 @@
+"""The Python API (utils.Embedder) against the real CLI on tiny checkpoints: the same vectors bit for bit (cast to
+float16 as the job stores them), per-residue rows, windows recorded, the caller's order; and `import utils` stays
+free of torch."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import REPO, load_output, random_protein, run_job
+from utils.errors import UserError
+from utils.output import h5_name
+
+RUN_PARAMS = {  # small windows and budgets, so that the comparison covers windows and several batches
+    "batch_size": 4,
+    "max_tokens_per_batch": 400,
+    "max_residues": 120,
+    "window_overlap": 20,
+    "output_format": "both",
+    "per_residue": True,
+}
+
+
+def _proteins() -> list[tuple[str, str]]:
+    rng = random.Random(23)
+    records = [(f"p{i}", random_protein(rng, rng.randint(3, 110))) for i in range(17)]
+    records += [("long_300", random_protein(rng, 300)), ("stop", random_protein(rng, 40) + "*"), ("m", "M")]
+    records.insert(5, ("copy_of_p1", records[1][1]))
+    return records
+
+
+@pytest.fixture(scope="module", params=["prot_t5", "esm2"])
+def cli_and_embedder(request, checkpoints, tmp_path_factory):
+    from utils import Embedder
+
+    layout = request.param
+    directory = tmp_path_factory.mktemp(f"embedder_{layout}")
+    records = _proteins()
+    test = [("copy_of_p0", records[0][1])]  # a duplicate: the job's unique sequences are exactly the train split's
+    run_job(directory, {"m": {"name": checkpoints[layout]}}, records, test, run_params=RUN_PARAMS)
+    embedder = Embedder(
+        str(checkpoints[layout]),
+        device="cpu",
+        batch_size=RUN_PARAMS["batch_size"],
+        max_tokens_per_batch=RUN_PARAMS["max_tokens_per_batch"],
+        max_residues=RUN_PARAMS["max_residues"],
+        window_overlap=RUN_PARAMS["window_overlap"],
+    )
+    yield directory / "out", records, embedder
+    embedder.close()
+
+
+def test_vectors_equal_the_cli_output(cli_and_embedder):
+    out, records, embedder = cli_and_embedder
+    vectors = embedder.embed([sequence for _, sequence in records])
+    cli = load_output(out / "train_embeddings_m.pt")
+    assert isinstance(vectors, np.ndarray) and vectors.dtype == np.float32
+    assert vectors.shape == tuple(cli["embeddings"].shape) == (len(records), embedder.dim)
+    assert torch.equal(torch.from_numpy(vectors).to(torch.float16), cli["embeddings"])
+    windowed = {records[i][0]: note for i, note in embedder.windowed.items()}
+    assert windowed == cli["meta"]["windowed"] and set(windowed) == {"long_300"}
+
+
+def test_per_residue_rows_equal_the_cli_output(cli_and_embedder):
+    out, records, embedder = cli_and_embedder
+    rows = embedder.embed([sequence for _, sequence in records], per_residue=True)
+    with h5py.File(out / "train_embeddings_m.per_residue.h5") as cli:
+        for (rec_id, sequence), mine in zip(records, rows, strict=True):
+            assert mine.shape == (len(sequence.rstrip("*")), embedder.dim), rec_id
+            assert np.array_equal(mine, cli[h5_name(rec_id)][()].astype(np.float32)), rec_id
+
+
+def test_results_follow_the_callers_order(cli_and_embedder):
+    _, records, embedder = cli_and_embedder
+    sequences = [sequence.rstrip("*") for _, sequence in records[:8]]
+    forward = embedder.embed(sequences)
+    backward = embedder.embed(sequences[::-1])
+    # The same proteins, batched the same way (the plan sorts by length): row i follows sequence i.
+    assert np.array_equal(forward, backward[::-1])
+    one = embedder.embed([sequences[3]])
+    assert np.allclose(one[0], forward[3], atol=1e-5)  # alone, unpadded: equal up to float rounding
+
+
+def test_bad_sequences_are_refused_in_one_line(cli_and_embedder):
+    *_, embedder = cli_and_embedder
+    with pytest.raises(UserError, match="character '1' at residue 3"):
+        embedder.embed(["MKV", "MK1V"])
+    with pytest.raises(TypeError):
+        embedder.embed("MKV")
+
+
+def test_bad_settings_are_refused_before_loading(checkpoints, tmp_path):
+    from utils import Embedder
+
+    with pytest.raises(UserError) as refused:
+        Embedder(str(checkpoints["esm2"]), device="gpu7", precision="fp8", batch_size=0)
+    assert len(refused.value.problems) == 3
+    with pytest.raises(UserError, match="does not exist"):
+        Embedder(str(tmp_path / "no_such_checkpoint"))
+
+
+def test_importing_utils_does_not_import_torch():
+    code = "import sys, utils; assert 'torch' not in sys.modules; assert utils.Embedder.__name__ == 'Embedder'"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

@@ -1,0 +1,207 @@
+"""The one embedding loop, and the Python API built on it.
+
+    plan batches (utils.batching) → tokenize the next batch on the encoder's prefetch thread → Encoder.embed
+    → one result per sequence, in the caller's order
+
+The worker (utils/worker.py) wraps chunks and resume around `embed_batches`; the pre-flight check, the benchmarks
+and `Embedder` call `embed_in_batches`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from utils.encode import Embedded, Encoder
+    from utils.finite import Fp32Redo
+    from utils.limits import Limits
+
+
+def embed_batches(
+    encoder: Encoder,
+    sequences: Sequence[str],
+    batches: Sequence[Sequence[int]],
+    precision: str | None = None,
+    fp32: Fp32Redo | None = None,
+) -> Iterator[tuple[Sequence[int], list[Embedded]]]:
+    """(batch, one Embedded per index in it) for each batch in turn; the next batch is tokenized on a CPU thread
+    while the device runs the current one. Stop iterating at any batch boundary (the worker does on a signal).
+
+    With `precision` (the encoder's), every batch is checked for NaN/inf (utils.finite): non-finite proteins are
+    redone by `fp32`, or, without it (already fp32), raise NonFiniteError. Without it, the caller sees them as they
+    are (the pre-flight check reports them)."""
+    from utils.finite import redo_non_finite
+
+    if not batches:
+        return
+    ahead = encoder.tokenize_ahead([sequences[i] for i in batches[0]])
+    for k, batch in enumerate(batches):
+        batch_sequences = [sequences[i] for i in batch]
+        tokens = ahead.result()  # a TokenLayoutError raised on the thread is raised here
+        if any(len(s) > encoder.max_residues for s in batch_sequences):
+            tokens = None  # windows tokenize each window themselves
+        if k + 1 < len(batches):
+            ahead = encoder.tokenize_ahead([sequences[i] for i in batches[k + 1]])
+        embedded = encoder.embed(batch_sequences, tokens)
+        if precision is not None:
+            embedded, _ = redo_non_finite(embedded, batch_sequences, precision, fp32)
+        yield batch, embedded
+
+
+def embed_in_batches(
+    encoder: Encoder,
+    sequences: Sequence[str],
+    limits: Limits,
+    on_batch: Callable[[Sequence[int], list[Embedded]], None] | None = None,
+    precision: str | None = None,
+    fp32: Fp32Redo | None = None,
+) -> list[Embedded]:
+    """Every sequence through the encoder in planned batches → one Embedded per sequence, in the caller's order.
+    `on_batch(indices, embedded)` is called after each batch (progress, timing); `precision` and `fp32` as for
+    embed_batches."""
+    batches = limits.plan_batches([len(s) for s in sequences], encoder.family.special_tokens)
+    results: list[Embedded | None] = [None] * len(sequences)
+    for batch, embedded in embed_batches(encoder, sequences, batches, precision, fp32):
+        for i, item in zip(batch, embedded, strict=True):
+            results[i] = item
+        if on_batch is not None:
+            on_batch(batch, embedded)
+    return results  # type: ignore[return-value]  # every index is in exactly one batch
+
+
+class Embedder:
+    """Protein language-model embeddings from Python, through the same engine as generate_embeddings_t5.py.
+
+        from utils import Embedder
+        embedder = Embedder("Rostlab/prot_t5_xl_half_uniref50-enc", device="cuda:0")
+        vectors = embedder.embed(["MKTAYIAKQR", "MSEQ"])   # numpy float32 [2, 1024], in the order given
+
+    The arguments are the config's, with its defaults: `precision` as models.<key>.precision (auto: fp16 on GPU,
+    fp32 on CPU), `batch_size`, `max_tokens_per_batch`, `max_residues`, `window_overlap` as run_params (None:
+    chosen for the device, as the job does). The family (ProtT5, ProstT5, ESM2, ESM-1b, ESM C) is read from the
+    checkpoint. Same batch plan, out-of-memory split and windows as the job: for the same sequences in the same
+    order, on the same device and precision, the vectors equal the job's (which stores them as float16).
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        device: str | int = "cpu",
+        precision: str = "auto",
+        batch_size: int = 32,
+        max_tokens_per_batch: int | None = None,
+        max_residues: int | None = None,
+        window_overlap: int = 256,
+    ):
+        from utils.config import PRECISIONS, Config, ModelConfig, RunParams, normalise_device
+        from utils.encode import Encoder, load_encoder, resolve_precision
+        from utils.errors import UserError
+        from utils.finite import Fp32Redo
+        from utils.limits import device_limits
+        from utils.preflight import check_devices, resolve_model
+
+        where = normalise_device(device)
+        problems = []
+        if where is None:
+            problems.append(f"device: must be 'cpu', 'cuda', 'cuda:N' or a GPU index, got {device!r}")
+        if precision not in PRECISIONS:
+            problems.append(f"precision: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            problems.append(f"batch_size: must be an integer ≥ 1, got {batch_size!r}")
+        if max_residues is not None and window_overlap >= max_residues // 2:
+            problems.append(f"window_overlap: must be less than half of max_residues ({max_residues})")
+        if problems:
+            raise UserError(problems)
+        model_config = ModelConfig(
+            _KEY,
+            str(name_or_path),
+            (where,),
+            _KEY,
+            precision,
+            max_tokens_per_batch,  # type: ignore[arg-type]
+        )
+        here = Path(".")
+        problems = check_devices(Config(here, {}, here, here, RunParams(), (model_config,)))  # the job's own check
+        if problems:
+            raise UserError([p.removeprefix(f"models.{_KEY}.") for p in problems])
+        try:
+            self.model = resolve_model(model_config)
+        except UserError as exc:
+            raise UserError([p.removeprefix(f"models.{_KEY}.name: ") for p in exc.problems]) from None
+        self.device = where
+        self.precision = resolve_precision(precision, where)
+        self.limits = device_limits(
+            self.model.arch,
+            where,
+            self.precision,
+            batch_size=batch_size,
+            max_tokens_per_batch=max_tokens_per_batch,
+            max_residues=max_residues,
+        )
+        family, longest = self.model.family, self.limits.max_residues
+        tokenizer, net = load_encoder(self.model.source, family, where, self.precision)
+        self.encoder = Encoder(tokenizer, net, family, where, longest, window_overlap)
+        # As in the job: proteins that overflow fp16/bf16 (NaN/inf) are redone in fp32, loaded on first need.
+        self.fp32 = None
+        if self.precision != "fp32":
+            self.fp32 = Fp32Redo(
+                lambda: Encoder(
+                    *load_encoder(self.model.source, family, where, "fp32"), family, where, longest, window_overlap,
+                    self.encoder.per_residue,
+                )
+            )  # fmt: skip
+        self.windowed: dict[int, dict] = {}  # of the last embed() call: index → how it was split into windows
+
+    @property
+    def dim(self) -> int:
+        return self.model.dim
+
+    def embed(self, sequences: Sequence[str], per_residue: bool = False):
+        """One vector per sequence → numpy float32 [N, D], in the order given; with `per_residue`, a list of
+        [L, D] float32 arrays (the residue rows only, rounded through float16 as the job's HDF5 files store them).
+
+        Sequences are read as FASTA sequences are (upper-cased, one trailing '*' dropped, anything else that is not
+        a residue refused with a UserError); each distinct sequence is embedded once. Proteins embedded in
+        windows are listed in `self.windowed` (index → windows, window_residues, overlap, reason)."""
+        import numpy as np
+
+        from utils.errors import UserError
+        from utils.fasta import parse_fasta
+
+        if isinstance(sequences, str):
+            raise TypeError("embed() takes a list of sequences; for one protein, pass [sequence]")
+        if not sequences:
+            return [] if per_residue else np.zeros((0, self.dim), dtype=np.float32)
+        bad = [i for i, s in enumerate(sequences) if not isinstance(s, str) or ">" in s]
+        if bad:
+            raise UserError(f"sequences[{bad[0]}]: not a protein sequence (text of residue letters); fix or remove it")
+        # The FASTA reader's own rules, so the API accepts and refuses exactly what the job does.
+        text = "".join(f">{i}\n{s}\n" for i, s in enumerate(sequences))
+        cleaned = [record.sequence for record in parse_fasta(text, "sequences")]
+        unique = list(dict.fromkeys(cleaned))
+        self.encoder.per_residue = per_residue
+        if self.fp32 is not None and self.fp32.encoder is not None:
+            self.fp32.encoder.per_residue = per_residue
+        results = embed_in_batches(self.encoder, unique, self.limits, precision=self.precision, fp32=self.fp32)
+        embedded = dict(zip(unique, results, strict=True))
+        rows = [embedded[s] for s in cleaned]
+        self.windowed = {i: row.note for i, row in enumerate(rows) if row.note}
+        if per_residue:
+            return [row.residues.float().numpy() for row in rows]
+        return np.stack([row.pooled.float().numpy() for row in rows])
+
+    def close(self) -> None:
+        self.encoder.close()
+        if self.fp32 is not None:
+            self.fp32.close()
+
+    def __enter__(self) -> Embedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_KEY = "embedder"

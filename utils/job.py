@@ -1,0 +1,376 @@
+"""The local engine: a checked config → work orders → one worker process per order → one final file per split.
+
+    config, splits, models = prepare(config_path)   # every check of the user's input; nothing loaded or written
+    with OutputLock(config.output_dir):
+        code = run_job(config, splits, models)      # plan, run the workers, merge, report → an exit code
+
+Each model's unique sequences (duplicates across splits are embedded once) are sharded over its devices by
+residues; each shard is one work order, run by one worker process (utils/worker.py) in a lane per device, so orders
+on one device run one after another. Workers write checkpoint chunks under `{output_dir}/.chunks/{output_key}`;
+when every order of a model finished, its chunks are merged into one file per split, in input order.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from utils import exits
+from utils.config import Config, RunParams, load_config
+from utils.errors import UserError
+from utils.fasta import Record, read_fasta
+from utils.ids import apply_id_format
+from utils.limits import Limits, device_limits
+from utils.preflight import ResolvedModel
+
+if TYPE_CHECKING:
+    import torch
+
+    from utils.store import ChunkStore
+
+
+# -- checks -----------------------------------------------------------------------------------------------------------
+def read_splits(config: Config) -> dict[str, list[Record]]:
+    splits, problems = {}, []
+    for name, path in config.splits.items():
+        try:
+            splits[name] = apply_id_format(read_fasta(path), config.id_format, str(path))
+        except UserError as exc:
+            problems += exc.problems
+    if problems:
+        raise UserError(problems)
+    return splits
+
+
+def prepare(config_path: Path) -> tuple[Config, dict[str, list[Record]], list[ResolvedModel]]:
+    """Everything that can fail because of the user's input, before a model loads or a file is written.
+    Raises UserError listing every problem found."""
+    from utils import preflight
+
+    config = load_config(config_path)
+    problems = preflight.check_paths(config) + preflight.check_devices(config)
+    try:
+        splits = read_splits(config)
+    except UserError as exc:
+        problems += exc.problems
+        splits = {}
+    models, model_problems = preflight.resolve_models(config)
+    problems += model_problems
+    if problems:
+        raise UserError(problems)
+    disk = preflight.check_disk(config, splits, models)
+    if disk:
+        raise UserError(disk)
+    return config, splits, models
+
+
+# -- plan -------------------------------------------------------------------------------------------------------------
+def unique_sequences(splits: dict[str, list[Record]]) -> list[str]:
+    """Each distinct sequence once, in order of first appearance across the run's splits."""
+    return list(dict.fromkeys(r.sequence for records in splits.values() for r in records))
+
+
+def shard_by_residues(sequences: list[str], shards: int) -> list[list[str]]:
+    """Balance residues across shards: longest first, each to the lightest shard so far."""
+    groups: list[list[str]] = [[] for _ in range(shards)]
+    load = [0] * shards
+    for sequence in sorted(sequences, key=len, reverse=True):
+        lightest = load.index(min(load))
+        groups[lightest].append(sequence)
+        load[lightest] += len(sequence)
+    return groups
+
+
+@dataclass(frozen=True)
+class WorkOrder:
+    """What one worker process embeds: one model (or one shard of it) on one device."""
+
+    label: str  # the model key, with the shard when sharded
+    model: ResolvedModel  # checkpoint, family, architecture; model.config has its precision and token budget
+    run: RunParams  # the config's run_params, names unchanged
+    device: str
+    precision: str  # model.config.precision resolved for this device
+    sequences: tuple[str, ...]  # this shard's unique sequences
+    chunk_settings: dict  # what produced the chunks (utils.preflight.chunk_settings)
+    chunk_dir: Path
+    log_path: Path
+    bar_position: int = 0  # the progress bar's line: the order's lane
+
+    def limits(self, memory_bytes: int | None = None) -> Limits:
+        """Batch budgets and the longest one-pass protein on this order's device (utils.limits); `memory_bytes`
+        stands in for the device's memory (the pre-flight check's --assume-device-memory-gb)."""
+        return device_limits(
+            self.model.arch,
+            self.device,
+            self.precision,
+            batch_size=self.run.batch_size,
+            max_tokens_per_batch=self.model.config.max_tokens_per_batch,  # the model's own, else run_params'
+            max_residues=self.run.max_residues,
+            memory_bytes=memory_bytes,
+        )
+
+
+@dataclass
+class Job:
+    """One model: its work orders (one per device it is sharded over) and how each worker ended."""
+
+    model: ResolvedModel
+    chunk_dir: Path
+    chunk_settings: dict
+    orders: list[WorkOrder] = field(default_factory=list)
+    exit_codes: list[int] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return len(self.exit_codes) == len(self.orders) and all(code == exits.OK for code in self.exit_codes)
+
+    @property
+    def failed(self) -> bool:
+        return any(code not in (exits.OK, exits.INTERRUPTED) for code in self.exit_codes)
+
+
+def plan_jobs(config: Config, splits: dict[str, list[Record]], models: list[ResolvedModel]) -> list[Job]:
+    from utils import preflight
+    from utils.encode import resolve_precision
+
+    sequences = unique_sequences(splits)
+    jobs = []
+    for model in models:
+        devices = model.config.devices
+        # The chunk directory and settings are also what the pre-flight disk check reads: one definition, there.
+        job = Job(model, preflight.chunk_dir(config, model.config), preflight.chunk_settings(config, model))
+        shards = shard_by_residues(sequences, len(devices))
+        for shard, (device, shard_sequences) in enumerate(zip(devices, shards, strict=True)):
+            sharded = len(devices) > 1
+            label = f"{model.config.key}[{shard}]" if sharded else model.config.key
+            log_name = model.config.output_key + (f".shard{shard}" if sharded else "")
+            job.orders.append(
+                WorkOrder(
+                    label=label,
+                    model=model,
+                    run=config.run,
+                    device=device,
+                    precision=resolve_precision(model.config.precision, device),
+                    sequences=tuple(shard_sequences),
+                    chunk_settings=job.chunk_settings,
+                    chunk_dir=job.chunk_dir,
+                    log_path=config.log_dir / f"{log_name}.log",
+                )
+            )
+        jobs.append(job)
+    return jobs
+
+
+# -- run --------------------------------------------------------------------------------------------------------------
+def _worker_process(order: WorkOrder) -> None:
+    from utils.worker import run_work_order
+
+    sys.exit(run_work_order(order))
+
+
+class Runner:
+    """Runs work orders as processes: one lane per device, orders on the same device one after another."""
+
+    def __init__(self, jobs: list[Job]):
+        self.jobs = jobs
+        self.context = multiprocessing.get_context("spawn")
+        self.stopping = threading.Event()
+        self.running: set = set()
+        self.lock = threading.Lock()
+
+    def lanes(self) -> dict[str, list[tuple[Job, WorkOrder]]]:
+        lanes: dict[str, list[tuple[Job, WorkOrder]]] = {}
+        for job in self.jobs:
+            for order in job.orders:
+                lanes.setdefault(order.device, []).append((job, order))
+        return lanes
+
+    def _run_lane(self, position: int, items: list[tuple[Job, WorkOrder]]) -> None:
+        for job, order in items:
+            if self.stopping.is_set():
+                job.exit_codes.append(exits.INTERRUPTED)
+                continue
+            process = self.context.Process(target=_worker_process, args=(replace(order, bar_position=position),))
+            with self.lock:
+                process.start()
+                self.running.add(process)
+            process.join()
+            with self.lock:
+                self.running.discard(process)
+            job.exit_codes.append(process.exitcode)
+
+    def stop(self, signum: int, _frame: object) -> None:
+        if not self.stopping.is_set():
+            print("\nstopping: each worker finishes its current batch and keeps its finished chunks", file=sys.stderr)
+        self.stopping.set()
+        with self.lock:
+            for process in self.running:
+                if process.pid is not None:
+                    try:
+                        process.terminate()
+                    except (OSError, AttributeError):
+                        pass
+
+    def run_all(self) -> None:
+        """Every lane on a thread of its own; returns when every lane has ended (or was stopped)."""
+        threads = [
+            threading.Thread(target=self._run_lane, args=(position, items), daemon=True)
+            for position, items in enumerate(self.lanes().values())
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=0.2)  # short waits keep the main thread responsive to signals
+        if self.stopping.is_set():
+            # A worker the stop request reached while it was still starting (before it installed its own handler)
+            # dies of the signal: that is an interruption, not a failure of the model.
+            for job in self.jobs:
+                job.exit_codes = [
+                    exits.INTERRUPTED if code in (-signal.SIGTERM, -signal.SIGINT) else code for code in job.exit_codes
+                ]
+
+
+# -- merge ------------------------------------------------------------------------------------------------------------
+def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> tuple[list[str], dict]:
+    """A finished model's chunks → one final file per split, in input order.
+
+    Returns (one summary line per file, {split: float16 [N, D]}), the latter for the concatenated file."""
+    import torch
+
+    from utils.families import tool_model_name
+    from utils.output import h5_path, residues_h5_path, write_outputs
+    from utils.store import ChunkStore, sequence_digest
+
+    model = job.model
+    store = ChunkStore(job.chunk_dir, job.chunk_settings, model.dim)
+    found, _ = store.load()
+    lines, merged = [], {}
+    for split, records in splits.items():
+        rows = [found.get(sequence_digest(r.sequence)) for r in records]
+        missing = [r.id for r, row in zip(records, rows, strict=True) if row is None]
+        if missing:
+            example = missing[0]
+            raise RuntimeError(f"model {model.config.key}: {len(missing)} protein(s) have no embedding, e.g. {example}")
+        ids = [r.id for r in records]
+        embeddings: torch.Tensor = torch.stack([row.pooled for row in rows]).to(torch.float16)
+        notes = {r.id: row.note for r, row in zip(records, rows, strict=True) if row.note}
+        windowed = {i: {k: v for k, v in n.items() if k != "redone"} for i, n in notes.items() if "windows" in n}
+        redone = {i: n["redone"] for i, n in notes.items() if "redone" in n}
+        meta = {
+            "model": model.config.name,
+            "model_name": tool_model_name(model.family, model.arch),  # ProtSpace's name: protspace prepare needs it
+            "model_key": model.config.key,
+            "output_key": model.config.output_key,
+            "family": model.family.label,
+            "dim": model.dim,
+            "precision": sorted({o.precision for o in job.orders}),
+            "devices": list(model.config.devices),
+            "pooling": f"mean over residue token rows [{model.family.residue_offset}, "
+            f"{model.family.residue_offset}+L): no special tokens, no prefix, no padding",
+            "windowed": windowed,
+            "redone_in_fp32": redone,  # id → why (non-finite in fp16/bf16)
+            "split": split,
+            "checkpoint": model.identity,
+            "headers": [r.header for r in records],  # aligned with ids; in HDF5 each dataset's "header" attribute
+        }
+        if model.family.licence:
+            meta["licence"] = model.family.licence
+        key = model.config.output_key
+        write_outputs(config.output_dir, split, key, ids, embeddings, meta, config.run.output_format)
+        if config.run.per_residue:
+            write_residue_rows(store, records, residues_h5_path(h5_path(config.output_dir, split, key)), meta)
+        merged[split] = embeddings
+        note = f", {len(windowed)} embedded in windows (see meta['windowed'])" if windowed else ""
+        note += f", {len(redone)} redone in fp32 (see meta['redone_in_fp32'])" if redone else ""
+        lines.append(f"{split} {model.config.output_key}: {len(ids)} proteins × {model.dim}{note}")
+    return lines, merged
+
+
+def write_residue_rows(store: ChunkStore, records: list[Record], path: Path, meta: dict) -> None:
+    """Per-residue rows streamed chunk by chunk, since a whole job's would not fit in memory. The datasets are
+    created empty in input order first, so the file still lists proteins in input order."""
+    from utils.output import H5Writer
+    from utils.store import sequence_digest
+
+    ids_by_digest: dict[str, list[str]] = {}
+    with H5Writer(path, {**meta, "rows": "residue rows only, [L, D] float16 per protein"}) as writer:
+        for record in records:
+            writer.reserve(record.id, (len(record.sequence), meta["dim"]))
+            ids_by_digest.setdefault(sequence_digest(record.sequence), []).append(record.id)
+        for digest, rows in store.residue_rows():
+            for protein_id in ids_by_digest.pop(digest, ()):
+                writer.fill(protein_id, rows)
+        if ids_by_digest:  # raised inside the block, so no incomplete file is put in place
+            raise RuntimeError(f"{path.name}: residue rows missing for {len(ids_by_digest)} sequence(s)")
+
+
+def write_concatenated(
+    config: Config, splits: dict[str, list[Record]], jobs: list[Job], merged: dict[str, dict]
+) -> list[str]:
+    """All models side by side, in config order, from the matrices merge_outputs returned (`merged`: output_key →
+    split → [N, D]); works for every output format."""
+    from utils.families import tool_model_name
+    from utils.output import CONCAT_KEY, concatenate, write_outputs
+
+    lines = []
+    for split, records in splits.items():
+        keys = [job.model.config.output_key for job in jobs]
+        embeddings, columns = concatenate([(key, merged[key][split]) for key in keys])
+        meta = {
+            "model_name": "+".join(tool_model_name(job.model.family, job.model.arch) for job in jobs),
+            "models": [job.model.config.name for job in jobs],
+            "output_keys": keys,
+            "families": [job.model.family.label for job in jobs],
+            "split": split,
+            "headers": [r.header for r in records],
+        }
+        ids = [r.id for r in records]
+        write_outputs(
+            config.output_dir, split, CONCAT_KEY, ids, embeddings, meta, config.run.output_format, columns=columns
+        )
+        lines.append(f"{split} concat: {len(ids)} proteins × {embeddings.shape[1]}")
+    return lines
+
+
+# -- the whole job ----------------------------------------------------------------------------------------------------
+def run_job(config: Config, splits: dict[str, list[Record]], models: list[ResolvedModel]) -> int:
+    """Plan, run every worker, merge each finished model, report. Returns an exit code (utils.exits).
+    The caller holds the output directory's lock."""
+    jobs = plan_jobs(config, splits, models)
+    runner = Runner(jobs)
+    previous = {s: signal.signal(s, runner.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    started = time.perf_counter()
+    try:
+        runner.run_all()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    failed = [job for job in jobs if job.failed]
+    summary, merged = [], {}
+    for job in jobs:
+        if job.finished:
+            lines, embeddings = merge_outputs(config, splits, job)
+            summary += lines
+            if config.run.concatenate:
+                merged[job.model.config.output_key] = embeddings
+    if config.run.concatenate and all(job.finished for job in jobs):
+        summary += write_concatenated(config, splits, jobs, merged)
+    for line in summary:
+        print(f"wrote {line}")
+    for job in failed:
+        print(
+            f"error: model {job.model.config.key} failed; see {config.log_dir}/{job.model.config.output_key}*.log",
+            file=sys.stderr,
+        )
+    if not failed and not all(job.finished for job in jobs):
+        print("interrupted: finished chunks are kept; rerun the same command to resume", file=sys.stderr)
+        return exits.INTERRUPTED
+    print(f"done in {time.perf_counter() - started:.1f} s; outputs in {config.output_dir}", file=sys.stderr)
+    return exits.FAILED if failed else exits.OK
