@@ -12,7 +12,9 @@ when every order of a model finished, its chunks are merged into one file per sp
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -125,6 +127,7 @@ class Job:
     chunk_settings: dict
     orders: list[WorkOrder] = field(default_factory=list)
     exit_codes: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # what the runner saw go wrong (a worker that did not start)
 
     @property
     def finished(self) -> bool:
@@ -174,13 +177,46 @@ def _worker_process(order: WorkOrder) -> None:
     sys.exit(run_work_order(order))
 
 
-class Runner:
-    """Runs work orders as processes: one lane per device, orders on the same device one after another."""
+class Interrupted(Exception):
+    """A stop request seen between two final files of the merge."""
 
-    def __init__(self, jobs: list[Job]):
+
+def note_in_log(path: Path, message: str) -> None:
+    """A line the main process adds to a worker's log: how the worker ended, which the worker cannot write itself
+    when a signal killed it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} main: {message}\n")
+    except OSError:
+        pass  # the log is a convenience; never fail the run for it
+
+
+def describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class Runner:
+    """Runs work orders as processes: one lane per device, orders on the same device one after another.
+
+    Stopping (SIGINT / SIGTERM): each worker is asked to finish its current batch and write its chunk. A worker that
+    has not stopped after `grace_s` seconds, or any worker when a second signal comes, is killed (its current chunk is
+    lost; finished chunks are kept). The handlers stay installed until the last final file is in place: a signal
+    during the merge stops it between two files (run_job checks `stopping`).
+    """
+
+    def __init__(self, jobs: list[Job], grace_s: float = 30):
         self.jobs = jobs
+        self.grace_s = grace_s
         self.context = multiprocessing.get_context("spawn")
         self.stopping = threading.Event()
+        self.stop_requested_at: float | None = None
+        self.killed = False
         self.running: set = set()
         self.lock = threading.Lock()
 
@@ -197,17 +233,31 @@ class Runner:
                 job.exit_codes.append(exits.INTERRUPTED)
                 continue
             process = self.context.Process(target=_worker_process, args=(replace(order, bar_position=position),))
-            with self.lock:
-                process.start()
-                self.running.add(process)
+            try:
+                with self.lock:
+                    process.start()
+                    self.running.add(process)
+            except OSError as exc:  # e.g. EMFILE (RLIMIT_NOFILE): this order fails, the lane goes on
+                reason = exc.strerror or str(exc)
+                hint = "; raise the open-file limit (ulimit -n) and rerun" if exc.errno == errno.EMFILE else ""
+                job.problems.append(f"{order.label}: could not start a worker process ({reason}){hint}")
+                note_in_log(order.log_path, f"could not start the worker process: {reason}")
+                job.exit_codes.append(exits.FAILED)
+                continue
             process.join()
             with self.lock:
                 self.running.discard(process)
+            if process.exitcode != exits.OK:
+                note_in_log(order.log_path, f"worker {describe_exit(process.exitcode)}")
             job.exit_codes.append(process.exitcode)
 
     def stop(self, signum: int, _frame: object) -> None:
-        if not self.stopping.is_set():
-            print("\nstopping: each worker finishes its current batch and keeps its finished chunks", file=sys.stderr)
+        if self.stopping.is_set():  # a second Ctrl-C: do not wait for anyone
+            print("\nstopping: second signal; killed the workers (finished chunks are kept)", file=sys.stderr)
+            self.kill_workers()
+            return
+        print("\nstopping: each worker finishes its current batch and keeps its finished chunks", file=sys.stderr)
+        self.stop_requested_at = time.monotonic()
         self.stopping.set()
         with self.lock:
             for process in self.running:
@@ -216,6 +266,29 @@ class Runner:
                         process.terminate()
                     except (OSError, AttributeError):
                         pass
+
+    def kill_workers(self) -> None:
+        with self.lock:
+            for process in self.running:
+                if process.pid is not None:
+                    try:
+                        process.kill()
+                        self.killed = True
+                    except (OSError, AttributeError):
+                        pass
+
+    def _escalate_if_overdue(self) -> None:
+        started = self.stop_requested_at
+        if started is None or self.killed or time.monotonic() - started < self.grace_s:
+            return
+        with self.lock:
+            waiting = bool(self.running)
+        if waiting:
+            print(
+                f"\nstopping: workers did not stop within {self.grace_s:g} s; killed them (finished chunks are kept)",
+                file=sys.stderr,
+            )
+            self.kill_workers()
 
     def run_all(self) -> None:
         """Every lane on a thread of its own; returns when every lane has ended (or was stopped)."""
@@ -228,18 +301,21 @@ class Runner:
         for thread in threads:
             while thread.is_alive():
                 thread.join(timeout=0.2)  # short waits keep the main thread responsive to signals
+                self._escalate_if_overdue()
         if self.stopping.is_set():
             # A worker the stop request reached while it was still starting (before it installed its own handler)
-            # dies of the signal: that is an interruption, not a failure of the model.
+            # dies of the signal, and one that did not stop in time was killed: an interruption, not a failure.
+            stopped = (-signal.SIGTERM, -signal.SIGINT) + ((-signal.SIGKILL,) if self.killed else ())
             for job in self.jobs:
-                job.exit_codes = [
-                    exits.INTERRUPTED if code in (-signal.SIGTERM, -signal.SIGINT) else code for code in job.exit_codes
-                ]
+                job.exit_codes = [exits.INTERRUPTED if code in stopped else code for code in job.exit_codes]
 
 
 # -- merge ------------------------------------------------------------------------------------------------------------
-def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> tuple[list[str], dict]:
-    """A finished model's chunks → one final file per split, in input order.
+def merge_outputs(
+    config: Config, splits: dict[str, list[Record]], job: Job, stopping: threading.Event | None = None
+) -> tuple[list[str], dict]:
+    """A finished model's chunks → one final file per split, in input order. Raises Interrupted, between two
+    files, once `stopping` is set: every file already in place is whole.
 
     Returns (one summary line per file, {split: float16 [N, D]}), the latter for the concatenated file."""
     import torch
@@ -253,6 +329,8 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
     found, _ = store.load()
     lines, merged = [], {}
     for split, records in splits.items():
+        if stopping is not None and stopping.is_set():
+            raise Interrupted
         rows = [found.get(sequence_digest(r.sequence)) for r in records]
         missing = [r.id for r, row in zip(records, rows, strict=True) if row is None]
         if missing:
@@ -342,29 +420,38 @@ def write_concatenated(
 # -- the whole job ----------------------------------------------------------------------------------------------------
 def run_job(config: Config, splits: dict[str, list[Record]], models: list[ResolvedModel]) -> int:
     """Plan, run every worker, merge each finished model, report. Returns an exit code (utils.exits).
-    The caller holds the output directory's lock."""
+    The caller holds the output directory's lock. SIGINT and SIGTERM are handled until the last file is in place."""
     jobs = plan_jobs(config, splits, models)
-    runner = Runner(jobs)
+    runner = Runner(jobs, config.run.stop_grace_s)
     previous = {s: signal.signal(s, runner.stop) for s in (signal.SIGINT, signal.SIGTERM)}
     started = time.perf_counter()
     try:
         runner.run_all()
+        failed = [job for job in jobs if job.failed]
+        if failed:
+            print(file=sys.stderr)  # a dead worker's progress bar may have left its line open
+        try:
+            summary = merge_finished(config, splits, jobs, runner.stopping)
+        except Interrupted:
+            print("interrupted: the final files in place are whole, finished chunks are kept; rerun the same "
+                  "command to resume", file=sys.stderr)  # fmt: skip
+            return exits.INTERRUPTED
+        except OSError as exc:  # ENOSPC and the like, from h5py or torch.save: the chunks are all there
+            where = exc.filename or config.output_dir
+            print(
+                f"error: writing the final files in {where}: {exc.strerror or exc}; free some space (or fix the "
+                "directory) and rerun the same command to resume: finished chunks are kept",
+                file=sys.stderr,
+            )
+            return exits.FAILED
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    failed = [job for job in jobs if job.failed]
-    summary, merged = [], {}
-    for job in jobs:
-        if job.finished:
-            lines, embeddings = merge_outputs(config, splits, job)
-            summary += lines
-            if config.run.concatenate:
-                merged[job.model.config.output_key] = embeddings
-    if config.run.concatenate and all(job.finished for job in jobs):
-        summary += write_concatenated(config, splits, jobs, merged)
     for line in summary:
-        print(f"wrote {line}")
+        say(f"wrote {line}")
     for job in failed:
+        for problem in job.problems:
+            print(f"error: model {problem}", file=sys.stderr)
         print(
             f"error: model {job.model.config.key} failed; see {config.log_dir}/{job.model.config.output_key}*.log",
             file=sys.stderr,
@@ -372,5 +459,36 @@ def run_job(config: Config, splits: dict[str, list[Record]], models: list[Resolv
     if not failed and not all(job.finished for job in jobs):
         print("interrupted: finished chunks are kept; rerun the same command to resume", file=sys.stderr)
         return exits.INTERRUPTED
+    if failed:
+        return exits.FAILED
     print(f"done in {time.perf_counter() - started:.1f} s; outputs in {config.output_dir}", file=sys.stderr)
-    return exits.FAILED if failed else exits.OK
+    return exits.OK
+
+
+def merge_finished(
+    config: Config, splits: dict[str, list[Record]], jobs: list[Job], stopping: threading.Event
+) -> list[str]:
+    """Final files of every finished model (and the concatenated file when all finished) → summary lines."""
+    summary, merged = [], {}
+    for job in jobs:
+        if job.finished:
+            lines, embeddings = merge_outputs(config, splits, job, stopping)
+            summary += lines
+            if config.run.concatenate:
+                merged[job.model.config.output_key] = embeddings
+    if config.run.concatenate and all(job.finished for job in jobs):
+        if stopping.is_set():
+            raise Interrupted
+        summary += write_concatenated(config, splits, jobs, merged)
+    return summary
+
+
+def say(line: str) -> None:
+    """A line on stdout that may be closed (`| head`): the files are written, so that is no error. Python's docs:
+    point stdout at /dev/null so the interpreter's final flush does not raise again."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
