@@ -147,7 +147,7 @@ class Encoder:
         lengths = tokens["lengths"].to(self.device, non_blocking=True)
         return mean_over_residues(hidden, lengths, self.family.residue_offset), hidden
 
-    def _run(self, sequences: list[str], tokens: dict[str, torch.Tensor] | None) -> list[Embedded]:
+    def _embed_whole_batch(self, sequences: list[str], tokens: dict[str, torch.Tensor] | None) -> list[Embedded]:
         tokens = tokens if tokens is not None else self.tokenize(sequences)
         pooled, hidden = self.forward(tokens)
         pooled = pooled.cpu()  # the one device-to-host copy per batch
@@ -169,7 +169,7 @@ class Encoder:
         square = len(sequences) * (max(map(len, sequences)) + self.family.special_tokens) ** 2
         if len(sequences) == 1 or square < self.smallest_failed_square:
             try:
-                return self._run(sequences, tokens)
+                return self._embed_whole_batch(sequences, tokens)
             except torch.OutOfMemoryError:
                 pass  # leave the except block first, so the failed pass's tensors can be freed
             # A failed pass costs its partial forward and the allocator's cache: later batches at least this large
