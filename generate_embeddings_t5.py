@@ -24,6 +24,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, epilog=describe_config_keys(), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", type=Path, default=Path("config_t5.yaml"), help="YAML config (see README)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the config and inputs, print the plan (proteins, duplicates, lengths, windows, batches, disk, "
+        "projected time per model) and exit; reads checkpoints' config and tokenizer files only, writes nothing",
+    )
     return parser.parse_args(argv)
 
 
@@ -36,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config, splits, models = prepare(args.config)
+        if args.dry_run:
+            from utils.dryrun import dry_run
+
+            print("\n".join(dry_run(config, splits, models)))
+            return exits.OK
         with OutputLock(config.output_dir):
             return run_job(config, splits, models)
     except UserError as exc:

@@ -41,21 +41,23 @@ NO_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 
 @pytest.fixture(
     scope="module",
-    params=[("prot_t5", "cpu"), ("esm2", "cpu"), pytest.param(("prot_t5", "cuda:0"), marks=NO_GPU)],
-    ids=lambda param: "-".join(param),
+    # ESM2 pools an inner layer (models.<key>.layer / Embedder(layer=...)); ProtT5 the last, the default.
+    params=[("prot_t5", "cpu", -1), ("esm2", "cpu", 1), pytest.param(("prot_t5", "cuda:0", -1), marks=NO_GPU)],
+    ids=lambda param: f"{param[0]}-{param[1]}-layer{param[2]}",
 )
 def cli_and_embedder(request, checkpoints, tmp_path_factory):
     from utils import Embedder
 
-    layout, device = request.param  # on a GPU both sides run in fp16 (precision auto)
+    layout, device, layer = request.param  # on a GPU both sides run in fp16 (precision auto)
     directory = tmp_path_factory.mktemp(f"embedder_{layout}")
     records = _proteins()
     test = [("copy_of_p0", records[0][1])]  # a duplicate: the job's unique sequences are exactly the train split's
-    models = {"m": {"name": checkpoints[layout], "device": device}}
+    models = {"m": {"name": checkpoints[layout], "device": device, "layer": layer}}
     run_job(directory, models, records, test, run_params=RUN_PARAMS)
     embedder = Embedder(
         str(checkpoints[layout]),
         device=device,
+        layer=layer,
         batch_size=RUN_PARAMS["batch_size"],
         max_tokens_per_batch=RUN_PARAMS["max_tokens_per_batch"],
         max_residues=RUN_PARAMS["max_residues"],
@@ -127,6 +129,8 @@ def test_bad_settings_are_refused_before_loading(checkpoints, tmp_path):
     with pytest.raises(UserError) as refused:
         Embedder(str(checkpoints["esm2"]), device="gpu7", precision="fp8", batch_size=0)
     assert len(refused.value.problems) == 3
+    with pytest.raises(UserError, match="^layer: 9 is out of range"):
+        Embedder(str(checkpoints["esm2"]), layer=9)
     with pytest.raises(UserError, match="does not exist"):
         Embedder(str(tmp_path / "no_such_checkpoint"))
 

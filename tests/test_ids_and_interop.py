@@ -213,3 +213,19 @@ def test_first_word_default_keeps_todays_ids(tmp_path, checkpoints):
     data = load_output(tmp_path / "out" / "train_embeddings_m.pt")
     assert data["ids"] == ["sp|P1|A_HUMAN", "P2"]
     assert data["meta"]["headers"] == ["sp|P1|A_HUMAN desc", "P2"]
+
+
+def test_parquet_keeps_headers_as_a_column(tmp_path):
+    import pyarrow.parquet as pq
+    import torch
+
+    from utils.output import ParquetWriter
+
+    headers = ["sp|P1|A_HUMAN first", "P2", "tr|Q3|B third"]
+    path = tmp_path / "x.parquet"
+    with ParquetWriter(path, 4, {"model_name": "esm2_8m", "headers": headers}) as writer:
+        writer.write(["P1", "P2"], torch.ones(2, 4))
+        writer.write(["Q3"], torch.zeros(1, 4))  # rows written in two blocks keep their headers aligned
+    table = pq.read_table(path)
+    assert table.column("header").to_pylist() == headers and table.column("id").to_pylist() == ["P1", "P2", "Q3"]
+    assert b"headers" not in table.schema.metadata and table.schema.metadata[b"model_name"] == b"esm2_8m"

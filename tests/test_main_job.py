@@ -82,7 +82,8 @@ def test_duplicates_across_splits_get_identical_rows(t5_run):
 def test_logs_one_file_per_worker(t5_run):
     directory, *_ = t5_run
     logs = sorted(p.name for p in (directory / "logs").iterdir())
-    assert logs == ["prot_t5_xl.log", "structure.log"]
+    # a log and a progress record (for the run report) per worker
+    assert logs == ["prot_t5_xl.log", "prot_t5_xl.progress.jsonl", "structure.log", "structure.progress.jsonl"]
     assert "done:" in (directory / "logs" / "structure.log").read_text()
 
 

@@ -264,7 +264,7 @@ def test_shipped_config_commented_settings_are_valid_when_uncommented(tmp_path):
         if match and match.group(1) in RunParams.__dataclass_fields__:
             line = f"  {match.group(1)}: {match.group(2)}"
         uncommented.append(line)
-    assert len([line for line in uncommented if line not in lines]) == 7
+    assert len([line for line in uncommented if line not in lines]) == 8
     path = tmp_path / "config_t5.yaml"
     path.write_text("\n".join(uncommented) + "\n")
     config = load_config(path)

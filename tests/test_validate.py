@@ -160,10 +160,17 @@ def test_stratified_sample_is_deterministic_spread_and_keeps_the_longest():
 
 def test_projection_uses_windows_for_proteins_beyond_max_residues():
     from utils.families import Architecture
+    from utils.limits import device_limits
 
     arch = Architecture(hidden=32, layers=2, heads=4, ffn=64, params=20_000, position_bias=True, max_residues=None)
-    one_pass = project_peak(arch, 4, [100, 3000], 8192, 4000, 8, PROT_T5, 256)
-    windowed = project_peak(arch, 4, [100, 3000], 8192, 1000, 8, PROT_T5, 256)
+
+    def limits(max_residues: int):
+        return device_limits(
+            arch, "cpu", "fp32", batch_size=8, max_tokens_per_batch=8192, max_residues=max_residues, memory_bytes=2**40
+        )
+
+    one_pass = project_peak(limits(4000), arch, "fp32", [100, 3000], PROT_T5, 256)
+    windowed = project_peak(limits(1000), arch, "fp32", [100, 3000], PROT_T5, 256)
     assert not one_pass.windowed and one_pass.tokens == 3001
     assert windowed.windowed and windowed.window == 1000 and windowed.tokens == 1001 and windowed.items == 1
     assert windowed.peak_bytes < one_pass.peak_bytes
@@ -186,20 +193,20 @@ def test_guards_report_a_job_that_lets_unk_through(checkpoints, monkeypatch):
     import transformers
 
     from utils import validation
-    from utils.encode import Encoder
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoints["prot_t5"])
-    encoder = Encoder(tokenizer, None, PROT_T5, "cpu", 1000, 0)
-    assert validation.silent_unknown_guards(encoder) == []
+    assert validation.silent_unknown_guards(tokenizer, PROT_T5) == []
 
-    class Lenient(Encoder):  # a job whose tokenization forgot the <unk> check
-        def tokenize(self, sequences):
+    class Lenient:  # a job whose token table forgot the <unk> check: it takes whatever the tokenizer gives
+        def __init__(self, tokenizer, family):
+            self.tokenizer, self.family = tokenizer, family
+
+        def encode(self, sequences):
             return self.tokenizer([self.family.model_text(s) for s in sequences], padding=True, return_tensors="pt")
 
-    monkeypatch.setattr(validation, "Encoder", Lenient)
-    problems = validation.silent_unknown_guards(encoder)
+    monkeypatch.setattr(validation, "build_table", Lenient)
+    problems = validation.silent_unknown_guards(tokenizer, PROT_T5)
     assert any("lower case" in p for p in problems) and any("no separator" in p for p in problems)
-    encoder.close()
 
 
 def test_a_crashing_check_is_a_failed_check():

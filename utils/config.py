@@ -64,6 +64,7 @@ class ModelConfig:
     output_key: str
     precision: str
     max_tokens_per_batch: int | None  # None: the run's setting
+    layer: int = -1  # hidden state to pool, counted as transformers' hidden_states (0 embeddings, -1 the last)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class RunParams:
     output_format: str = "pt"  # one of OUTPUT_FORMATS, or single formats joined by ',' (given as a YAML list)
     per_residue: bool = False
     stop_grace_s: int = 30  # after Ctrl-C / SIGTERM, seconds a worker may take to stop before it is killed
+    report: bool = True  # run_report.html and run_summary.json at the end of the run (utils/report.py)
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ _RUN_MEANINGS = {  # in the README's order; defaults come from RunParams
     "output_format": "pt, h5, parquet, both (pt + h5), all, or a list such as [pt, parquet]",
     "per_residue": "also write [L, D] residue rows to .per_residue.h5 (needs h5 in output_format)",
     "stop_grace_s": "after Ctrl-C or SIGTERM, seconds a worker may take to stop before it is killed",
+    "report": "write run_report.html and run_summary.json into output_dir at the end of the run",
 }
 CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("paths.data_dir", ".", "directory of the FASTA files"),
@@ -132,10 +135,11 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("paths.id_format", "first_word", "how a header becomes the protein id: first_word or uniprot"),
     *(ConfigKey(f"run_params.{k}", _shown_default(getattr(RunParams(), k)), m) for k, m in _RUN_MEANINGS.items()),
     ConfigKey("models.<key>.name", "required", "hub id or local checkpoint directory"),
-    ConfigKey("models.<key>.device", "cpu", "CUDA index, cuda:N, cpu, or a list to shard over devices"),
+    ConfigKey("models.<key>.device", "cpu", "CUDA index, cuda:N, cpu, auto, or a list to shard over devices"),
     ConfigKey("models.<key>.output_key", "<key>", "the name in output file names"),
     ConfigKey("models.<key>.precision", "run's", "per-model override of run_params.precision"),
     ConfigKey("models.<key>.max_tokens_per_batch", "run's", "per-model override of run_params.max_tokens_per_batch"),
+    ConfigKey("models.<key>.layer", "-1", "hidden state to pool: 0 embedding output … -1 last layer"),
 )
 
 
@@ -158,8 +162,15 @@ def describe_config_keys() -> str:
 _TOP_KEYS = ("paths", "run_params", "models")
 
 
+def auto_device() -> str:
+    """`device: auto`: the first GPU when torch sees one, else the CPU (so one config serves any machine)."""
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
 def normalise_device(value: Any) -> str | None:
-    """0 / '0' / 'cuda' / 'cuda:1' / 'cpu' → canonical form; None when unrecognised."""
+    """0 / '0' / 'cuda' / 'cuda:1' / 'cpu' / 'auto' → canonical form ('auto' resolved here); None when unrecognised."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int) and value >= 0:
@@ -168,6 +179,8 @@ def normalise_device(value: Any) -> str | None:
         text = value.strip().lower()
         if text == "cpu":
             return "cpu"
+        if text == "auto":
+            return auto_device()
         if text == "cuda":
             return "cuda:0"
         match = re.fullmatch(r"(?:cuda:)?(\d+)", text)
@@ -388,9 +401,8 @@ def _read_models(check: _Checker, models: dict, run: RunParams) -> tuple[ModelCo
         raw_list = raw_devices if isinstance(raw_devices, list) else [raw_devices]
         devices = tuple(normalise_device(d) for d in raw_list)
         if not raw_list or None in devices:
-            check.add(
-                f"{where}device", f"must be a CUDA index, 'cuda:N', 'cpu', or a list of them, got {shown(raw_devices)}"
-            )
+            accepted = "a CUDA index, 'cuda:N', 'cpu', 'auto', or a list of them"
+            check.add(f"{where}device", f"must be {accepted}, got {shown(raw_devices)}")
         gpus = [d for d in devices if d and d != "cpu"]
         if len(set(gpus)) < len(gpus):
             # Shards on one GPU would only queue behind each other; [cpu, cpu] is allowed (the tests shard that way).
@@ -401,7 +413,14 @@ def _read_models(check: _Checker, models: dict, run: RunParams) -> tuple[ModelCo
             output_key = str(key)
         precision = check.choice(spec, "precision", where, run.precision, PRECISIONS)
         budget = check.positive_int(spec, "max_tokens_per_batch", where, run.max_tokens_per_batch, 16, auto=True)
-        result.append(ModelConfig(str(key), name, tuple(d for d in devices if d), output_key, precision, budget))
+        layer = spec.get("layer", -1)
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            # The range depends on the checkpoint's depth: utils.preflight checks it once the config.json is read.
+            check.add(f"{where}layer", f"must be an integer (0 = embedding output, -1 = last layer), got {layer!r}")
+            layer = -1
+        result.append(
+            ModelConfig(str(key), name, tuple(d for d in devices if d), output_key, precision, budget, layer)
+        )
     seen: dict[str, str] = {}
     for model in result:
         if model.output_key in seen or model.output_key == "concat":
@@ -442,6 +461,7 @@ def load_config(path: Path) -> Config:
         output_format=check.formats(run_table, "output_format", "run_params.", defaults.output_format),
         per_residue=check.boolean(run_table, "per_residue", "run_params.", defaults.per_residue),
         stop_grace_s=check.positive_int(run_table, "stop_grace_s", "run_params.", defaults.stop_grace_s),
+        report=check.boolean(run_table, "report", "run_params.", defaults.report),
     )
     if run.max_residues is not None and run.window_overlap >= run.max_residues // 2:
         check.add("run_params.window_overlap", f"must be less than half of max_residues ({run.max_residues})")

@@ -79,8 +79,9 @@ class Embedder:
         vectors = embedder.embed(["MKTAYIAKQR", "MSEQ"])   # numpy float32 [2, 1024], in the order given
 
     The arguments are the config's, with its defaults: `precision` as models.<key>.precision (auto: fp16 on GPU,
-    fp32 on CPU), `batch_size`, `max_tokens_per_batch`, `max_residues`, `window_overlap` as run_params (None:
-    chosen for the device, as the job does). The family (ProtT5, ProstT5, ESM2, ESM-1b, ESM C) is read from the
+    fp32 on CPU), `layer` as models.<key>.layer (the hidden state pooled: 0 embedding output … -1 the last),
+    `batch_size`, `max_tokens_per_batch`, `max_residues`, `window_overlap` as run_params (None: chosen for the
+    device, as the job does). The family (ProtT5, ProstT5, ESM2, ESM-1b, ESM C) is read from the
     checkpoint. Same batch plan, out-of-memory split and windows as the job: for the same sequences in the same
     order, on the same device and precision, the vectors equal the job's (which stores them as float16).
     """
@@ -94,6 +95,7 @@ class Embedder:
         max_tokens_per_batch: int | None = None,
         max_residues: int | None = None,
         window_overlap: int = 256,
+        layer: int = -1,
     ):
         from utils.config import PRECISIONS, Config, ModelConfig, RunParams, normalise_device
         from utils.encode import Encoder, load_encoder, resolve_precision
@@ -108,6 +110,8 @@ class Embedder:
             problems.append(f"device: must be 'cpu', 'cuda', 'cuda:N' or a GPU index, got {device!r}")
         if precision not in PRECISIONS:
             problems.append(f"precision: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            problems.append(f"layer: must be an integer (0 = embedding output, -1 = last layer), got {layer!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             problems.append(f"batch_size: must be an integer ≥ 1, got {batch_size!r}")
         if max_residues is not None and window_overlap >= max_residues // 2:
@@ -121,6 +125,7 @@ class Embedder:
             _KEY,
             precision,
             max_tokens_per_batch,  # type: ignore[arg-type]
+            layer,
         )
         here = Path(".")
         problems = check_devices(Config(here, {}, here, here, RunParams(), (model_config,)))  # the job's own check
@@ -129,7 +134,7 @@ class Embedder:
         try:
             self.model = resolve_model(model_config)
         except UserError as exc:
-            raise UserError([p.removeprefix(f"models.{_KEY}.name: ") for p in exc.problems]) from None
+            raise UserError([p.removeprefix(f"models.{_KEY}.") for p in exc.problems]) from None
         self.device = where
         self.precision = resolve_precision(precision, where)
         self.limits = device_limits(
@@ -140,16 +145,16 @@ class Embedder:
             max_tokens_per_batch=max_tokens_per_batch,
             max_residues=max_residues,
         )
-        family, longest = self.model.family, self.limits.max_residues
-        tokenizer, net = load_encoder(self.model.source, family, where, self.precision)
+        family, longest, layer_index = self.model.family, self.limits.max_residues, self.model.layer_index
+        tokenizer, net = load_encoder(self.model.source, family, where, self.precision, layer_index=layer_index)
         self.encoder = Encoder(tokenizer, net, family, where, longest, window_overlap)
         # As in the job: proteins that overflow fp16/bf16 (NaN/inf) are redone in fp32, loaded on first need.
         self.fp32 = None
         if self.precision != "fp32":
             self.fp32 = Fp32Redo(
                 lambda: Encoder(
-                    *load_encoder(self.model.source, family, where, "fp32"), family, where, longest, window_overlap,
-                    self.encoder.per_residue,
+                    *load_encoder(self.model.source, family, where, "fp32", layer_index=layer_index), family, where,
+                    longest, window_overlap, self.encoder.per_residue,
                 )
             )  # fmt: skip
         self.windowed: dict[int, dict] = {}  # of the last embed() call: index → how it was split into windows

@@ -73,7 +73,24 @@ def register_t5_sdpa_shared_mask() -> str:
 CUSTOM_ATTENTION = {"t5_sdpa_shared_mask": register_t5_sdpa_shared_mask}
 
 
-def load_encoder(name: str, family: Family, device: str, precision: str) -> tuple[Any, torch.nn.Module]:
+def keep_layers(model: torch.nn.Module, family: Family, index: int) -> None:
+    """Cut the encoder so that its output is `hidden_states[index]` of the whole model (utils.families.
+    hidden_state_index): the first `index` layers run, the final norm only if all of them do. Layers past the one
+    asked for are neither computed nor kept in memory."""
+    parent_name, _, stack_name = family.layer_stack.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    stack = getattr(parent, stack_name)
+    if index >= len(stack):
+        return
+    setattr(parent, stack_name, torch.nn.ModuleList(list(stack)[:index]))
+    norm_parent, _, norm_name = family.final_norm.rpartition(".")
+    setattr(model.get_submodule(norm_parent), norm_name, torch.nn.Identity())
+
+
+def load_encoder(
+    name: str, family: Family, device: str, precision: str, layer_index: int | None = None
+) -> tuple[Any, torch.nn.Module]:
+    """Tokenizer and encoder on `device`; with `layer_index`, the encoder cut after that hidden state (keep_layers)."""
     import transformers
 
     # The job draws its own progress bar; transformers' per-load bars and warnings would interleave with it.
@@ -95,6 +112,8 @@ def load_encoder(name: str, family: Family, device: str, precision: str) -> tupl
             f"checkpoint {name} lacks {len(missing)} encoder weight(s) (e.g. {missing[0]}); it is incomplete or "
             f"not a {family.label} checkpoint: download it again"
         )
+    if layer_index is not None:
+        keep_layers(model, family, layer_index)  # before the move: dropped layers never reach the device
     # from_pretrained keeps T5's `wo` in fp32 (_keep_in_fp32_modules); cast everything so the encoder runs in one dtype.
     model = model.to(device=torch.device(device), dtype=dtype).eval()
     return tokenizer, model

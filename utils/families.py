@@ -6,7 +6,7 @@ tokenizer vocabulary), never from the config key's name (README.md, Models, has 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from utils.errors import UserError
@@ -26,6 +26,11 @@ class Family:
     model_class: str  # transformers class that loads the encoder alone
     attention: str = "sdpa"  # attention implementation to load with (utils/encode.py registers custom ones)
     licence: str = ""
+    # Where the loaded encoder keeps its transformer layers (a ModuleList) and the norm applied after the last one:
+    # a `models.<key>.layer` other than the last keeps only the layers up to it and drops that norm (utils/encode.py).
+    # Left out of the repr, which the resume fingerprint hashes: chunks made before these fields existed stay valid.
+    layer_stack: str = field(default="encoder.layer", repr=False)
+    final_norm: str = field(default="encoder.emb_layer_norm_after", repr=False)
 
     def model_text(self, sequence: str) -> str:
         residues = sequence.translate(RARE_TO_X) if self.rare_to_x else sequence
@@ -35,8 +40,11 @@ class Family:
         return slice(self.residue_offset, self.residue_offset + n_residues)
 
 
-PROT_T5 = Family("prot_t5", "ProtT5", "", " ", True, 0, 1, "T5EncoderModel", "t5_sdpa_shared_mask")
-PROST_T5 = Family("prost_t5", "ProstT5", "<AA2fold> ", " ", True, 1, 2, "T5EncoderModel", "t5_sdpa_shared_mask")
+_T5_LAYERS = {"layer_stack": "encoder.block", "final_norm": "encoder.final_layer_norm"}
+PROT_T5 = Family("prot_t5", "ProtT5", "", " ", True, 0, 1, "T5EncoderModel", "t5_sdpa_shared_mask", **_T5_LAYERS)
+PROST_T5 = Family(
+    "prost_t5", "ProstT5", "<AA2fold> ", " ", True, 1, 2, "T5EncoderModel", "t5_sdpa_shared_mask", **_T5_LAYERS
+)
 ESM2 = Family("esm2", "ESM2", "", "", False, 1, 2, "EsmModel")
 ESM1B = Family("esm1b", "ESM-1b", "", "", False, 1, 2, "EsmModel")
 ESMC = Family(
@@ -54,6 +62,8 @@ ESMC = Family(
         "(github.com/Biohub/esm); the 2024 EvolutionaryScale releases were under the Cambrian Open License "
         "(esmc-300m-2024-12) and the Cambrian Non-Commercial License (esmc-600m-2024-12)"
     ),
+    layer_stack="layers",
+    final_norm="norm",
 )
 FAMILIES = {family.name: family for family in (PROT_T5, PROST_T5, ESM2, ESM1B, ESMC)}
 
@@ -69,6 +79,15 @@ class Architecture:
     params: int  # encoder parameters (approximate, from shapes)
     position_bias: bool  # T5 materialises a heads × L × L bias tensor
     max_residues: int | None  # learned absolute positions cap the length
+    attention_width: int = 0  # heads × head dimension (T5: 4,096 at d_model 1,024); 0: the hidden size
+
+    def matmul_flops(self, tokens: int, layers: int | None = None) -> float:
+        """Forward FLOPs of one sequence of `tokens` tokens through the first `layers` layers (all by default): two per
+        weight per token for the projections and feed-forward, plus QKᵀ and AV, 2 × T × width each per token."""
+        used = self.layers if layers is None else layers
+        per_layer_weights = self.params / self.layers  # the embedding table is a lookup, < 0.1 % of params here
+        width = self.attention_width or self.hidden
+        return used * (2.0 * per_layer_weights * tokens + 4.0 * width * tokens * tokens)
 
 
 def detect_family(model_config: Any, vocabulary: dict[str, int], model_name: str) -> Family:
@@ -95,7 +114,7 @@ def architecture(model_config: Any) -> Architecture:
         inner = c.num_heads * c.d_kv
         gated = 3 if "gated" in str(getattr(c, "feed_forward_proj", "")) else 2
         params = layers * (4 * hidden * inner + gated * hidden * ffn) + c.vocab_size * hidden
-        return Architecture(hidden, layers, heads, ffn, params, True, None)
+        return Architecture(hidden, layers, heads, ffn, params, True, None, inner)
     layers, hidden, heads = c.num_hidden_layers, c.hidden_size, c.num_attention_heads
     ffn = getattr(c, "intermediate_size", 4 * hidden)
     gated = 3 if getattr(c, "model_type", None) == "esmc" else 2
@@ -127,8 +146,23 @@ TOOL_MODEL_NAMES = {
 }
 
 
-def tool_model_name(family: Family, arch: Architecture) -> str:
+def tool_model_name(family: Family, arch: Architecture, layer_index: int | None = None) -> str:
     """ProtSpace's name for this checkpoint; one of another size gets `{family}_{layers}x{hidden}` (e.g. a tiny
-    test checkpoint: `esm2_2x32`), so two different architectures never share a name."""
+    test checkpoint: `esm2_2x32`), so two different architectures never share a name. Vectors of a hidden state
+    other than the last get `_layer{index}` (e.g. `esm2_3b_layer20`): they are not what the plain name means."""
     known = TOOL_MODEL_NAMES.get((family.name, arch.layers, arch.hidden))
-    return known or f"{family.name}_{arch.layers}x{arch.hidden}"
+    name = known or f"{family.name}_{arch.layers}x{arch.hidden}"
+    return name if layer_index is None or layer_index == arch.layers else f"{name}_layer{layer_index}"
+
+
+def hidden_state_index(layer: int, layers: int) -> int | None:
+    """`models.<key>.layer` → its index in transformers' `hidden_states` (0 … layers), or None when out of range.
+
+    Counted as transformers' `hidden_states` and fair-esm's `repr_layers` count: 0 is the embedding output (before any
+    transformer layer), i the output of layer i, and `layers` (= -1) the last layer's output after the final norm,
+    which is `last_hidden_state`; -2 is the output of the layer before the last, without that norm. In every family
+    here the final norm follows only the last layer (T5 `final_layer_norm`, ESM `emb_layer_norm_after`, ESM C `norm`),
+    so layers before the last come as the residual stream leaves them, exactly as `hidden_states[i]` gives them.
+    """
+    index = layer if layer >= 0 else layers + 1 + layer
+    return index if 0 <= index <= layers else None

@@ -30,6 +30,7 @@ from utils.fasta import Record, read_fasta
 from utils.ids import apply_id_format
 from utils.limits import Limits, device_limits
 from utils.preflight import ResolvedModel
+from utils.report import report_run
 
 if TYPE_CHECKING:
     import torch
@@ -343,7 +344,10 @@ def merge_outputs(
         redone = {i: n["redone"] for i, n in notes.items() if "redone" in n}
         meta = {
             "model": model.config.name,
-            "model_name": tool_model_name(model.family, model.arch),  # ProtSpace's name: protspace prepare needs it
+            # ProtSpace's name for the model (protspace prepare needs it), with the layer when not the last
+            "model_name": tool_model_name(model.family, model.arch, model.layer_index),
+            "layer": model.layer_index,  # the hidden state pooled: 0 embeddings … layers (the last, after its norm)
+            "layers": model.arch.layers,
             "model_key": model.config.key,
             "output_key": model.config.output_key,
             "family": model.family.label,
@@ -402,7 +406,7 @@ def write_concatenated(
         keys = [job.model.config.output_key for job in jobs]
         embeddings, columns = concatenate([(key, merged[key][split]) for key in keys])
         meta = {
-            "model_name": "+".join(tool_model_name(job.model.family, job.model.arch) for job in jobs),
+            "model_name": "+".join(tool_model_name(j.model.family, j.model.arch, j.model.layer_index) for j in jobs),
             "models": [job.model.config.name for job in jobs],
             "output_keys": keys,
             "families": [job.model.family.label for job in jobs],
@@ -425,6 +429,7 @@ def run_job(config: Config, splits: dict[str, list[Record]], models: list[Resolv
     runner = Runner(jobs, config.run.stop_grace_s)
     previous = {s: signal.signal(s, runner.stop) for s in (signal.SIGINT, signal.SIGTERM)}
     started = time.perf_counter()
+    started_at = time.time()  # the run report keeps the workers' progress records from this moment on
     try:
         runner.run_all()
         failed = [job for job in jobs if job.failed]
@@ -433,6 +438,8 @@ def run_job(config: Config, splits: dict[str, list[Record]], models: list[Resolv
         try:
             summary = merge_finished(config, splits, jobs, runner.stopping)
         except Interrupted:
+            if config.run.report:
+                report_run(config, splits, jobs, started_at, "interrupted")
             print("interrupted: the final files in place are whole, finished chunks are kept; rerun the same "
                   "command to resume", file=sys.stderr)  # fmt: skip
             return exits.INTERRUPTED
@@ -456,7 +463,10 @@ def run_job(config: Config, splits: dict[str, list[Record]], models: list[Resolv
             f"error: model {job.model.config.key} failed; see {config.log_dir}/{job.model.config.output_key}*.log",
             file=sys.stderr,
         )
-    if not failed and not all(job.finished for job in jobs):
+    interrupted = not failed and not all(job.finished for job in jobs)
+    if config.run.report:
+        report_run(config, splits, jobs, started_at, "failed" if failed else "interrupted" if interrupted else "done")
+    if interrupted:
         print("interrupted: finished chunks are kept; rerun the same command to resume", file=sys.stderr)
         return exits.INTERRUPTED
     if failed:

@@ -23,7 +23,7 @@ from typing import Any
 
 from utils.config import Config, ModelConfig, output_formats
 from utils.errors import UserError
-from utils.families import Architecture, Family, architecture, detect_family
+from utils.families import Architecture, Family, architecture, detect_family, hidden_state_index
 from utils.fasta import Record
 
 
@@ -38,6 +38,13 @@ class ResolvedModel:
     @property
     def dim(self) -> int:
         return self.arch.hidden
+
+    @property
+    def layer_index(self) -> int:
+        """The hidden state pooled, 0 … arch.layers (the last, the default); resolve_model checked the range."""
+        index = hidden_state_index(self.config.layer, self.arch.layers)
+        assert index is not None
+        return index
 
 
 def check_devices(config: Config) -> list[str]:
@@ -345,7 +352,13 @@ def resolve_model(model: ModelConfig) -> ResolvedModel:
         family = detect_family(model_config, vocabulary, model.name)
     except UserError as exc:
         raise UserError([f"{where}: {problem}" for problem in exc.problems]) from None
-    return ResolvedModel(model, source, family, architecture(model_config), identity)
+    arch = architecture(model_config)
+    if hidden_state_index(model.layer, arch.layers) is None:
+        raise UserError(
+            f"models.{model.key}.layer: {model.layer} is out of range for {model.name}, which has {arch.layers} "
+            f"layers; use 0 (embedding output) … {arch.layers} (last), or -1 (last) … -{arch.layers + 1}"
+        )
+    return ResolvedModel(model, source, family, arch, identity)
 
 
 def resolve_models(config: Config) -> tuple[list[ResolvedModel], list[str]]:
@@ -369,6 +382,7 @@ def chunk_settings(config: Config, model: ResolvedModel) -> dict[str, Any]:
         "max_residues": config.run.max_residues,
         "window_overlap": config.run.window_overlap,
         "per_residue": config.run.per_residue,
+        "layer": model.layer_index,  # the hidden state pooled (models.<key>.layer)
         "format": 2,
     }
 

@@ -128,7 +128,9 @@ def validate_model(
     started = time.perf_counter()
     try:
         with v.transformers_warnings() as warnings:
-            tokenizer, net = load_encoder(model.source, model.family, order.device, order.precision)
+            tokenizer, net = load_encoder(
+                model.source, model.family, order.device, order.precision, layer_index=model.layer_index
+            )
     except Exception as exc:  # noqa: BLE001 - a checkpoint that does not load is a failed check
         emit("load", _raise, exc)
         report.skipped = ["every other check (the model did not load)"]
@@ -207,7 +209,7 @@ def _reference(encoder, order, model, sequences: list[str], job_vectors: dict) -
             torch.cuda.empty_cache()
         fits = model.arch.params * 4 <= 0.8 * device_memory_bytes(order.device)
         where = order.device if fits else "cpu"
-        tokenizer, net = load_encoder(model.source, model.family, where, "fp32")
+        tokenizer, net = load_encoder(model.source, model.family, where, "fp32", layer_index=model.layer_index)
     job = torch.stack([job_vectors[s] for s in sequences])
     reference = torch.stack([v.reference_vector(tokenizer, net, model.family, s) for s in sequences])
     return v.check_reference(job, reference, order.precision, where)

@@ -24,6 +24,7 @@ from utils.embedder import embed_batches
 from utils.encode import Encoder, ModelError, load_encoder
 from utils.finite import Fp32Redo
 from utils.job import WorkOrder
+from utils.report import ProgressLog
 from utils.store import ChunkStore, sequence_digest
 
 
@@ -107,12 +108,23 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
         print(
             f"note: {order.label}: {reused} sequences reused from earlier chunks, computing the rest", file=sys.stderr
         )
+    # For the run report (utils/report.py): one JSON line per event, a flush per chunk.
+    progress = ProgressLog(order.log_path, label=order.label, model=order.model.config.key, device=order.device)
+    progress.write(
+        "start", precision=order.precision, sequences=len(sequences), reused=reused,
+        reused_chunks=len(store.chunk_files()), max_residues=limits.max_residues,
+    )  # fmt: skip
     if not pending:
+        progress.write("end", status="done")
+        progress.close()
         return exits.OK
 
     started = time.perf_counter()
-    tokenizer, model = load_encoder(order.model.source, family, order.device, order.precision)
+    tokenizer, model = load_encoder(
+        order.model.source, family, order.device, order.precision, layer_index=order.model.layer_index
+    )
     log.info("model loaded in %.1f s", time.perf_counter() - started)
+    progress.write("loaded", seconds=time.perf_counter() - started)
 
     def encoder_for(tokenizer: Any, model: torch.nn.Module) -> Encoder:
         return Encoder(
@@ -122,7 +134,11 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
     encoder = encoder_for(tokenizer, model)
     fp32 = None  # non-finite proteins (fp16/bf16 overflow) are redone in fp32: that copy loads on first need
     if order.precision != "fp32":
-        fp32 = Fp32Redo(lambda: encoder_for(*load_encoder(order.model.source, family, order.device, "fp32")))
+        fp32 = Fp32Redo(
+            lambda: encoder_for(
+                *load_encoder(order.model.source, family, order.device, "fp32", layer_index=order.model.layer_index)
+            )
+        )
     bar = tqdm(
         total=residues_todo, unit="res", unit_scale=True, desc=order.label, position=order.bar_position,
         dynamic_ncols=True, leave=True, file=sys.stderr, postfix={"proteins": 0},
@@ -135,25 +151,33 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
                 continue
             chunk_digests: list[str] = []
             chunk_embedded: list = []
+            chunk_residues, chunk_windowed = 0, []
             for batch, embedded in embed_batches(encoder, sequences, todo, order.precision, fp32):
                 chunk_digests += [digests[i] for i in batch]
                 chunk_embedded += embedded
                 for e, i in zip(embedded, batch, strict=True):
                     if e.note:
                         log.info("sequence %s (%d residues): %s", digests[i][:12], len(sequences[i]), e.note)
+                        chunk_windowed.append(len(sequences[i]))
                 proteins += len(batch)
-                bar.update(sum(len(sequences[i]) for i in batch))
+                batch_residues = sum(len(sequences[i]) for i in batch)
+                chunk_residues += batch_residues
+                bar.update(batch_residues)
                 bar.set_postfix(proteins=proteins, refresh=False)
                 if stop["requested"]:
                     break
             path = store.write(chunk_digests, chunk_embedded, order.run.per_residue)
             log.info("wrote %s (%d proteins)", path.name, len(chunk_digests))
+            progress.write("chunk", proteins=len(chunk_digests), residues=chunk_residues, windowed=chunk_windowed)
             if stop["requested"]:
                 log.warning("stopped by signal after %d proteins; finished chunks are kept", proteins)
+                progress.write("end", status="interrupted")
                 return exits.INTERRUPTED
+        progress.write("end", status="done")
     finally:
         bar.close()
         encoder.close()
+        progress.close()
         if fp32 is not None:
             fp32.close()
     elapsed = time.perf_counter() - started

@@ -1,0 +1,173 @@
+"""The run report from workers' progress records: numbers in run_summary.json, a self-contained HTML file (inline
+images, nothing fetched), interrupted and failed workers told apart; and through the real CLI on the offline
+checkpoints, a first run and a resumed run."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, cli_env, random_protein, run_cli, run_job, write_config, write_fasta
+from utils.report import ProgressLog, read_progress, summarise_worker, write_report
+
+MODELS = [
+    {"key": "esm1b", "name": "ckpt/esm1b", "model_name": "esm1b", "family": "ESM-1b", "layer": -1,
+     "devices": ["cpu"], "checkpoint": "local:abc", "status": "done"},
+    {"key": "t5", "name": "ckpt/t5", "model_name": "prot_t5", "family": "ProtT5", "layer": -1,
+     "devices": ["cpu"], "checkpoint": "local:def", "status": "interrupted"},
+]  # fmt: skip
+
+
+def _simulate(log_dir: Path, label: str, chunks: list[tuple[int, int]], end: str | None, reused: int = 0) -> None:
+    """A worker's progress records as the worker writes them, with times spread over a few seconds."""
+    progress = ProgressLog(log_dir / f"{label}.log", label=label, model=label, device="cpu")
+    progress.write("start", precision="fp32", sequences=10, reused=reused, reused_chunks=1 if reused else 0,
+                   max_residues=1022)  # fmt: skip
+    progress.write("loaded", seconds=0.5)
+    for proteins, residues in chunks:
+        time.sleep(0.01)
+        progress.write("chunk", proteins=proteins, residues=residues, windowed=[1300] if residues > 1000 else [])
+    if end:
+        progress.write("end", status=end)
+    progress.close()
+
+
+def test_report_numbers_and_self_contained_html(tmp_path):
+    started = time.time()
+    log_dir, out = tmp_path / "logs", tmp_path / "out"
+    stale = log_dir / "old.progress.jsonl"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"t": started - 100, "event": "start", "label": "old"}) + "\n")
+    _simulate(log_dir, "esm1b", [(4, 800), (4, 1500), (2, 300)], "done", reused=0)
+    _simulate(log_dir, "t5", [(3, 500)], "interrupted", reused=6)
+    _simulate(log_dir, "dead", [(1, 100)], None)
+    (out / "train_embeddings_esm1b.pt").parent.mkdir(parents=True)
+    (out / "train_embeddings_esm1b.pt").write_bytes(b"x" * 1000)
+    splits = {"train": ["M" * n for n in (10, 50, 300, 1300, 1300)], "test": ["K" * 40, "M" * 10]}
+
+    report = write_report(out, log_dir, Path("config.yaml"), splits, MODELS, started, "interrupted")
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert set(summary["versions"]) >= {"python", "torch", "transformers"}
+    assert summary["splits"]["train"] == {
+        "proteins": 5, "unique": 4, "residues": 2960,
+        "lengths": {"min": 10, "p50": 300, "p90": 1300, "p99": 1300, "max": 1300},
+    }  # fmt: skip
+    workers = {w["label"]: w for w in summary["workers"]}
+    assert set(workers) == {"esm1b", "t5", "dead"}  # the stale file of an earlier run is left out
+    assert workers["esm1b"]["computed"] == 10 and workers["esm1b"]["computed_chunks"] == 3
+    assert workers["esm1b"]["residues_computed"] == 2600 and workers["esm1b"]["windowed_lengths"] == [1300]
+    assert len(workers["esm1b"]["rate_over_time"]) == 3 and workers["esm1b"]["residues_per_second"] > 0
+    assert (workers["t5"]["status"], workers["t5"]["reused"]) == ("interrupted", 6)
+    assert workers["dead"]["status"] == "failed"  # no end record: the process died
+    assert summary["outputs"] == [{"file": "train_embeddings_esm1b.pt", "bytes": 1000}]
+    assert summary["models"][0]["checkpoint"] == "local:abc"
+
+    text = report.read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", text)  # nothing fetched: opens offline
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text)
+    assert len(images) == 4  # lengths, throughput, timeline, reuse
+    assert all(base64.b64decode(image).startswith(b"\x89PNG") for image in images)
+    assert "train_embeddings_esm1b.pt" in text and "local:abc" in text
+
+
+def test_a_cut_last_line_keeps_the_records_before_it(tmp_path):
+    started = time.time()
+    _simulate(tmp_path, "w", [(2, 100), (2, 100)], None)
+    path = tmp_path / "w.progress.jsonl"
+    path.write_text(path.read_text() + '{"t": 1, "event": "chu')
+    (events,) = read_progress(tmp_path, started).values()
+    worker = summarise_worker(events, started)
+    assert worker.computed == 4 and worker.status == "failed"
+
+
+# -- through the real CLI -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def reported_runs(checkpoints, tmp_path_factory):
+    """The same command twice: a first run, then a rerun that finds every chunk done."""
+    directory = tmp_path_factory.mktemp("reported")
+    rng = random.Random(29)
+    train = [(f"p{i}", random_protein(rng, rng.randint(20, 300))) for i in range(24)] + [("long", "M" * 1500)]
+    test = [("t0", train[0][1]), ("t1", random_protein(rng, 90))]
+    models = {"esm1b": {"name": checkpoints["esm1b"]}, "esm2": {"name": checkpoints["esm2"]}}
+    run_params = {"report": True, "save_every_n_batches": 1, "output_format": "both"}
+    first = run_job(directory, models, train, test, run_params=run_params)
+    summaries = [json.loads((directory / "out" / "run_summary.json").read_text())]
+    first_html = (directory / "out" / "run_report.html").read_text()
+    second = run_cli("generate_embeddings_t5.py", "--config", str(directory / "config_t5.yaml"))
+    assert second.returncode == 0, second.stderr
+    summaries.append(json.loads((directory / "out" / "run_summary.json").read_text()))
+    unique = len({s for _, s in train + test})
+    return directory, summaries, unique, (first, second), first_html
+
+
+def test_cli_run_report(reported_runs):
+    import torch
+
+    directory, (summary, _), unique, (first, _), text = reported_runs
+    assert f"report: {directory / 'out' / 'run_report.html'}" in first.stderr
+    assert summary["status"] == "done" and summary["versions"]["torch"] == torch.__version__
+    assert summary["splits"]["train"]["proteins"] == 25 and summary["splits"]["test"]["unique"] == 2
+    models = {m["key"]: m for m in summary["models"]}
+    assert models["esm1b"]["checkpoint"].startswith("sha256:") and models["esm1b"]["model_name"] == "esm1b_2x32"
+    workers = {w["label"]: w for w in summary["workers"]}
+    assert set(workers) == {"esm1b", "esm2"}
+    for worker in workers.values():
+        assert (worker["status"], worker["computed"], worker["reused"]) == ("done", unique, 0)
+        assert worker["computed_chunks"] == len(worker["rate_over_time"]) > 1
+    assert workers["esm1b"]["windowed_lengths"] == [1500] and workers["esm2"]["windowed_lengths"] == []
+    files = {o["file"] for o in summary["outputs"]}
+    names = {f"{split}_embeddings_{key}" for split in ("train", "test") for key in models}
+    assert files == {f"{name}.{ext}" for name in names for ext in ("pt", "h5")}
+    assert text.count("data:image/png;base64,") == 4
+
+
+def test_rerun_report_shows_reuse(reported_runs):
+    directory, (first, second), unique, _, _ = reported_runs
+    workers = {w["label"]: w for w in second["workers"]}
+    for worker in workers.values():
+        assert (worker["status"], worker["computed"], worker["reused"]) == ("done", 0, unique)
+        assert worker["reused_chunks"] == first["workers"][0]["computed_chunks"] or worker["reused_chunks"] > 1
+    text = (directory / "out" / "run_report.html").read_text()
+    assert "nothing to show" in text  # no throughput curve: nothing was computed
+
+
+def test_interrupted_run_reports_what_was_done(checkpoints, tmp_path):
+    from tests.test_faults import FAULT_HOOK
+
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(FAULT_HOOK)
+    rng = random.Random(31)
+    write_fasta(tmp_path / "train.fasta", [(f"p{i}", random_protein(rng, 40)) for i in range(40)])
+    write_fasta(tmp_path / "test.fasta", [("t", "MKV")])
+    config = write_config(tmp_path, {"m": {"name": checkpoints["esm2"]}},
+                          run_params={"report": True, "batch_size": 2, "save_every_n_batches": 1})  # fmt: skip
+    env = {**cli_env(), "PYTHONPATH": str(tmp_path / "hook"), "TEST_EMBED_SLOW_S": "0.1"}
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "generate_embeddings_t5.py"), "--config", str(config)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    progress = tmp_path / "logs" / "m.progress.jsonl"
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if progress.exists() and '"chunk"' in progress.read_text():
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["models"][0]["status"] == "interrupted"
+    (worker,) = summary["workers"]
+    assert worker["status"] == "interrupted" and 1 <= worker["computed"] < 41
+    assert summary["outputs"] == []  # an interrupted model writes no final file
+    assert (tmp_path / "out" / "run_report.html").exists()
