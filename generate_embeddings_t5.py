@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Imported after parsing: --help must not need torch.
     from utils.errors import UserError
-    from utils.job import prepare, run_job
+    from utils.job import prepare, run_job, start_worker_server
+
+    start_worker_server()
     from utils.store import OutputLock
 
     try:

@@ -9,7 +9,8 @@ the final norm only, real tokenizer files), so the device's share is negligible 
 parsing, de-duplication, tokenization, batching, pooling, device copies, chunk writes and the merge into the final
 file. The real CLI runs as a subprocess, twice per family (--small and --large random proteins of 50-400 residues,
 mean ~225, no duplicates); the marginal rate (large - small) / (t_large - t_small) cancels the start-up (imports,
-worker spawn, model load), which is reported on its own. Peak RSS is the largest of the job's processes.
+worker start, model load), which is reported on its own. Peak RSS is that of all the job's processes together
+(benchmarks/process_tree.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.process_tree import run_measured  # noqa: E402
 from tests import tiny_checkpoints  # noqa: E402
 
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
@@ -82,21 +83,13 @@ def run_job(workdir: Path, checkpoint: Path, count: int, seed: int) -> dict:
     }  # fmt: skip
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"}
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "generate_embeddings_t5.py"), "--config", str(run_dir / "config.yaml")],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    stderr = process.stderr.read().decode() if process.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"job failed on {count} proteins:\n{stderr}")
+    command = [sys.executable, str(REPO / "generate_embeddings_t5.py"), "--config", str(run_dir / "config.yaml")]
+    try:
+        measured = run_measured(command, cwd=REPO, env=env)
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(f"job failed on {count} proteins:\n{exc.stderr.decode()[-3000:]}") from None
     shutil.rmtree(run_dir, ignore_errors=True)
-    return {
-        "proteins": count, "residues": residues, "seconds": seconds,
-        "peak_rss_bytes": usage.ru_maxrss * 1024, "cpu_seconds": usage.ru_utime + usage.ru_stime,
-    }  # fmt: skip
+    return {"proteins": count, "residues": residues, **measured}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,15 +34,18 @@ class SeedResult:
     skipped_oom: list[int] = field(default_factory=list)  # input indices lost to an out-of-memory batch
 
 
-def load_seed_model(name: str, model_class: str, device: str) -> tuple[Any, torch.nn.Module]:
-    """As the seed did: half precision through from_pretrained on GPU (T5's `wo` stays fp32), fp32 on CPU."""
+def load_seed_model(
+    name: str, model_class: str, device: str, attention: str = "eager"
+) -> tuple[Any, torch.nn.Module]:
+    """As the seed did: half precision through from_pretrained on GPU (T5's `wo` stays fp32), fp32 on CPU; eager
+    attention as in the seed's days, or `attention="sdpa"`, transformers' default today."""
     import transformers
 
     dtype = torch.float32 if device == "cpu" else torch.float16
     tokenizer = transformers.AutoTokenizer.from_pretrained(name)
     options = {"add_pooling_layer": False} if model_class == "EsmModel" else {}
     model_type = getattr(transformers, model_class)
-    model = model_type.from_pretrained(name, dtype=dtype, attn_implementation="eager", **options)
+    model = model_type.from_pretrained(name, dtype=dtype, attn_implementation=attention, **options)
     return tokenizer, model.to(device).eval()
 
 
@@ -97,3 +100,38 @@ def run_seed_loop(
     _sync(device)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The seed's whole job as one process: read a FASTA, load the model, loop, save {ids, embeddings}."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="the seed's embedding loop as a script (benchmark baseline)")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--fasta", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--attention", default="sdpa", choices=("sdpa", "eager"))
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    ids, sequences = [], []
+    for block in open(args.fasta).read().split(">")[1:]:
+        header, *lines = block.splitlines()
+        ids.append(header.split()[0])
+        sequences.append("".join(lines))
+    import transformers
+
+    model_type = transformers.AutoConfig.from_pretrained(args.checkpoint).model_type
+    t5 = model_type in ("t5", "mt5")
+    tokenizer, model = load_seed_model(
+        args.checkpoint, "T5EncoderModel" if t5 else "EsmModel", args.device, args.attention
+    )
+    texts = [" ".join(s) for s in sequences] if t5 else sequences
+    lengths = [len(s) for s in sequences]
+    result = run_seed_loop(tokenizer, model, texts, lengths, args.device, special_tokens=1 if t5 else 2)
+    embeddings = torch.stack([result.embeddings[i] for i in range(len(sequences))]).half()
+    torch.save({"ids": ids, "embeddings": embeddings}, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -272,17 +272,25 @@ def test_sigterm_keeps_chunks_and_resume_equals_uninterrupted_run(first_run, che
         assert torch.equal(got["embeddings"], expected["embeddings"]), name
 
 
-def _worker_started(pid: int) -> bool:
-    """A spawned worker (not multiprocessing's resource tracker) is a child of `pid`."""
+def _children(pid: int) -> list[str]:
     children = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                children += (task / "children").read_text().split()
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return children
+
+
+def _worker_started(pid: int) -> bool:
+    """A worker is forked from the job's worker server (a child of `pid` running multiprocessing's forkserver);
+    multiprocessing's resource tracker is another child, and not a worker."""
+    for child in _children(pid):
         try:
-            children += (task / "children").read_text().split()
-        except OSError:
-            pass
-    for child in children:
-        try:
-            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+            if b"forkserver" in Path(f"/proc/{child}/cmdline").read_bytes() and _children(int(child)):
                 return True
         except OSError:
             pass

@@ -50,7 +50,8 @@ def _patch_encode(module):
 
     def embed(self, *args, **kwargs):
         if marker:
-            open(marker, "a").close()
+            with open(marker, "w") as handle:
+                handle.write(str(os.getpid()))  # the worker's pid, for a test that kills it
         if os.environ.get("TEST_BLOCK_EMBED"):
             while True:  # a worker stuck in I/O: the stop request is noted, and never looked at
                 time.sleep(3600)
@@ -307,31 +308,13 @@ def test_closed_stdout_after_the_files_are_written_is_not_an_error(checkpoints, 
 
 
 # -- 11: a killed worker: the message on its own line, no "done", the signal in the log ------------------------------
-def _worker_pid(pid: int) -> int | None:
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in children:
-            try:
-                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                    return int(child)
-            except OSError:
-                pass
-    return None
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to find the worker")
 def test_killed_worker_is_reported_on_its_own_line_and_in_its_log(checkpoints, tmp_path, hook_path):
     config = _setup(tmp_path, checkpoints)
     marker = tmp_path / "embedding"
     process = _start(config, hook_path, TEST_EMBED_SLOW_S="0.3", TEST_MARKER=str(marker))
     _wait_for(marker, process)
     time.sleep(0.5)  # the progress bar has drawn a line
-    worker = _worker_pid(process.pid)
-    assert worker is not None
-    os.kill(worker, signal.SIGKILL)
+    os.kill(int(marker.read_text()), signal.SIGKILL)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 1, stderr
     _assert_own_lines(stderr)

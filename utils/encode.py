@@ -38,6 +38,52 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
+def key_padding_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function: Any = None,
+    attention_mask: torch.Tensor | None = None,
+    allow_is_bidirectional_skip: bool = False,
+    use_vmap: bool = False,
+    **kwargs: Any,
+) -> torch.Tensor | None:
+    """An encoder's padding mask as SDPA takes it: [batch, 1, 1, keys], True at real tokens, broadcast over heads and
+    queries instead of materialised as batch × T × T (transformers' sdpa_mask builds the full square: most of the host
+    time of a small model, and T² memory per protein on a long one). Queries at padding positions still see the real
+    keys, so their rows stay finite; they are never pooled. Anything but a plain bidirectional mask goes to sdpa_mask.
+    """
+    from transformers.masking_utils import bidirectional_mask_function, sdpa_mask
+
+    if use_vmap or mask_function is not bidirectional_mask_function or q_offset or kv_offset:
+        return sdpa_mask(
+            batch_size, q_length, kv_length, q_offset, kv_offset, mask_function, attention_mask,
+            allow_is_bidirectional_skip=allow_is_bidirectional_skip, use_vmap=use_vmap, **kwargs,
+        )  # fmt: skip
+    if attention_mask is None:
+        return None
+    mask = attention_mask[:, None, None, :kv_length].bool()
+    if allow_is_bidirectional_skip and bool(mask.all()):
+        return None  # no padding: SDPA may pick its fastest kernel
+    return mask
+
+
+def register_sdpa_key_padding() -> str:
+    """transformers' SDPA attention with key_padding_mask as its mask; "sdpa" where transformers lacks the pieces."""
+    try:
+        from transformers import AttentionInterface
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, bidirectional_mask_function, sdpa_mask
+    except ImportError:
+        return "sdpa"
+    del bidirectional_mask_function, sdpa_mask  # key_padding_mask needs them: present in this transformers
+    AttentionInterface.register("sdpa_key_padding", sdpa_attention_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register("sdpa_key_padding", key_padding_mask)
+    return "sdpa_key_padding"
+
+
 def register_t5_sdpa_shared_mask() -> str:
     """SDPA for T5 with the padding mask folded into the position bias once per forward pass, not once per layer.
 
@@ -45,15 +91,17 @@ def register_t5_sdpa_shared_mask() -> str:
     where(padding, bias, min).contiguous(), a batch × heads × T × T tensor, in every layer. Here it is built once,
     cached on the bias tensor (which lives exactly one forward pass), and passed to SDPA as its mask: the same
     numbers (bitwise), 1.4× faster on CPU batches and 2.4× on one long protein (benchmarks/throughput.py).
-    The mask function must be registered under the same name, or masking_utils silently drops the padding mask.
+    The mask function must be registered under the same name, or masking_utils silently drops the padding mask;
+    it is key_padding_mask, so the padding mask is never built as batch × T × T.
     Returns the name to load with, or "sdpa" where this transformers lacks the pieces.
     """
     try:
         from transformers import AttentionInterface
         from transformers.integrations.sdpa_attention import create_position_bias_mask, sdpa_attention_forward
-        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, bidirectional_mask_function, sdpa_mask
     except ImportError:
         return "sdpa"
+    del bidirectional_mask_function, sdpa_mask  # key_padding_mask needs them: present in this transformers
 
     def t5_sdpa_shared_mask(module, query, key, value, attention_mask, position_bias=None, **kwargs):
         if position_bias is not None:
@@ -65,12 +113,15 @@ def register_t5_sdpa_shared_mask() -> str:
         return sdpa_attention_forward(module, query, key, value, attention_mask, position_bias=position_bias, **kwargs)
 
     AttentionInterface.register("t5_sdpa_shared_mask", t5_sdpa_shared_mask)
-    ALL_MASK_ATTENTION_FUNCTIONS.register("t5_sdpa_shared_mask", sdpa_mask)
+    ALL_MASK_ATTENTION_FUNCTIONS.register("t5_sdpa_shared_mask", key_padding_mask)
     return "t5_sdpa_shared_mask"
 
 
 # Custom attention implementations a Family may name: registering returns the name to load with.
-CUSTOM_ATTENTION = {"t5_sdpa_shared_mask": register_t5_sdpa_shared_mask}
+CUSTOM_ATTENTION = {
+    "t5_sdpa_shared_mask": register_t5_sdpa_shared_mask,
+    "sdpa_key_padding": register_sdpa_key_padding,
+}
 
 
 def keep_layers(model: torch.nn.Module, family: Family, index: int) -> None:

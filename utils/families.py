@@ -24,7 +24,7 @@ class Family:
     residue_offset: int  # token index of the first residue
     special_tokens: int  # tokens besides residues (prefix and end markers)
     model_class: str  # transformers class that loads the encoder alone
-    attention: str = "sdpa"  # attention implementation to load with (utils/encode.py registers custom ones)
+    attention: str = "sdpa_key_padding"  # attention implementation to load with (utils/encode.py registers these)
     licence: str = ""
     # Where the loaded encoder keeps its transformer layers (a ModuleList) and the norm applied after the last one:
     # a `models.<key>.layer` other than the last keeps only the layers up to it and drops that norm (utils/encode.py).

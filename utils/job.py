@@ -172,6 +172,32 @@ def plan_jobs(config: Config, splits: dict[str, list[Record]], models: list[Reso
 
 
 # -- run --------------------------------------------------------------------------------------------------------------
+# Workers are forked from a server process that has imported these once. A spawned worker would import torch and
+# transformers afresh (seconds of CPU per model); the server is started first thing (start_worker_server), so its
+# imports run while this process still reads the config and the FASTA files. It never touches a GPU, so forking
+# from it is safe for CUDA; when this process dies the server exits, and each worker dies with it (PR_SET_PDEATHSIG).
+WORKER_PRELOAD = [
+    "torch",
+    "transformers",
+    "transformers.modeling_utils",  # from_pretrained's machinery: seconds on first use, even for a tiny model
+    "utils.worker",
+]
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(WORKER_PRELOAD)
+    return context
+
+
+def start_worker_server() -> None:
+    """Start the process workers are forked from now, so that its imports overlap this process's checks."""
+    from multiprocessing import forkserver
+
+    worker_context()
+    forkserver.ensure_running()
+
+
 def _worker_process(order: WorkOrder) -> None:
     from utils.worker import run_work_order
 
@@ -214,7 +240,7 @@ class Runner:
     def __init__(self, jobs: list[Job], grace_s: float = 30):
         self.jobs = jobs
         self.grace_s = grace_s
-        self.context = multiprocessing.get_context("spawn")
+        self.context = worker_context()
         self.stopping = threading.Event()
         self.stop_requested_at: float | None = None
         self.killed = False
