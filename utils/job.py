@@ -264,9 +264,10 @@ class Runner:
                 with self.lock:
                     process.start()
                     self.running.add(process)
-            except OSError as exc:  # e.g. EMFILE (RLIMIT_NOFILE): this order fails, the lane goes on
-                reason = exc.strerror or str(exc)
-                hint = "; raise the open-file limit (ulimit -n) and rerun" if exc.errno == errno.EMFILE else ""
+            except (OSError, EOFError) as exc:  # EMFILE (RLIMIT_NOFILE), a worker server gone: this order fails
+                reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+                emfile = getattr(exc, "errno", None) == errno.EMFILE
+                hint = "; raise the open-file limit (ulimit -n) and rerun" if emfile else ""
                 job.problems.append(f"{order.label}: could not start a worker process ({reason}){hint}")
                 note_in_log(order.log_path, f"could not start the worker process: {reason}")
                 job.exit_codes.append(exits.FAILED)
