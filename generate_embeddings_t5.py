@@ -2,6 +2,8 @@
 """Protein language-model embeddings for every FASTA split and model in a config.
 
     python generate_embeddings_t5.py --config config_t5.yaml
+    python generate_embeddings_t5.py --config config_t5.yaml --shard 3/8   # one of 8 array tasks (0..7)
+    python generate_embeddings_t5.py --config config_t5.yaml --merge       # when all 8 have finished
 
 Plans model × split jobs, runs one worker process per model (or per shard) on its device, merges the workers'
 checkpoint chunks into one file per split and model, in input order, keyed by protein id. Rerun the same command
@@ -30,6 +32,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="check the config and inputs, print the plan (proteins, duplicates, lengths, windows, batches, disk, "
         "projected time per model) and exit; reads checkpoints' config and tokenizer files only, writes nothing",
     )
+    array = parser.add_mutually_exclusive_group()
+    array.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="embed only shard I of N (0 ≤ I < N) of the unique sequences into the chunk store, e.g. a SLURM array "
+        "task's --shard $SLURM_ARRAY_TASK_ID/N; shards of one job may run at once on one output directory",
+    )
+    array.add_argument(
+        "--merge",
+        action="store_true",
+        help="write the final files from the chunk store once every shard has finished; refuses, naming missing "
+        "proteins, if one has not",
+    )
     return parser.parse_args(argv)
 
 
@@ -37,20 +52,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Imported after parsing: --help must not need torch.
     from utils.errors import UserError
-    from utils.job import prepare, run_job, start_worker_server
+    from utils.job import merge_job, prepare, run_job, start_worker_server
+    from utils.shards import parse_shard
 
     start_worker_server()
     from utils.store import OutputLock
 
     try:
+        shard = parse_shard(args.shard) if args.shard is not None else None
         config, splits, models = prepare(args.config)
         if args.dry_run:
             from utils.dryrun import dry_run
 
             print("\n".join(dry_run(config, splits, models)))
             return exits.OK
-        with OutputLock(config.output_dir):
-            return run_job(config, splits, models)
+        with OutputLock(config.output_dir, shared=shard is not None):
+            if args.merge:
+                return merge_job(config, splits, models)
+            return run_job(config, splits, models, shard)
     except UserError as exc:
         for line in exc.lines():
             print(f"error: {line}", file=sys.stderr)

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import load_output, random_protein, run_cli, run_job, write_config, write_fasta
+from tests.conftest import load_output, random_protein, run_cli, write_config, write_fasta
 from utils.config import load_config
 from utils.errors import UserError
 from utils.families import ESM2, ESMC, PROT_T5, TOOL_MODEL_NAMES, Architecture, tool_model_name
@@ -205,14 +205,6 @@ def test_the_reader_in_this_test_refuses_what_protspace_refuses(tmp_path):
         handle["P1"] = np.zeros(4, dtype=np.float16)
     with pytest.raises(ValueError, match="model_name"):
         load_like_protspace([path])
-
-
-def test_first_word_default_keeps_todays_ids(tmp_path, checkpoints):
-    train = [("sp|P1|A_HUMAN desc", "MKVL"), ("P2", "MKVLA")]
-    run_job(tmp_path, {"m": {"name": checkpoints["esm2"]}}, train, [("t", "MK")])
-    data = load_output(tmp_path / "out" / "train_embeddings_m.pt")
-    assert data["ids"] == ["sp|P1|A_HUMAN", "P2"]
-    assert data["meta"]["headers"] == ["sp|P1|A_HUMAN desc", "P2"]
 
 
 def test_parquet_keeps_headers_as_a_column(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import importlib.util
 import re
 import reprlib
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from utils.ids import ID_FORMATS
 from utils.paths import input_file_problem
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+ENGINES = ("local", "ray")
 # output_format names → the files they write; a YAML list names single formats.
 FORMATS = {
     "pt": ("pt",),
@@ -80,6 +82,7 @@ class RunParams:
     output_format: str = "pt"  # one of OUTPUT_FORMATS, or single formats joined by ',' (given as a YAML list)
     per_residue: bool = False
     stop_grace_s: int = 30  # after Ctrl-C / SIGTERM, seconds a worker may take to stop before it is killed
+    engine: str = "local"  # local: worker processes on this machine; ray: a Ray Data actor pool (utils/ray_engine.py)
     report: bool = True  # run_report.html and run_summary.json at the end of the run (utils/report.py)
 
 
@@ -123,6 +126,7 @@ _RUN_MEANINGS = {  # in the README's order; defaults come from RunParams
     "output_format": "pt, h5, parquet, both (pt + h5), all, or a list such as [pt, parquet]",
     "per_residue": "also write [L, D] residue rows to .per_residue.h5 (needs h5 in output_format)",
     "stop_grace_s": "after Ctrl-C or SIGTERM, seconds a worker may take to stop before it is killed",
+    "engine": "local (worker processes here) or ray (a Ray Data actor pool; RAY_ADDRESS names the cluster)",
     "report": "write run_report.html and run_summary.json into output_dir at the end of the run",
 }
 CONFIG_KEYS: tuple[ConfigKey, ...] = (
@@ -461,6 +465,7 @@ def load_config(path: Path) -> Config:
         output_format=check.formats(run_table, "output_format", "run_params.", defaults.output_format),
         per_residue=check.boolean(run_table, "per_residue", "run_params.", defaults.per_residue),
         stop_grace_s=check.positive_int(run_table, "stop_grace_s", "run_params.", defaults.stop_grace_s),
+        engine=check.choice(run_table, "engine", "run_params.", defaults.engine, ENGINES),
         report=check.boolean(run_table, "report", "run_params.", defaults.report),
     )
     if run.max_residues is not None and run.window_overlap >= run.max_residues // 2:
@@ -468,6 +473,10 @@ def load_config(path: Path) -> Config:
     if run.per_residue and "h5" not in output_formats(run.output_format):
         check.add("run_params.per_residue", "per-residue embeddings are written to HDF5; set output_format: h5 or both")
 
+    if run.engine == "ray" and importlib.util.find_spec("ray") is None:
+        check.add("run_params.engine", "engine: ray needs Ray installed: pip install -r requirements_ray.txt")
+    if run.per_residue and run.engine == "ray":
+        check.add("run_params.per_residue", "per-residue output is not available with engine: ray; use engine: local")
     data_dir = check.path(paths, "data_dir", "paths.", required=False) or Path(".")
     splits = _read_splits(check, paths, data_dir)
     output_dir = check.path(paths, "output_dir", "paths.", required=True)

@@ -31,6 +31,7 @@ from utils.ids import apply_id_format
 from utils.limits import Limits, device_limits
 from utils.preflight import ResolvedModel
 from utils.report import report_run
+from utils.shards import Shard
 
 if TYPE_CHECKING:
     import torch
@@ -139,21 +140,29 @@ class Job:
         return any(code not in (exits.OK, exits.INTERRUPTED) for code in self.exit_codes)
 
 
-def plan_jobs(config: Config, splits: dict[str, list[Record]], models: list[ResolvedModel]) -> list[Job]:
+def plan_jobs(
+    config: Config, splits: dict[str, list[Record]], models: list[ResolvedModel], shard: Shard | None = None
+) -> list[Job]:
+    """One Job per model; with `shard` (--shard I/N), only the unique sequences whose digest falls in that shard."""
     from utils import preflight
     from utils.encode import resolve_precision
+    from utils.store import sequence_digest
 
     sequences = unique_sequences(splits)
+    if shard is not None:
+        sequences = [s for s in sequences if shard.holds(sequence_digest(s))]
     jobs = []
     for model in models:
         devices = model.config.devices
         # The chunk directory and settings are also what the pre-flight disk check reads: one definition, there.
         job = Job(model, preflight.chunk_dir(config, model.config), preflight.chunk_settings(config, model))
-        shards = shard_by_residues(sequences, len(devices))
-        for shard, (device, shard_sequences) in enumerate(zip(devices, shards, strict=True)):
+        parts = shard_by_residues(sequences, len(devices))
+        # An array task (--shard I/N) logs to a file of its own: tasks on several nodes share the log directory.
+        task = f".task{shard.index}of{shard.count}" if shard is not None else ""
+        for part, (device, part_sequences) in enumerate(zip(devices, parts, strict=True)):
             sharded = len(devices) > 1
-            label = f"{model.config.key}[{shard}]" if sharded else model.config.key
-            log_name = model.config.output_key + (f".shard{shard}" if sharded else "")
+            label = f"{model.config.key}[{part}]" if sharded else model.config.key
+            log_name = model.config.output_key + task + (f".shard{part}" if sharded else "")
             job.orders.append(
                 WorkOrder(
                     label=label,
@@ -161,7 +170,7 @@ def plan_jobs(config: Config, splits: dict[str, list[Record]], models: list[Reso
                     run=config.run,
                     device=device,
                     precision=resolve_precision(model.config.precision, device),
-                    sequences=tuple(shard_sequences),
+                    sequences=tuple(part_sequences),
                     chunk_settings=job.chunk_settings,
                     chunk_dir=job.chunk_dir,
                     log_path=config.log_dir / f"{log_name}.log",
@@ -449,38 +458,113 @@ def write_concatenated(
 
 
 # -- the whole job ----------------------------------------------------------------------------------------------------
-def run_job(config: Config, splits: dict[str, list[Record]], models: list[ResolvedModel]) -> int:
-    """Plan, run every worker, merge each finished model, report. Returns an exit code (utils.exits).
-    The caller holds the output directory's lock. SIGINT and SIGTERM are handled until the last file is in place."""
-    jobs = plan_jobs(config, splits, models)
-    runner = Runner(jobs, config.run.stop_grace_s)
+def run_job(
+    config: Config,
+    splits: dict[str, list[Record]],
+    models: list[ResolvedModel],
+    shard: Shard | None = None,
+    actor_class: type | None = None,
+) -> int:
+    """Plan, run every worker (run_params.engine: local processes, or a Ray actor pool), merge each finished model,
+    report. Returns an exit code (utils.exits). The caller holds the output directory's lock (shared for a shard).
+
+    `shard`: embed only that shard's sequences into the chunk store and write no final file (`merge_job` does, once
+    every shard has finished). `actor_class`: the Ray engine's actor (tests give one that fails on purpose)."""
+    jobs = plan_jobs(config, splits, models, shard)
+    if config.run.engine == "ray":
+        from utils.ray_engine import EmbedActor, RayRunner
+
+        runner: Runner | RayRunner = RayRunner(jobs, actor_class or EmbedActor)
+    else:
+        runner = Runner(jobs, config.run.stop_grace_s)
+    # Handled until the last final file is in place: a signal during the merge stops it between two files.
     previous = {s: signal.signal(s, runner.stop) for s in (signal.SIGINT, signal.SIGTERM)}
     started = time.perf_counter()
     started_at = time.time()  # the run report keeps the workers' progress records from this moment on
     try:
         runner.run_all()
-        failed = [job for job in jobs if job.failed]
-        if failed:
-            print(file=sys.stderr)  # a dead worker's progress bar may have left its line open
-        try:
-            summary = merge_finished(config, splits, jobs, runner.stopping)
-        except Interrupted:
-            if config.run.report:
-                report_run(config, splits, jobs, started_at, "interrupted")
-            print("interrupted: the final files in place are whole, finished chunks are kept; rerun the same "
-                  "command to resume", file=sys.stderr)  # fmt: skip
-            return exits.INTERRUPTED
-        except OSError as exc:  # ENOSPC and the like, from h5py or torch.save: the chunks are all there
-            where = exc.filename or config.output_dir
-            print(
-                f"error: writing the final files in {where}: {exc.strerror or exc}; free some space (or fix the "
-                "directory) and rerun the same command to resume: finished chunks are kept",
-                file=sys.stderr,
-            )
-            return exits.FAILED
+        if shard is not None:
+            return report_shard(config, jobs, shard, started)
+        return finish_jobs(config, splits, jobs, started, started_at, runner.stopping)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def report_shard(config: Config, jobs: list[Job], shard: Shard, started: float) -> int:
+    failed = [job for job in jobs if job.failed]
+    for job in failed:
+        print(f"error: model {job.model.config.key} failed in shard {shard}; see {config.log_dir}", file=sys.stderr)
+    if failed:
+        return exits.FAILED
+    if not all(job.finished for job in jobs):
+        print(f"interrupted: shard {shard}'s finished chunks are kept; rerun the same command", file=sys.stderr)
+        return exits.INTERRUPTED
+    embedded = sum(len(order.sequences) for order in jobs[0].orders) if jobs else 0
+    print(
+        f"shard {shard}: {embedded} unique sequences in the chunk store in {time.perf_counter() - started:.1f} s; "
+        "when every shard has finished, run the same command with --merge instead of --shard",
+        file=sys.stderr,
+    )
+    return exits.OK
+
+
+def merge_job(config: Config, splits: dict[str, list[Record]], models: list[ResolvedModel]) -> int:
+    """--merge: the final files from the chunk store that the shards filled. Refuses (UserError: a count and
+    examples per model) before writing anything if any protein has no embedding yet."""
+    from utils.shards import missing_report
+    from utils.store import ChunkStore, sequence_digest
+
+    started, started_at = time.perf_counter(), time.time()
+    jobs = plan_jobs(config, splits, models)
+    problems = []
+    for job in jobs:
+        found, _ = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim).load()
+        missing = [r.id for records in splits.values() for r in records if sequence_digest(r.sequence) not in found]
+        if missing:
+            problems.append(missing_report(missing, len(missing), f"model {job.model.config.key}"))
+        job.exit_codes = [exits.OK] * len(job.orders)
+    if problems:
+        raise UserError(problems)
+    stopping = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stopping.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return finish_jobs(config, splits, jobs, started, started_at, stopping)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def finish_jobs(
+    config: Config,
+    splits: dict[str, list[Record]],
+    jobs: list[Job],
+    started: float,
+    started_at: float,
+    stopping: threading.Event | None = None,
+) -> int:
+    """Merge every finished model (and the concatenation when all finished), report, and return the exit code.
+    `started`: perf_counter at the start; `started_at`: wall-clock time, from which the run report reads progress;
+    `stopping`: set by a signal, which stops the merge between two files (each file in place is whole)."""
+    failed = [job for job in jobs if job.failed]
+    if failed:
+        print(file=sys.stderr)  # a dead worker's progress bar may have left its line open
+    try:
+        summary = merge_finished(config, splits, jobs, stopping or threading.Event())
+    except Interrupted:
+        if config.run.report:
+            report_run(config, splits, jobs, started_at, "interrupted")
+        print("interrupted: the final files in place are whole, finished chunks are kept; rerun the same "
+              "command to resume", file=sys.stderr)  # fmt: skip
+        return exits.INTERRUPTED
+    except OSError as exc:  # ENOSPC and the like, from h5py or torch.save: the chunks are all there
+        where = exc.filename or config.output_dir
+        print(
+            f"error: writing the final files in {where}: {exc.strerror or exc}; free some space (or fix the "
+            "directory) and rerun the same command to resume: finished chunks are kept",
+            file=sys.stderr,
+        )
+        return exits.FAILED
     for line in summary:
         say(f"wrote {line}")
     for job in failed:
