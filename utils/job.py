@@ -363,19 +363,20 @@ def merge_outputs(
 
     model = job.model
     store = ChunkStore(job.chunk_dir, job.chunk_settings, model.dim)
-    found, _ = store.load()
+    row_of, pooled, notes_of = store.load_pooled()  # compact: one matrix, not one object per protein
     lines, merged = [], {}
     for split, records in splits.items():
         if stopping is not None and stopping.is_set():
             raise Interrupted
-        rows = [found.get(sequence_digest(r.sequence)) for r in records]
-        missing = [r.id for r, row in zip(records, rows, strict=True) if row is None]
+        digests = [sequence_digest(r.sequence) for r in records]
+        missing = [r.id for r, d in zip(records, digests, strict=True) if d not in row_of]
         if missing:
             example = missing[0]
             raise RuntimeError(f"model {model.config.key}: {len(missing)} protein(s) have no embedding, e.g. {example}")
         ids = [r.id for r in records]
-        embeddings: torch.Tensor = torch.stack([row.pooled for row in rows]).to(torch.float16)
-        notes = {r.id: row.note for r, row in zip(records, rows, strict=True) if row.note}
+        embeddings: torch.Tensor = pooled[torch.tensor([row_of[d] for d in digests], dtype=torch.long)]
+        notes = {r.id: notes_of[d] for r, d in zip(records, digests, strict=True) if notes_of.get(d)}
+        del digests
         windowed = {i: {k: v for k, v in n.items() if k != "redone"} for i, n in notes.items() if "windows" in n}
         redone = {i: n["redone"] for i, n in notes.items() if "redone" in n}
         meta = {
@@ -519,8 +520,8 @@ def merge_job(config: Config, splits: dict[str, list[Record]], models: list[Reso
     jobs = plan_jobs(config, splits, models)
     problems = []
     for job in jobs:
-        found, _ = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim).load()
-        missing = [r.id for records in splits.values() for r in records if sequence_digest(r.sequence) not in found]
+        row_of, _, _ = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim).load_pooled()
+        missing = [r.id for records in splits.values() for r in records if sequence_digest(r.sequence) not in row_of]
         if missing:
             problems.append(missing_report(missing, len(missing), f"model {job.model.config.key}"))
         job.exit_codes = [exits.OK] * len(job.orders)

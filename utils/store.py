@@ -227,6 +227,26 @@ class ChunkStore:
                 found[digest] = StoredEmbedding(chunk["pooled"][i], chunk["notes"].get(digest))
         return found, report
 
+    def load_pooled(self) -> tuple[dict[str, int], torch.Tensor, dict[str, Any]]:
+        """The merge's compact view of the trusted chunks of these settings: (digest → row, float16 [U, D] pooled
+        vectors, digest → note). One matrix and one dict of ints instead of a tensor object per protein, whose
+        per-protein overhead dominated the merge's memory (benchmarks/memory_scaling.py). float16 because the final
+        files are float16: rounding each chunk first gives the same bits as rounding the stacked rows."""
+        row_of: dict[str, int] = {}
+        parts: list[torch.Tensor] = []
+        notes: dict[str, Any] = {}
+        for path in self.chunk_files():
+            chunk, problem, other = self._read(path)
+            if chunk is None or problem is not None or other:
+                continue
+            start = sum(len(part) for part in parts) if parts else 0
+            parts.append(chunk["pooled"].to(torch.float16))
+            for i, digest in enumerate(chunk["digests"]):
+                row_of[digest] = start + i  # a digest in two chunks: the later chunk's row, as load() keeps
+            notes.update(chunk["notes"])
+        pooled = torch.cat(parts) if parts else torch.zeros(0, self.dim or 0, dtype=torch.float16)
+        return row_of, pooled, notes
+
     def present_digests(self) -> set[str]:
         """Digests in chunks of these settings, read cheaply (tensors memory-mapped, not checked): for estimates."""
         present: set[str] = set()
