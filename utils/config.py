@@ -81,6 +81,7 @@ class RunParams:
     concatenate: bool = False
     output_format: str = "pt"  # one of OUTPUT_FORMATS, or single formats joined by ',' (given as a YAML list)
     per_residue: bool = False
+    stop_grace_s: int = 30  # after Ctrl-C / SIGTERM, seconds a worker may take to stop before it is killed
     engine: str = "local"  # local: worker processes on this machine; ray: a Ray Data actor pool (utils/ray_engine.py)
     report: bool = True  # run_report.html and run_summary.json at the end of the run (utils/report.py)
 
@@ -124,6 +125,7 @@ _RUN_MEANINGS = {  # in the README's order; defaults come from RunParams
     "concatenate": "also write {split}_embeddings_concat.*, all models side by side",
     "output_format": "pt, h5, parquet, both (pt + h5), all, or a list such as [pt, parquet]",
     "per_residue": "also write [L, D] residue rows to .per_residue.h5 (needs h5 in output_format)",
+    "stop_grace_s": "after Ctrl-C or SIGTERM, seconds a worker may take to stop before it is killed",
     "engine": "local (worker processes here) or ray (a Ray Data actor pool; RAY_ADDRESS names the cluster)",
     "report": "write run_report.html and run_summary.json into output_dir at the end of the run",
 }
@@ -462,6 +464,7 @@ def load_config(path: Path) -> Config:
         concatenate=check.boolean(run_table, "concatenate", "run_params.", defaults.concatenate),
         output_format=check.formats(run_table, "output_format", "run_params.", defaults.output_format),
         per_residue=check.boolean(run_table, "per_residue", "run_params.", defaults.per_residue),
+        stop_grace_s=check.positive_int(run_table, "stop_grace_s", "run_params.", defaults.stop_grace_s),
         engine=check.choice(run_table, "engine", "run_params.", defaults.engine, ENGINES),
         report=check.boolean(run_table, "report", "run_params.", defaults.report),
     )

@@ -12,7 +12,9 @@ when every order of a model finished, its chunks are merged into one file per sp
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -127,6 +129,7 @@ class Job:
     chunk_settings: dict
     orders: list[WorkOrder] = field(default_factory=list)
     exit_codes: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # what the runner saw go wrong (a worker that did not start)
 
     @property
     def finished(self) -> bool:
@@ -210,13 +213,46 @@ def _worker_process(order: WorkOrder) -> None:
     sys.exit(run_work_order(order))
 
 
-class Runner:
-    """Runs work orders as processes: one lane per device, orders on the same device one after another."""
+class Interrupted(Exception):
+    """A stop request seen between two final files of the merge."""
 
-    def __init__(self, jobs: list[Job]):
+
+def note_in_log(path: Path, message: str) -> None:
+    """A line the main process adds to a worker's log: how the worker ended, which the worker cannot write itself
+    when a signal killed it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} main: {message}\n")
+    except OSError:
+        pass  # the log is a convenience; never fail the run for it
+
+
+def describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class Runner:
+    """Runs work orders as processes: one lane per device, orders on the same device one after another.
+
+    Stopping (SIGINT / SIGTERM): each worker is asked to finish its current batch and write its chunk. A worker that
+    has not stopped after `grace_s` seconds, or any worker when a second signal comes, is killed (its current chunk is
+    lost; finished chunks are kept). The handlers stay installed until the last final file is in place: a signal
+    during the merge stops it between two files (run_job checks `stopping`).
+    """
+
+    def __init__(self, jobs: list[Job], grace_s: float = 30):
         self.jobs = jobs
+        self.grace_s = grace_s
         self.context = worker_context()
         self.stopping = threading.Event()
+        self.stop_requested_at: float | None = None
+        self.killed = False
         self.running: set = set()
         self.lock = threading.Lock()
 
@@ -233,17 +269,32 @@ class Runner:
                 job.exit_codes.append(exits.INTERRUPTED)
                 continue
             process = self.context.Process(target=_worker_process, args=(replace(order, bar_position=position),))
-            with self.lock:
-                process.start()
-                self.running.add(process)
+            try:
+                with self.lock:
+                    process.start()
+                    self.running.add(process)
+            except (OSError, EOFError) as exc:  # EMFILE (RLIMIT_NOFILE), a worker server gone: this order fails
+                reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+                emfile = getattr(exc, "errno", None) == errno.EMFILE
+                hint = "; raise the open-file limit (ulimit -n) and rerun" if emfile else ""
+                job.problems.append(f"{order.label}: could not start a worker process ({reason}){hint}")
+                note_in_log(order.log_path, f"could not start the worker process: {reason}")
+                job.exit_codes.append(exits.FAILED)
+                continue
             process.join()
             with self.lock:
                 self.running.discard(process)
+            if process.exitcode != exits.OK:
+                note_in_log(order.log_path, f"worker {describe_exit(process.exitcode)}")
             job.exit_codes.append(process.exitcode)
 
     def stop(self, signum: int, _frame: object) -> None:
-        if not self.stopping.is_set():
-            print("\nstopping: each worker finishes its current batch and keeps its finished chunks", file=sys.stderr)
+        if self.stopping.is_set():  # a second Ctrl-C: do not wait for anyone
+            print("\nstopping: second signal; killed the workers (finished chunks are kept)", file=sys.stderr)
+            self.kill_workers()
+            return
+        print("\nstopping: each worker finishes its current batch and keeps its finished chunks", file=sys.stderr)
+        self.stop_requested_at = time.monotonic()
         self.stopping.set()
         with self.lock:
             for process in self.running:
@@ -252,6 +303,29 @@ class Runner:
                         process.terminate()
                     except (OSError, AttributeError):
                         pass
+
+    def kill_workers(self) -> None:
+        with self.lock:
+            for process in self.running:
+                if process.pid is not None:
+                    try:
+                        process.kill()
+                        self.killed = True
+                    except (OSError, AttributeError):
+                        pass
+
+    def _escalate_if_overdue(self) -> None:
+        started = self.stop_requested_at
+        if started is None or self.killed or time.monotonic() - started < self.grace_s:
+            return
+        with self.lock:
+            waiting = bool(self.running)
+        if waiting:
+            print(
+                f"\nstopping: workers did not stop within {self.grace_s:g} s; killed them (finished chunks are kept)",
+                file=sys.stderr,
+            )
+            self.kill_workers()
 
     def run_all(self) -> None:
         """Every lane on a thread of its own; returns when every lane has ended (or was stopped)."""
@@ -264,18 +338,21 @@ class Runner:
         for thread in threads:
             while thread.is_alive():
                 thread.join(timeout=0.2)  # short waits keep the main thread responsive to signals
+                self._escalate_if_overdue()
         if self.stopping.is_set():
             # A worker the stop request reached while it was still starting (before it installed its own handler)
-            # dies of the signal: that is an interruption, not a failure of the model.
+            # dies of the signal, and one that did not stop in time was killed: an interruption, not a failure.
+            stopped = (-signal.SIGTERM, -signal.SIGINT) + ((-signal.SIGKILL,) if self.killed else ())
             for job in self.jobs:
-                job.exit_codes = [
-                    exits.INTERRUPTED if code in (-signal.SIGTERM, -signal.SIGINT) else code for code in job.exit_codes
-                ]
+                job.exit_codes = [exits.INTERRUPTED if code in stopped else code for code in job.exit_codes]
 
 
 # -- merge ------------------------------------------------------------------------------------------------------------
-def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> tuple[list[str], dict]:
-    """A finished model's chunks → one final file per split, in input order.
+def merge_outputs(
+    config: Config, splits: dict[str, list[Record]], job: Job, stopping: threading.Event | None = None
+) -> tuple[list[str], dict]:
+    """A finished model's chunks → one final file per split, in input order. Raises Interrupted, between two
+    files, once `stopping` is set: every file already in place is whole.
 
     Returns (one summary line per file, {split: float16 [N, D]}), the latter for the concatenated file."""
     import torch
@@ -289,6 +366,8 @@ def merge_outputs(config: Config, splits: dict[str, list[Record]], job: Job) -> 
     row_of, pooled, notes_of = store.load_pooled()  # compact: one matrix, not one object per protein
     lines, merged = [], {}
     for split, records in splits.items():
+        if stopping is not None and stopping.is_set():
+            raise Interrupted
         digests = [sequence_digest(r.sequence) for r in records]
         missing = [r.id for r, d in zip(records, digests, strict=True) if d not in row_of]
         if missing:
@@ -398,18 +477,19 @@ def run_job(
 
         runner: Runner | RayRunner = RayRunner(jobs, actor_class or EmbedActor)
     else:
-        runner = Runner(jobs)
+        runner = Runner(jobs, config.run.stop_grace_s)
+    # Handled until the last final file is in place: a signal during the merge stops it between two files.
     previous = {s: signal.signal(s, runner.stop) for s in (signal.SIGINT, signal.SIGTERM)}
     started = time.perf_counter()
     started_at = time.time()  # the run report keeps the workers' progress records from this moment on
     try:
         runner.run_all()
+        if shard is not None:
+            return report_shard(config, jobs, shard, started)
+        return finish_jobs(config, splits, jobs, started, started_at, runner.stopping)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if shard is not None:
-        return report_shard(config, jobs, shard, started)
-    return finish_jobs(config, splits, jobs, started, started_at)
 
 
 def report_shard(config: Config, jobs: list[Job], shard: Shard, started: float) -> int:
@@ -447,27 +527,50 @@ def merge_job(config: Config, splits: dict[str, list[Record]], models: list[Reso
         job.exit_codes = [exits.OK] * len(job.orders)
     if problems:
         raise UserError(problems)
-    return finish_jobs(config, splits, jobs, started, started_at)
+    stopping = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stopping.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return finish_jobs(config, splits, jobs, started, started_at, stopping)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def finish_jobs(
-    config: Config, splits: dict[str, list[Record]], jobs: list[Job], started: float, started_at: float
+    config: Config,
+    splits: dict[str, list[Record]],
+    jobs: list[Job],
+    started: float,
+    started_at: float,
+    stopping: threading.Event | None = None,
 ) -> int:
     """Merge every finished model (and the concatenation when all finished), report, and return the exit code.
-    `started`: perf_counter at the start; `started_at`: wall-clock time, from which the run report reads progress."""
+    `started`: perf_counter at the start; `started_at`: wall-clock time, from which the run report reads progress;
+    `stopping`: set by a signal, which stops the merge between two files (each file in place is whole)."""
     failed = [job for job in jobs if job.failed]
-    summary, merged = [], {}
-    for job in jobs:
-        if job.finished:
-            lines, embeddings = merge_outputs(config, splits, job)
-            summary += lines
-            if config.run.concatenate:
-                merged[job.model.config.output_key] = embeddings
-    if config.run.concatenate and all(job.finished for job in jobs):
-        summary += write_concatenated(config, splits, jobs, merged)
+    if failed:
+        print(file=sys.stderr)  # a dead worker's progress bar may have left its line open
+    try:
+        summary = merge_finished(config, splits, jobs, stopping or threading.Event())
+    except Interrupted:
+        if config.run.report:
+            report_run(config, splits, jobs, started_at, "interrupted")
+        print("interrupted: the final files in place are whole, finished chunks are kept; rerun the same "
+              "command to resume", file=sys.stderr)  # fmt: skip
+        return exits.INTERRUPTED
+    except OSError as exc:  # ENOSPC and the like, from h5py or torch.save: the chunks are all there
+        where = exc.filename or config.output_dir
+        print(
+            f"error: writing the final files in {where}: {exc.strerror or exc}; free some space (or fix the "
+            "directory) and rerun the same command to resume: finished chunks are kept",
+            file=sys.stderr,
+        )
+        return exits.FAILED
     for line in summary:
-        print(f"wrote {line}")
+        say(f"wrote {line}")
     for job in failed:
+        for problem in job.problems:
+            print(f"error: model {problem}", file=sys.stderr)
         print(
             f"error: model {job.model.config.key} failed; see {config.log_dir}/{job.model.config.output_key}*.log",
             file=sys.stderr,
@@ -478,5 +581,36 @@ def finish_jobs(
     if interrupted:
         print("interrupted: finished chunks are kept; rerun the same command to resume", file=sys.stderr)
         return exits.INTERRUPTED
+    if failed:
+        return exits.FAILED
     print(f"done in {time.perf_counter() - started:.1f} s; outputs in {config.output_dir}", file=sys.stderr)
-    return exits.FAILED if failed else exits.OK
+    return exits.OK
+
+
+def merge_finished(
+    config: Config, splits: dict[str, list[Record]], jobs: list[Job], stopping: threading.Event
+) -> list[str]:
+    """Final files of every finished model (and the concatenated file when all finished) → summary lines."""
+    summary, merged = [], {}
+    for job in jobs:
+        if job.finished:
+            lines, embeddings = merge_outputs(config, splits, job, stopping)
+            summary += lines
+            if config.run.concatenate:
+                merged[job.model.config.output_key] = embeddings
+    if config.run.concatenate and all(job.finished for job in jobs):
+        if stopping.is_set():
+            raise Interrupted
+        summary += write_concatenated(config, splits, jobs, merged)
+    return summary
+
+
+def say(line: str) -> None:
+    """A line on stdout that may be closed (`| head`): the files are written, so that is no error. Python's docs:
+    point stdout at /dev/null so the interpreter's final flush does not raise again."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)

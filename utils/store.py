@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,6 +285,23 @@ class ChunkStore:
         return path
 
 
+_TEMPORARY = re.compile(r"^\..+\.tmp-\d+$")  # atomic_write_bytes' and H5Writer's names: .{name}.tmp-{pid}
+
+
+def remove_temporary_files(output_dir: Path) -> list[Path]:
+    """Temporary files a killed run left behind (in the output directory and the chunk directories); only call this
+    holding the exclusive lock, when no other writer can be using them. Returns what was removed."""
+    removed = []
+    for directory in [output_dir, *sorted((output_dir / ".chunks").glob("*"))]:
+        if not directory.is_dir() or directory.is_symlink():
+            continue
+        for path in directory.iterdir():
+            if _TEMPORARY.match(path.name) and (path.is_file() or path.is_symlink()):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
 class OutputLock:
     """One run per output directory. flock is released by the kernel when the holder dies, even by kill -9.
 
@@ -315,6 +333,8 @@ class OutputLock:
         if not self.shared:  # shards leave the file empty: a blocked run then knows it waits for shards
             self.handle.write(str(os.getpid()))
         self.handle.flush()
+        if not self.shared:  # alone in the directory: no temporary file here can belong to a live writer
+            remove_temporary_files(self.path.parent)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -11,6 +11,7 @@ import ctypes
 import logging
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,16 @@ def run_work_order(order: WorkOrder) -> int:
         return embed_order(order, log, stop)
     except ModelError as exc:
         log.error("%s", exc)
-        print(f"error: model {order.label}: {exc}", file=sys.stderr)
+        print(f"\nerror: model {order.label}: {exc}", file=sys.stderr)
+        return exits.FAILED
+    except OSError as exc:  # disk full, a directory gone: one line, not a traceback; the finished chunks are kept
+        log.exception("worker failed")
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(
+            f"\nerror: model {order.label}: {exc.strerror or exc}{where}; fix that (free some space) and rerun the "
+            "same command to resume: finished chunks are kept",
+            file=sys.stderr,
+        )
         return exits.FAILED
     except Exception:
         log.exception("worker failed")
@@ -70,6 +80,9 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
     """Every sequence of the order not yet in a chunk → new chunks. Returns exits.OK or exits.INTERRUPTED."""
     from tqdm import tqdm
 
+    # tqdm's default lock is a multiprocessing semaphore: a worker killed by a signal would leave it behind, and the
+    # resource tracker would print a warning about it. One bar per process needs only a thread lock.
+    tqdm.set_lock(threading.RLock())
     torch.manual_seed(order.run.seed)
     family = order.model.family
     store = ChunkStore(order.chunk_dir, order.chunk_settings, order.model.dim)
