@@ -184,7 +184,7 @@ def plan_jobs(
 # Workers are forked from a server process that has imported these once. A spawned worker would import torch and
 # transformers afresh (seconds of CPU per model); the server is started first thing (start_worker_server), so its
 # imports run while this process still reads the config and the FASTA files. It never touches a GPU, so forking
-# from it is safe for CUDA; when this process dies the server exits, and each worker dies with it (PR_SET_PDEATHSIG).
+# from it is safe for CUDA. Each worker watches this process and dies with it (utils.worker._die_with_main).
 WORKER_PRELOAD = [
     "torch",
     "transformers",
@@ -207,10 +207,10 @@ def start_worker_server() -> None:
     forkserver.ensure_running()
 
 
-def _worker_process(order: WorkOrder) -> None:
+def _worker_process(order: WorkOrder, main_pid: int) -> None:
     from utils.worker import run_work_order
 
-    sys.exit(run_work_order(order))
+    sys.exit(run_work_order(order, main_pid))
 
 
 class Interrupted(Exception):
@@ -268,7 +268,8 @@ class Runner:
             if self.stopping.is_set():
                 job.exit_codes.append(exits.INTERRUPTED)
                 continue
-            process = self.context.Process(target=_worker_process, args=(replace(order, bar_position=position),))
+            worker_order = replace(order, bar_position=position)
+            process = self.context.Process(target=_worker_process, args=(worker_order, os.getpid()))
             try:
                 with self.lock:
                     process.start()

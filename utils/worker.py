@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
+import select
 import signal
 import sys
 import threading
@@ -28,11 +30,43 @@ from utils.report import ProgressLog
 from utils.store import ChunkStore, sequence_digest
 
 
-def _die_with_parent() -> None:
-    """A worker must not outlive a main process killed with SIGKILL (it would hold the device and write chunks)."""
+def _die_with_main(main_pid: int) -> None:
+    """A worker must not outlive a main process killed with SIGKILL (it would hold the device and write chunks).
+
+    Workers are forked from the worker server, not from the main process, and that server outlives the main process
+    while any worker runs, so PR_SET_PDEATHSIG alone would not fire: a thread waits on the main process's pidfd and
+    kills this worker the moment the main process is gone (or at once, if it is gone already).
+    """
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the worker server dying is also the end
+    try:
+        handle = os.pidfd_open(main_pid)
+    except ProcessLookupError:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return
+    except (AttributeError, OSError):  # no pidfd (not Linux ≥ 5.3): poll instead
+        handle = None
+
+    def watch() -> None:
+        if handle is not None:
+            select.select([handle], [], [])
+        else:
+            while _alive(main_pid):
+                time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-main", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def open_log(path: Path) -> logging.Logger:
@@ -45,9 +79,9 @@ def open_log(path: Path) -> logging.Logger:
     return logger
 
 
-def run_work_order(order: WorkOrder) -> int:
+def run_work_order(order: WorkOrder, main_pid: int) -> int:
     """Process entry point: signals, log file, then the order. Returns an exit code (utils.exits)."""
-    _die_with_parent()
+    _die_with_main(main_pid)
     stop = {"requested": False}
 
     def request_stop(signum: int, _frame: object) -> None:
