@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from utils.config import output_formats
-from utils.store import atomic_torch_save
+from utils.store import atomic_torch_save, publish
 
 CONCAT_KEY = "concat"
 # meta["headers"] is one entry per protein, aligned with ids: in HDF5 it goes to each dataset (a file attribute that
@@ -150,12 +150,7 @@ class H5Writer:
         try:
             self.handle.close()
             if exc_type is None:
-                descriptor = os.open(self.tmp, os.O_RDONLY)
-                try:
-                    os.fsync(descriptor)
-                finally:
-                    os.close(descriptor)
-                os.replace(self.tmp, self.path)
+                publish(self.tmp, self.path)
         finally:
             self.tmp.unlink(missing_ok=True)
 
@@ -215,12 +210,7 @@ class ParquetWriter:
         try:
             self.writer.close()
             if exc_type is None:
-                descriptor = os.open(self.tmp, os.O_RDONLY)
-                try:
-                    os.fsync(descriptor)
-                finally:
-                    os.close(descriptor)
-                os.replace(self.tmp, self.path)
+                publish(self.tmp, self.path)
         finally:
             self.tmp.unlink(missing_ok=True)
 

@@ -52,11 +52,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Put a finished temporary file in place: fsync it, rename it over `path`, fsync the directory. Every writer
+    of a final file or chunk ends here, so a kill -9 leaves the old file or the whole new one."""
+    descriptor = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.replace(tmp, path)
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
