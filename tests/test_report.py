@@ -1,10 +1,9 @@
-"""The run report from workers' progress records: numbers in run_summary.json, a self-contained HTML file (inline
-images, nothing fetched), interrupted and failed workers told apart; and through the real CLI on the offline
+"""The run report from workers' progress records: numbers in run_summary.json, a self-contained HTML file (charts as
+inline SVG, nothing fetched), interrupted and failed workers told apart; and through the real CLI on the offline
 checkpoints, a first run and a resumed run."""
 
 from __future__ import annotations
 
-import base64
 import json
 import random
 import re
@@ -12,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,11 @@ MODELS = [
     {"key": "t5", "name": "ckpt/t5", "model_name": "prot_t5", "family": "ProtT5", "layer": -1,
      "devices": ["cpu"], "checkpoint": "local:def", "status": "interrupted"},
 ]  # fmt: skip
+
+
+def _charts(text: str) -> list[ElementTree.Element]:
+    """The report's inline SVG charts, each parsed as XML (a stray `<` or `&` from a name would fail here)."""
+    return [ElementTree.fromstring(svg) for svg in re.findall(r"<svg\b.*?</svg>", text, re.S)]
 
 
 def _simulate(log_dir: Path, label: str, chunks: list[tuple[int, int]], end: str | None, reused: int = 0) -> None:
@@ -74,10 +79,54 @@ def test_report_numbers_and_self_contained_html(tmp_path):
 
     text = report.read_text()
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", text)  # nothing fetched: opens offline
-    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text)
-    assert len(images) == 4  # lengths, throughput, timeline, reuse
-    assert all(base64.b64decode(image).startswith(b"\x89PNG") for image in images)
+    charts = _charts(text)
+    assert len(charts) == 4 and "<img" not in text  # lengths, throughput, timeline, reuse
+    titles = [chart.findtext("{http://www.w3.org/2000/svg}title") for chart in charts]
+    assert titles == ["protein lengths per split", "residues / s over time, per worker", "time per model and device",
+                      "unique sequences reused and computed, per worker"]  # fmt: skip
+    shown = "".join(charts[0].itertext())
+    assert "train: 5 proteins" in shown and "dead, esm1b, t5: 1,022" in shown  # the one-pass limit, dashed
+    assert "windows (some model)" in shown  # the two 1,300-residue proteins are marked
     assert "train_embeddings_esm1b.pt" in text and "local:abc" in text
+
+
+def test_names_in_the_charts_are_escaped(tmp_path):
+    started = time.time()
+    _simulate(tmp_path / "logs", "w<&>", [(2, 100), (2, 100)], "done")
+    splits = {"a<&>b": ["M" * 10, "M" * 20], "test": ["K" * 40]}
+    text = write_report(
+        tmp_path / "out", tmp_path / "logs", Path("c.yaml"), splits, MODELS, started, "done"
+    ).read_text()
+    charts = _charts(text)
+    assert len(charts) == 4
+    assert "a<&>b" not in text and "w<&>" not in text
+    assert "a&lt;&amp;&gt;b: 2 proteins" in text and "w&lt;&amp;&gt; (cpu)" in text
+    assert "a<&>b: 2 proteins" in "".join(charts[0].itertext())  # read back as the name it was
+
+
+def test_a_run_with_no_progress_still_renders(tmp_path):
+    """No worker wrote a record (the run stopped before any started): the length chart alone, no error."""
+    splits = {"train": ["M" * 300], "test": []}
+    report = write_report(tmp_path / "out", tmp_path / "logs", Path("c.yaml"), splits, [], time.time(), "failed")
+    text = report.read_text()
+    (lengths,) = _charts(text)
+    assert "train: 1 proteins" in "".join(lengths.itertext())
+    assert text.count("nothing to show") == 3  # throughput, timeline, reuse
+    assert json.loads((tmp_path / "out" / "run_summary.json").read_text())["workers"] == []
+
+
+def test_the_report_does_not_import_a_plotting_library():
+    code = (
+        "import sys; from utils.report import WorkerSummary, chart_lengths, chart_rates, chart_reuse, chart_timeline\n"
+        "w = WorkerSummary('w', 'm', 'cpu', ended=5.0, loaded=1.0, rate=[(2.0, 10.0), (3.0, 12.0)], computed=4)\n"
+        "charts = [chart_lengths({'s': [5, 50, 500]}, {'m': 100}), chart_rates([w]), chart_timeline([w]),"
+        " chart_reuse([w])]\n"
+        "assert all(chart and chart.startswith('<svg') for chart in charts)\n"
+        "print(sorted({name.split('.')[0] for name in sys.modules} & {'matplotlib', 'numpy', 'PIL'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_a_cut_last_line_keeps_the_records_before_it(tmp_path):
@@ -128,7 +177,7 @@ def test_cli_run_report(reported_runs):
     files = {o["file"] for o in summary["outputs"]}
     names = {f"{split}_embeddings_{key}" for split in ("train", "test") for key in models}
     assert files == {f"{name}.{ext}" for name in names for ext in ("pt", "h5")}
-    assert text.count("data:image/png;base64,") == 4
+    assert len(_charts(text)) == 4
 
 
 def test_rerun_report_shows_reuse(reported_runs):

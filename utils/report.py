@@ -255,12 +255,15 @@ def _legend(entries: Sequence[tuple[str, str, str]], left: float, top: float, wi
     return parts, (y - top + 16 if entries else 0)
 
 
-def _linear_ticks(high: float, count: int = 5) -> list[float]:
-    """0 and round steps (1, 2, 2.5 or 5 × 10^k) up to the first one at or past `high`, where the axis ends."""
+def _linear_ticks(high: float, count: int = 5, whole: bool = False) -> list[float]:
+    """0 and round steps (1, 2, 2.5 or 5 × 10^k) up to the first one at or past `high`, where the axis ends; `whole`:
+    steps of at least 1 and no 2.5, for counts of proteins."""
     high = high if high > 0 else 1.0
     raw = high / count
     magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    steps = (1, 2, 5, 10) if whole else (1, 2, 2.5, 5, 10)
+    step = next(m * magnitude for m in steps if m * magnitude >= raw)
+    step = max(step, 1) if whole else step
     return [i * step for i in range(math.ceil(high / step - 1e-9) + 1)]
 
 
@@ -416,7 +419,7 @@ def chart_lengths(split_lengths: dict[str, list[int]], limits: dict[str, int]) -
             total[which] += 1
             if shortest_limit is not None and n > shortest_limit:
                 windowed[which] += 1
-        y_ticks = _linear_ticks(max(total, default=0))
+        y_ticks = _linear_ticks(max(total, default=0), whole=True)
         left = 70 + index * panel_width
         plot = Plot(left, top, panel_width - 40, 170, (edges[0], edges[-1]), (0, y_ticks[-1]), x_log=True)
         parts.append(
@@ -481,7 +484,7 @@ def chart_reuse(workers: Sequence[WorkerSummary]) -> str | None:
     left = _rows_left_margin(workers)
     entries = [("reused from earlier chunks", REUSED_COLOUR, "box"), ("computed in this run", COMPUTED_COLOUR, "box")]
     legend, legend_height = _legend(entries, left, 28, 700 - left)
-    x_ticks = _linear_ticks(max(w.reused + w.computed for w in workers))
+    x_ticks = _linear_ticks(max(w.reused + w.computed for w in workers), whole=True)
     plot = Plot(left, 36 + legend_height, 700 - left, 24 * len(workers), (0, x_ticks[-1]), (len(workers), 0))
     names = [(row + 0.5, _worker_name(w)) for row, w in enumerate(workers)]
     parts = legend + plot.axes(x_ticks, "unique sequences", names, grid="x")
