@@ -56,7 +56,7 @@ def write_config(
     paths.update(extra_paths or {})
     config = {
         "paths": paths,
-        # No run report unless a test asks for it: drawing it costs each run ~2 s of this machine's CPU.
+        # No run report unless a test asks for it (tests/test_report.py does).
         "run_params": {"batch_size": 8, "save_every_n_batches": 2, "seed": 42, "report": False, **(run_params or {})},
         "models": {
             key: {
