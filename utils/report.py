@@ -190,7 +190,10 @@ CHAR_WIDTH = 6.2  # px per character at the 11 px labels, to size margins and le
 
 
 def _number(value: float) -> str:
-    """A tick label: thousands separated, at most two decimals, no trailing zeros."""
+    """A tick label: thousands separated, at most two decimals, no trailing zeros; millions as "1.5M" (a GPU's
+    residues/s) so that the label stays clear of the axis title beside it."""
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:,.2f}".rstrip("0").rstrip(".") + "M"
     if float(value).is_integer():
         return f"{int(value):,}"
     return f"{value:,.2f}".rstrip("0").rstrip(".")
