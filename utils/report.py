@@ -177,8 +177,9 @@ def output_table(output_dir: Path, since: float) -> list[dict[str, Any]]:
 
 
 # -- SVG drawing -----------------------------------------------------------------------------------------------------
-# The charts are SVG written as text here, not drawn with a plotting library: importing one and rendering four
-# figures cost about a second at the end of every run, in the main process, after the workers were done.
+# The charts are SVG written as text here, not drawn with a plotting library: importing one and rendering with it
+# cost every run far more than the text does, in the main process, after the workers were done
+# (`python benchmarks/report_render.py` times the drawing).
 FONT = "system-ui, sans-serif"
 SERIES_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf")
 LOAD_COLOUR = "#bbbbbb"
