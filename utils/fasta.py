@@ -1,5 +1,8 @@
 """FASTA file → records. The id is the header's first word, kept verbatim; the sequence is upper-case residues.
 
+The file is read a block at a time and records are kept as packed columns (Records: ids, sequences and headers
+each one buffer plus offsets), so memory grows by about the bytes of the records themselves, not by Python objects.
+
 The id ends at the first whitespace character of any kind (str.split: also no-break and other Unicode spaces), as
 in Biopython; an id that is empty after that, or holds a control or invisible format character, is refused.
 
@@ -14,11 +17,17 @@ text before the first header, binary or otherwise compressed data.
 from __future__ import annotations
 
 import gzip
+import io
 import re
 import unicodedata
 import zlib
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
 
 from utils.errors import UserError
 from utils.paths import input_file_problem
@@ -53,7 +62,144 @@ class Record:
     header: str = field(default="", compare=False)  # the whole header line after '>', kept for the outputs
 
 
+class Strings(Sequence[str]):
+    """Many strings packed as one UTF-8 buffer and their end offsets. A list of str costs ~57 bytes per string
+    beyond its characters; this costs 4 (or 8) bytes, so a proteome's ids, headers and sequences stay compact."""
+
+    __slots__ = ("data", "ends")
+
+    def __init__(self, data: bytes | bytearray | None, ends: np.ndarray):
+        self.data = data
+        self.ends = ends
+
+    @classmethod
+    def of(cls, items: Iterable[str]) -> Strings:
+        builder = StringsBuilder()
+        for item in items:
+            builder.append(item)
+        return builder.build()
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def _span(self, index: int) -> tuple[int, int]:
+        if index < 0:
+            index += len(self.ends)
+        if not 0 <= index < len(self.ends):
+            raise IndexError(index)
+        return (int(self.ends[index - 1]) if index else 0), int(self.ends[index])
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        start, end = self._span(int(index))
+        return self._text()[start:end].decode()
+
+    def _text(self) -> bytes | bytearray:
+        if self.data is None:
+            raise RuntimeError("these strings were released (only their lengths were kept)")
+        return self.data
+
+    def release(self) -> None:
+        """Drop the text, keep the lengths: a job lets its residues go once the workers have them."""
+        self.data = None
+
+    def __iter__(self) -> Iterator[str]:
+        start, data = 0, self._text()
+        for end in self.ends.tolist():
+            yield data[start:end].decode()
+            start = end
+
+    def byte_lengths(self) -> np.ndarray:
+        """Bytes per string (characters, for ASCII text such as sequences), int64."""
+        return np.diff(self.ends, prepend=0).astype(np.int64)
+
+    def take(self, indices: Iterable[int]) -> Strings:
+        """The strings at `indices`, in that order, as new packed strings."""
+        builder = StringsBuilder()
+        data = self._text()
+        for index in indices:
+            start, end = self._span(int(index))
+            builder.append_bytes(data[start:end])
+        return builder.build()
+
+
+class StringsBuilder:
+    """Appends into one growing buffer; build() packs the offsets as uint32 when they fit (4 bytes a string)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.ends = array("q")
+
+    def append(self, text: str) -> None:
+        self.append_bytes(text.encode())
+
+    def append_bytes(self, data: bytes) -> None:
+        self.data += data
+        self.ends.append(len(self.data))
+
+    def build(self) -> Strings:
+        ends = np.frombuffer(self.ends, dtype=np.int64) if self.ends else np.zeros(0, dtype=np.int64)
+        dtype = np.uint32 if len(self.data) < 2**32 else np.int64
+        packed = Strings(self.data, ends.astype(dtype))
+        self.data, self.ends = bytearray(), array("q")
+        return packed
+
+
+@dataclass(frozen=True)
+class Records(Sequence[Record]):
+    """One FASTA file's proteins in input order, as packed columns rather than an object per protein (a proteome of
+    millions would otherwise cost hundreds of bytes each). Indexing and iteration give Record objects."""
+
+    ids: Strings
+    sequences: Strings  # upper-case residues, ASCII
+    headers: Strings
+
+    @classmethod
+    def of(cls, records: Iterable[Record]) -> Records:
+        if isinstance(records, Records):
+            return records
+        records = list(records)
+        return cls(
+            Strings.of(r.id for r in records),
+            Strings.of(r.sequence for r in records),
+            Strings.of(r.header for r in records),
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> Record: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Record]: ...
+    def __getitem__(self, index: int | slice) -> Record | list[Record]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return Record(self.ids[index], self.sequences[index], self.headers[index])
+
+    def __iter__(self) -> Iterator[Record]:
+        for rec_id, sequence, header in zip(self.ids, self.sequences, self.headers, strict=True):
+            yield Record(rec_id, sequence, header)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Records, list, tuple)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def lengths(self) -> np.ndarray:
+        """Residues per protein, int64."""
+        return self.sequences.byte_lengths()
+
+
 def _read_text(path: Path) -> str:
+    """The whole file as text, diagnosing binary or undecodable content (the slow path, for refusals)."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -101,11 +247,17 @@ def _first_bad_residue(pieces: list[tuple[int, str]]) -> tuple[int, int, str, in
     return None if first is None else (*first, more)
 
 
-def parse_fasta(text: str, source: str) -> list[Record]:
+def parse_fasta(text: str, source: str) -> Records:
     """Parse FASTA text; raise UserError listing every problem (see module docstring for what is accepted)."""
+    return parse_lines(_LINE_BREAK.split(text), source)
+
+
+def parse_lines(lines: Iterable[str], source: str) -> Records:
+    """Parse FASTA lines (without their line ends) into packed records, one record in flight at a time."""
     problems: list[str] = []
-    records: list[Record] = []
-    seen: dict[str, int] = {}
+    ids, sequences, headers = StringsBuilder(), StringsBuilder(), StringsBuilder()
+    # Duplicate ids are found after the reading, from these two compact columns, not from a dict of every id.
+    id_hashes, header_lines = array("q"), array("q")
     header: str | None = None
     header_line = 0
     pieces: list[tuple[int, str]] = []  # (line number, residues on that line)
@@ -118,18 +270,21 @@ def parse_fasta(text: str, source: str) -> list[Record]:
             problems.append(f"{source}:{header_line}: header has no id; write an id right after '>'")
             return
         rec_id = words[0]
-        shown = _shown(rec_id)
-        hidden = next((c for c in rec_id if unicodedata.category(c) in _HIDDEN_CATEGORIES), None)
+        hidden = None
+        if not rec_id.isprintable():  # printable text has no control or format character: the common case
+            hidden = next((c for c in rec_id if unicodedata.category(c) in _HIDDEN_CATEGORIES), None)
         if hidden is not None:
             problems.append(
-                f"{source}:{header_line}: protein id {shown} contains the control or invisible character "
+                f"{source}:{header_line}: protein id {_shown(rec_id)} contains the control or invisible character "
                 f"U+{ord(hidden):04X}; ids must be visible text: remove it from the header"
             )
         if pieces and pieces[-1][1].endswith(STOP):  # one trailing stop codon is not a residue
             pieces[-1] = (pieces[-1][0], pieces[-1][1][:-1])
         sequence = "".join(piece for _, piece in pieces)
         if not sequence:
-            problems.append(f"{source}:{header_line}: protein {shown} has an empty sequence; remove the record")
+            problems.append(
+                f"{source}:{header_line}: protein {_shown(rec_id)} has an empty sequence; remove the record"
+            )
         bad = _first_bad_residue(pieces) if not _LETTERS.issuperset(sequence) else None
         if bad is not None:
             position, line, char, more = bad
@@ -139,17 +294,14 @@ def parse_fasta(text: str, source: str) -> list[Record]:
                 what = f"character {char!r}"
                 fix = _HINTS.get(char, f"only the letters {_ALPHABET_TEXT} are residues: remove or replace it")
             also = f" (and {more} more bad character(s) after it)" if more else ""
-            problems.append(f"{source}:{line}: protein {shown} has {what} at residue {position}{also}; {fix}")
-        if rec_id in seen:
-            problems.append(
-                f"{source}:{header_line}: protein id {shown} appears twice (lines {seen[rec_id]} and "
-                f"{header_line}); ids must be unique: rename or remove one"
-            )
-        else:
-            seen[rec_id] = header_line
-        records.append(Record(rec_id, sequence.upper(), header))
+            problems.append(f"{source}:{line}: protein {_shown(rec_id)} has {what} at residue {position}{also}; {fix}")
+        ids.append(rec_id)
+        sequences.append_bytes(sequence.upper().encode("ascii", "replace"))
+        headers.append(header)
+        id_hashes.append(hash(rec_id))
+        header_lines.append(header_line)
 
-    for number, line in enumerate(_LINE_BREAK.split(text), start=1):
+    for number, line in enumerate(lines, start=1):
         stripped = line.strip(_BLANKS)
         if not stripped:
             continue
@@ -165,6 +317,8 @@ def parse_fasta(text: str, source: str) -> list[Record]:
         else:
             pieces.append((number, stripped.translate(_DROP_BLANKS)))
     finish()
+    records = Records(ids.build(), sequences.build(), headers.build())
+    problems += _duplicate_ids(records.ids, id_hashes, header_lines, source)
     if not records and not problems:
         problems.append(f"{source}: no FASTA records found; check that the path names the right file")
     if problems:
@@ -172,10 +326,75 @@ def parse_fasta(text: str, source: str) -> list[Record]:
     return records
 
 
-def read_fasta(path: Path) -> list[Record]:
+def _duplicate_ids(ids: Strings, id_hashes: array, header_lines: array, source: str) -> list[str]:
+    """One problem per record whose id an earlier record has, naming both header lines. Only records whose id hash
+    collides with another's are compared as text."""
+    hashes = np.frombuffer(id_hashes, dtype=np.int64) if id_hashes else np.zeros(0, dtype=np.int64)
+    order = np.argsort(hashes, kind="stable")
+    same = hashes[order[1:]] == hashes[order[:-1]]
+    if not same.any():
+        return []
+    candidates = np.union1d(order[1:][same], order[:-1][same])  # sorted: input order
+    first_line: dict[str, int] = {}
+    problems = []
+    for index in candidates.tolist():
+        rec_id, line = ids[index], header_lines[index]
+        if rec_id in first_line:
+            problems.append(
+                f"{source}:{line}: protein id {_shown(rec_id)} appears twice (lines {first_line[rec_id]} and "
+                f"{line}); ids must be unique: rename or remove one"
+            )
+        else:
+            first_line[rec_id] = line
+    return problems
+
+
+class _NotText(Exception):
+    """Raised while streaming a file that turns out not to be text (undecodable bytes, NUL bytes)."""
+
+
+def _stream_lines(path: Path) -> Iterator[str]:
+    """The file's lines, decoded and without line ends (LF, CRLF and CR alike), read a block at a time: a proteome's
+    FASTA is never in memory whole. Plain or gzip by content. Raises UserError for an unreadable or damaged file and
+    _NotText for bytes that are not UTF-8 text (the caller diagnoses those from the whole file)."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 (closed below, after the generator is exhausted or closed)
+    except OSError as exc:
+        raise UserError(
+            f"{path}: cannot be read ({exc.strerror or type(exc).__name__}); check the file's permissions"
+        ) from None
+    with handle:
+        compressed = handle.read(2) == b"\x1f\x8b"
+        handle.seek(0)
+        raw: Any = gzip.GzipFile(fileobj=handle, mode="rb") if compressed else handle
+        try:
+            head = raw.read(8)
+            for magic, what in _OTHER_FORMATS.items():
+                if head.startswith(magic):
+                    raise UserError(f"{path}: this is {what}, not FASTA; give the plain or gzip-compressed FASTA file")
+            raw.seek(0)
+            text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict", newline=None)
+            for line in text:
+                if "\x00" in line:
+                    raise _NotText
+                yield line[:-1] if line.endswith("\n") else line
+        except UnicodeDecodeError:
+            raise _NotText from None
+        except (OSError, EOFError, zlib.error) as exc:
+            if compressed:
+                raise UserError(f"{path}: gzip data is damaged ({exc}); download or compress the file again") from None
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise UserError(f"{path}: cannot be read ({reason}); check the file's permissions") from None
+
+
+def read_fasta(path: Path) -> Records:
     problem = input_file_problem(path)
     if problem:
         raise UserError(f"{path}: {problem}; name a FASTA file (plain or gzip) in the config")
     if not path.is_file():
         raise UserError(f"{path}: FASTA file not found; check paths.data_dir and the split's file name in the config")
-    return parse_fasta(_read_text(path), str(path))
+    try:
+        return parse_lines(_stream_lines(path), str(path))
+    except _NotText:
+        # Binary or not UTF-8: the whole file read at once says where and what, as one message
+        return parse_fasta(_read_text(path), str(path))

@@ -14,10 +14,13 @@ naming both headers.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 
+import numpy as np
+
 from utils.errors import UserError
-from utils.fasta import Record
+from utils.fasta import Record, Records, Strings
 
 ID_FORMATS = ("first_word", "uniprot")
 # The database tag, the accession, then the entry name: the layout of every UniProtKB FASTA header.
@@ -41,19 +44,25 @@ def _shown(header: str, limit: int = 70) -> str:
     return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
-def apply_id_format(records: list[Record], id_format: str, source: str) -> list[Record]:
+def apply_id_format(records: Sequence[Record], id_format: str, source: str) -> Records:
     """Records with ids mapped by `id_format`; raise UserError for every id that two headers now share."""
+    records = Records.of(records)
     if id_format == "first_word":
         return records
-    mapped = [replace(record, id=protein_id(record.id, id_format)) for record in records]
-    first: dict[str, Record] = {}
+    mapped = replace(records, ids=Strings.of(protein_id(rec_id, id_format) for rec_id in records.ids))
+    # Candidates by hash first, so that no dict of every id is built for a proteome
+    hashes = np.fromiter((hash(rec_id) for rec_id in mapped.ids), dtype=np.int64, count=len(mapped))
+    order = np.argsort(hashes, kind="stable")
+    same = hashes[order[1:]] == hashes[order[:-1]]
+    first: dict[str, int] = {}
     problems = []
-    for record in mapped:
-        earlier = first.setdefault(record.id, record)
-        if earlier is not record:
+    for index in np.union1d(order[1:][same], order[:-1][same]).tolist():
+        rec_id = mapped.ids[index]
+        earlier = first.setdefault(rec_id, index)
+        if earlier != index:
             problems.append(
-                f"{source}: headers {_shown(earlier.header)} and {_shown(record.header)} both give protein id "
-                f"{record.id!r} under paths.id_format: {id_format}; ids must be unique: remove one of the two "
+                f"{source}: headers {_shown(mapped.headers[earlier])} and {_shown(mapped.headers[index])} both give "
+                f"protein id {rec_id!r} under paths.id_format: {id_format}; ids must be unique: remove one of the two "
                 "proteins, or set id_format: first_word"
             )
     if problems:

@@ -1,0 +1,93 @@
+"""Packed records and the unique-sequence stage: utils.fasta.Strings/Records, utils.unique, the merge's index."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from utils.fasta import Record, Records, Strings, parse_fasta, read_fasta
+from utils.store import ChunkStore, sequence_digest
+from utils.unique import digest_hex, share_sequences, shared_splits, split_digests, unique_of
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(min_size=0, max_size=12), max_size=30))
+def test_strings_round_trip_any_text(items):
+    packed = Strings.of(items)
+    assert list(packed) == items
+    assert [packed[i] for i in range(len(items))] == items
+    assert packed[1:4] == items[1:4]
+    assert packed.byte_lengths().tolist() == [len(s.encode()) for s in items]
+
+
+def test_streamed_file_equals_parsed_text_across_block_boundaries(tmp_path):
+    # Records far past the text reader's block size, CRLF line ends, gzip: the streaming reader must see every line
+    text = "".join(f">p{i} desc {i}\r\n{'MKV' * (i % 50 + 1)}\r\n{'W' * (i % 7)}\r\n" for i in range(5000))
+    (tmp_path / "in.fa.gz").write_bytes(gzip.compress(text.encode()))
+    streamed = read_fasta(tmp_path / "in.fa.gz")
+    assert streamed == parse_fasta(text, "in.fa")
+    assert streamed[4999] == Record("p4999", "MKV" * 50 + "W" * 1, "p4999 desc 4999")
+    assert streamed[4999].header == "p4999 desc 4999"
+
+
+def test_duplicate_ids_name_both_lines():
+    with pytest.raises(Exception, match=r"in.fa:5: protein id 'a' appears twice \(lines 1 and 5\)"):
+        parse_fasta(">a\nMK\n>b\nMK\n>a\nMV\n", "in.fa")
+
+
+def test_shared_sequences_index_the_unique_set_in_first_appearance_order():
+    train = parse_fasta(">a\nMKV\n>b\nMKA\n>c\nMKV\n", "train")
+    test = parse_fasta(">x\nMKA\n>y\nWWW\n", "test")
+    splits, unique = share_sequences({"train": train, "test": test})
+    assert list(unique.sequences) == ["MKV", "MKA", "WWW"]
+    assert [r.sequence for r in splits["train"]] == ["MKV", "MKA", "MKV"]
+    assert [r.id for r in splits["test"]] == ["x", "y"]
+    assert unique_of(splits) is unique and shared_splits(splits) is splits
+    assert [digest_hex(d) for d in unique.digests] == [sequence_digest(s) for s in ["MKV", "MKA", "WWW"]]
+    assert [digest_hex(d) for d in split_digests(splits["train"])] == [
+        sequence_digest(s) for s in "MKV MKA MKV".split()
+    ]
+    unique.sequences.release()  # what the job does once the workers have the residues
+    assert splits["train"].lengths().tolist() == [3, 3, 3]
+    with pytest.raises(RuntimeError, match="released"):
+        splits["train"][0]
+
+
+def test_digest_with_trailing_nul_bytes_keeps_its_hex():
+    # numpy drops the trailing NUL bytes of an "S20" element: the hex must still be the whole digest
+    digests = np.array([bytes(19) + b"\x01", b"\x01" + bytes(19)], dtype="S20")
+    assert digest_hex(digests[1]) == "01" + "00" * 19
+
+
+def test_lists_of_records_are_accepted_where_records_are():
+    records = [Record("a", "MK", "a x"), Record("b", "MKV", "b")]
+    shared = shared_splits({"s": records})
+    assert list(shared["s"]) == records and shared["s"].headers[0] == "a x"
+    assert Records.of(records).lengths().tolist() == [2, 3]
+
+
+def test_pooled_index_finds_rows_marks_missing_and_prefers_the_later_chunk(tmp_path):
+    from utils.encode import Embedded
+
+    store = ChunkStore(tmp_path, {"s": 1}, dim=2)
+
+    def embedded(value: float) -> Embedded:
+        return Embedded(torch.full((2,), value), None, None)
+
+    store.write([sequence_digest("AA"), sequence_digest("CC")], [embedded(1), embedded(2)], per_residue=False)
+    store.write([sequence_digest("CC"), sequence_digest("DD")], [embedded(3), embedded(4)], per_residue=False)
+    index = store.pooled_index()
+    _, unique = share_sequences({"s": parse_fasta(">a\nAA\n>b\nCC\n>c\nDD\n>d\nEE\n", "s")})
+    rows = index.rows_of(unique.digests)
+    assert rows[3] == -1
+    values = index.pooled[torch.from_numpy(rows[:3])][:, 0].tolist()
+    assert values[0] == 1 and values[2] == 4
+    found, _ = store.load()  # both chunks hold CC, each with its own value: the same one as load() keeps
+    assert values[1] == found[sequence_digest("CC")].pooled[0].item()
+    done, _ = store.done_digests()
+    assert len(done) == 3
