@@ -7,7 +7,9 @@ square tensors, and a cap on how much any protein is padded.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+
+import numpy as np
 
 # Most padding a protein may get, as a fraction of its own tokens (see plan_batches).
 MAX_PADDING = 0.25
@@ -34,26 +36,55 @@ def plan_batches(
     protein padded to 10,000 would cost more attention than it needs by a factor of eleven). A protein that alone
     exceeds a budget gets a batch of its own.
     """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
+    order, bounds = plan_batch_bounds(
+        lengths, max_tokens_per_batch, batch_size, special_tokens,
+        max_square_tokens=max_square_tokens, max_padding=max_padding,
+    )  # fmt: skip
+    return [order[start:end].tolist() for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def plan_batch_bounds(
+    lengths: Sequence[int] | np.ndarray,
+    max_tokens_per_batch: int,
+    batch_size: int,
+    special_tokens: int,
+    *,
+    max_square_tokens: int | None = None,
+    max_padding: float = MAX_PADDING,
+) -> tuple[np.ndarray, list[int]]:
+    """plan_batches as (indices longest first, batch boundaries into them): batch k is order[bounds[k]:bounds[k+1]].
+    Packed, for a worker with millions of proteins: 8 bytes a protein instead of a list entry and an int object."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")  # longest first, ties in input order
+    ordered = lengths[order]
+    bounds = [0]
+    start = 0
+    longest = 0
+    for position, length in _positions(ordered):
         # Sorted descending, so the first item of a batch is its longest.
-        longest = (lengths[current[0]] if current else lengths[index]) + special_tokens
-        items = len(current) + 1
+        if position == start:
+            longest = length + special_tokens
+            continue
+        items = position - start + 1
         fits = (
             items <= batch_size
             and items * longest <= max_tokens_per_batch
             and (max_square_tokens is None or items * longest * longest <= max_square_tokens)
-            and longest <= (1 + max_padding) * (lengths[index] + special_tokens)
+            and longest <= (1 + max_padding) * (length + special_tokens)
         )
-        if current and not fits:
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
+        if not fits:
+            bounds.append(position)
+            start, longest = position, length + special_tokens
+    if len(lengths):
+        bounds.append(len(lengths))
+    return order, bounds
+
+
+def _positions(values: np.ndarray, block: int = 65536) -> Iterator[tuple[int, int]]:
+    """(position, value) as Python ints, a block at a time: no list of every value at once."""
+    for base in range(0, len(values), block):
+        for offset, value in enumerate(values[base : base + block].tolist()):
+            yield base + offset, value
 
 
 def window_spans(n_residues: int, window: int, overlap: int) -> list[tuple[int, int]]:

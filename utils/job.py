@@ -19,28 +19,31 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from utils import exits
 from utils.config import Config, RunParams, load_config
 from utils.errors import UserError
-from utils.fasta import Record, read_fasta
+from utils.fasta import Records, read_fasta
 from utils.ids import apply_id_format
 from utils.limits import Limits, device_limits
 from utils.preflight import ResolvedModel
 from utils.report import report_run
 from utils.shards import Shard
+from utils.unique import SharedSequences, digest_hex, share_sequences, shared_splits, unique_of
 
 if TYPE_CHECKING:
-    import torch
-
     from utils.store import ChunkStore
 
 
 # -- checks -----------------------------------------------------------------------------------------------------------
-def read_splits(config: Config) -> dict[str, list[Record]]:
+def read_splits(config: Config) -> dict[str, Records]:
+    """Every split's records; their sequences point into the job's unique set (utils.unique)."""
     splits, problems = {}, []
     for name, path in config.splits.items():
         try:
@@ -49,10 +52,10 @@ def read_splits(config: Config) -> dict[str, list[Record]]:
             problems += exc.problems
     if problems:
         raise UserError(problems)
-    return splits
+    return share_sequences(splits)[0]
 
 
-def prepare(config_path: Path) -> tuple[Config, dict[str, list[Record]], list[ResolvedModel]]:
+def prepare(config_path: Path) -> tuple[Config, dict[str, Records], list[ResolvedModel]]:
     """Everything that can fail because of the user's input, before a model loads or a file is written.
     Raises UserError listing every problem found."""
     from utils import preflight
@@ -75,20 +78,22 @@ def prepare(config_path: Path) -> tuple[Config, dict[str, list[Record]], list[Re
 
 
 # -- plan -------------------------------------------------------------------------------------------------------------
-def unique_sequences(splits: dict[str, list[Record]]) -> list[str]:
+def unique_sequences(splits: dict[str, Records]) -> Sequence[str]:
     """Each distinct sequence once, in order of first appearance across the run's splits."""
-    return list(dict.fromkeys(r.sequence for records in splits.values() for r in records))
+    return unique_of(splits).sequences
 
 
-def shard_by_residues(sequences: list[str], shards: int) -> list[list[str]]:
-    """Balance residues across shards: longest first, each to the lightest shard so far."""
-    groups: list[list[str]] = [[] for _ in range(shards)]
+def shard_by_residues(lengths: Sequence[int], shards: int) -> list[np.ndarray]:
+    """Balance residues across shards: longest first, each to the lightest shard so far. → indices per shard."""
+    if shards == 1:
+        return [np.arange(len(lengths))]
+    groups: list[list[int]] = [[] for _ in range(shards)]
     load = [0] * shards
-    for sequence in sorted(sequences, key=len, reverse=True):
+    for index in np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable").tolist():
         lightest = load.index(min(load))
-        groups[lightest].append(sequence)
-        load[lightest] += len(sequence)
-    return groups
+        groups[lightest].append(index)
+        load[lightest] += int(lengths[index])
+    return [np.asarray(group, dtype=np.int64) for group in groups]
 
 
 @dataclass(frozen=True)
@@ -100,7 +105,7 @@ class WorkOrder:
     run: RunParams  # the config's run_params, names unchanged
     device: str
     precision: str  # model.config.precision resolved for this device
-    sequences: tuple[str, ...]  # this shard's unique sequences
+    sequences: Sequence[str]  # this shard's unique sequences (packed: utils.fasta.Strings)
     chunk_settings: dict  # what produced the chunks (utils.preflight.chunk_settings)
     chunk_dir: Path
     log_path: Path
@@ -141,25 +146,26 @@ class Job:
 
 
 def plan_jobs(
-    config: Config, splits: dict[str, list[Record]], models: list[ResolvedModel], shard: Shard | None = None
+    config: Config, splits: dict[str, Records], models: list[ResolvedModel], shard: Shard | None = None
 ) -> list[Job]:
     """One Job per model; with `shard` (--shard I/N), only the unique sequences whose digest falls in that shard."""
     from utils import preflight
     from utils.encode import resolve_precision
-    from utils.store import sequence_digest
 
-    sequences = unique_sequences(splits)
+    unique = unique_of(splits)
     if shard is not None:
-        sequences = [s for s in sequences if shard.holds(sequence_digest(s))]
+        unique = unique.take(np.flatnonzero([shard.holds(digest_hex(d)) for d in unique.digests.tolist()]))
     jobs = []
     for model in models:
         devices = model.config.devices
         # The chunk directory and settings are also what the pre-flight disk check reads: one definition, there.
         job = Job(model, preflight.chunk_dir(config, model.config), preflight.chunk_settings(config, model))
-        parts = shard_by_residues(sequences, len(devices))
+        parts = [
+            unique if len(devices) == 1 else unique.take(p) for p in shard_by_residues(unique.lengths(), len(devices))
+        ]
         # An array task (--shard I/N) logs to a file of its own: tasks on several nodes share the log directory.
         task = f".task{shard.index}of{shard.count}" if shard is not None else ""
-        for part, (device, part_sequences) in enumerate(zip(devices, parts, strict=True)):
+        for part, (device, part_unique) in enumerate(zip(devices, parts, strict=True)):
             sharded = len(devices) > 1
             label = f"{model.config.key}[{part}]" if sharded else model.config.key
             log_name = model.config.output_key + task + (f".shard{part}" if sharded else "")
@@ -170,7 +176,7 @@ def plan_jobs(
                     run=config.run,
                     device=device,
                     precision=resolve_precision(model.config.precision, device),
-                    sequences=tuple(part_sequences),
+                    sequences=part_unique.sequences,
                     chunk_settings=job.chunk_settings,
                     chunk_dir=job.chunk_dir,
                     log_path=config.log_dir / f"{log_name}.log",
@@ -350,34 +356,49 @@ class Runner:
 
 # -- merge ------------------------------------------------------------------------------------------------------------
 def merge_outputs(
-    config: Config, splits: dict[str, list[Record]], job: Job, stopping: threading.Event | None = None
+    config: Config, splits: dict[str, Records], job: Job, stopping: threading.Event | None = None
 ) -> tuple[list[str], dict]:
     """A finished model's chunks → one final file per split, in input order. Raises Interrupted, between two
     files, once `stopping` is set: every file already in place is whole.
 
     Returns (one summary line per file, {split: float16 [N, D]}), the latter for the concatenated file."""
-    import torch
-
     from utils.families import tool_model_name
-    from utils.output import h5_path, residues_h5_path, write_outputs
-    from utils.store import ChunkStore, sequence_digest
+    from utils.output import RowView, h5_path, residues_h5_path, write_outputs
+    from utils.store import ChunkStore
+    from utils.unique import hex_to_digests, split_digests
 
     model = job.model
     store = ChunkStore(job.chunk_dir, job.chunk_settings, model.dim)
-    row_of, pooled, notes_of = store.load_pooled()  # compact: one matrix, not one object per protein
+    index = store.pooled_index()  # compact: one matrix and one sorted digest array, not an object per protein
+    pooled, notes_of = index.pooled, index.notes
+    noted_digests = hex_to_digests(list(notes_of))  # the few proteins with a note (windows, fp32 redo)
+    # Splits that share the job's unique set look rows up once per unique sequence, then by position: no digest
+    # per protein, and the sorted digests are let go before the files are written
+    shared = all(isinstance(getattr(r, "sequences", None), SharedSequences) for r in splits.values())
+    unique = unique_of(splits) if shared else None
+    if unique is not None:
+        unique_rows = index.rows_of(unique.digests)
+        unique_noted = np.flatnonzero(np.isin(unique.digests, noted_digests))
+        del index
     lines, merged = [], {}
     for split, records in splits.items():
         if stopping is not None and stopping.is_set():
             raise Interrupted
-        digests = [sequence_digest(r.sequence) for r in records]
-        missing = [r.id for r, d in zip(records, digests, strict=True) if d not in row_of]
-        if missing:
-            example = missing[0]
+        if unique is not None:
+            rows = unique_rows[records.sequences.index]
+            noted = np.flatnonzero(np.isin(records.sequences.index, unique_noted)).tolist()
+            noted_keys = [unique.hex_digest(int(records.sequences.index[i])) for i in noted]
+        else:
+            digests = split_digests(records)
+            rows = index.rows_of(digests)
+            noted = np.flatnonzero(np.isin(digests, noted_digests)).tolist()
+            noted_keys = [digest_hex(digests[i]) for i in noted]
+        missing = np.flatnonzero(rows < 0)
+        if len(missing):
+            example = records.ids[int(missing[0])]
             raise RuntimeError(f"model {model.config.key}: {len(missing)} protein(s) have no embedding, e.g. {example}")
-        ids = [r.id for r in records]
-        embeddings: torch.Tensor = pooled[torch.tensor([row_of[d] for d in digests], dtype=torch.long)]
-        notes = {r.id: notes_of[d] for r, d in zip(records, digests, strict=True) if notes_of.get(d)}
-        del digests
+        notes = {records.ids[i]: notes_of[key] for i, key in zip(noted, noted_keys, strict=True)}
+        embeddings = RowView(pooled, rows)
         windowed = {i: {k: v for k, v in n.items() if k != "redone"} for i, n in notes.items() if "windows" in n}
         redone = {i: n["redone"] for i, n in notes.items() if "redone" in n}
         meta = {
@@ -398,32 +419,34 @@ def merge_outputs(
             "redone_in_fp32": redone,  # id → why (non-finite in fp16/bf16)
             "split": split,
             "checkpoint": model.identity,
-            "headers": [r.header for r in records],  # aligned with ids; in HDF5 each dataset's "header" attribute
+            "headers": records.headers,  # aligned with ids; in HDF5 each dataset's "header" attribute
         }
         if model.family.licence:
             meta["licence"] = model.family.licence
         key = model.config.output_key
-        write_outputs(config.output_dir, split, key, ids, embeddings, meta, config.run.output_format)
+        write_outputs(config.output_dir, split, key, records.ids, embeddings, meta, config.run.output_format)
         if config.run.per_residue:
             write_residue_rows(store, records, residues_h5_path(h5_path(config.output_dir, split, key)), meta)
-        merged[split] = embeddings
+        if config.run.concatenate:
+            merged[split] = embeddings.whole()
         note = f", {len(windowed)} embedded in windows (see meta['windowed'])" if windowed else ""
         note += f", {len(redone)} redone in fp32 (see meta['redone_in_fp32'])" if redone else ""
-        lines.append(f"{split} {model.config.output_key}: {len(ids)} proteins × {model.dim}{note}")
+        lines.append(f"{split} {model.config.output_key}: {len(records)} proteins × {model.dim}{note}")
     return lines, merged
 
 
-def write_residue_rows(store: ChunkStore, records: list[Record], path: Path, meta: dict) -> None:
+def write_residue_rows(store: ChunkStore, records: Records, path: Path, meta: dict) -> None:
     """Per-residue rows streamed chunk by chunk, since a whole job's would not fit in memory. The datasets are
     created empty in input order first, so the file still lists proteins in input order."""
     from utils.output import H5Writer
-    from utils.store import sequence_digest
+    from utils.unique import split_digests
 
     ids_by_digest: dict[str, list[str]] = {}
     with H5Writer(path, {**meta, "rows": "residue rows only, [L, D] float16 per protein"}) as writer:
-        for record in records:
-            writer.reserve(record.id, (len(record.sequence), meta["dim"]))
-            ids_by_digest.setdefault(sequence_digest(record.sequence), []).append(record.id)
+        lengths = records.lengths().tolist()
+        for protein_id, length, digest in zip(records.ids, lengths, split_digests(records).tolist(), strict=True):
+            writer.reserve(protein_id, (length, meta["dim"]))
+            ids_by_digest.setdefault(digest_hex(digest), []).append(protein_id)
         for digest, rows in store.residue_rows():
             for protein_id in ids_by_digest.pop(digest, ()):
                 writer.fill(protein_id, rows)
@@ -432,7 +455,7 @@ def write_residue_rows(store: ChunkStore, records: list[Record], path: Path, met
 
 
 def write_concatenated(
-    config: Config, splits: dict[str, list[Record]], jobs: list[Job], merged: dict[str, dict]
+    config: Config, splits: dict[str, Records], jobs: list[Job], merged: dict[str, dict]
 ) -> list[str]:
     """All models side by side, in config order, from the matrices merge_outputs returned (`merged`: output_key →
     split → [N, D]); works for every output format."""
@@ -449,9 +472,9 @@ def write_concatenated(
             "output_keys": keys,
             "families": [job.model.family.label for job in jobs],
             "split": split,
-            "headers": [r.header for r in records],
+            "headers": records.headers,
         }
-        ids = [r.id for r in records]
+        ids = records.ids
         write_outputs(
             config.output_dir, split, CONCAT_KEY, ids, embeddings, meta, config.run.output_format, columns=columns
         )
@@ -462,7 +485,7 @@ def write_concatenated(
 # -- the whole job ----------------------------------------------------------------------------------------------------
 def run_job(
     config: Config,
-    splits: dict[str, list[Record]],
+    splits: dict[str, Records],
     models: list[ResolvedModel],
     shard: Shard | None = None,
     actor_class: type | None = None,
@@ -472,6 +495,7 @@ def run_job(
 
     `shard`: embed only that shard's sequences into the chunk store and write no final file (`merge_job` does, once
     every shard has finished). `actor_class`: the Ray engine's actor (tests give one that fails on purpose)."""
+    splits = shared_splits(splits)
     jobs = plan_jobs(config, splits, models, shard)
     if config.run.engine == "ray":
         from utils.ray_engine import EmbedActor, RayRunner
@@ -485,12 +509,20 @@ def run_job(
     started_at = time.time()  # the run report keeps the workers' progress records from this moment on
     try:
         runner.run_all()
+        release_residues(splits)  # the workers have them; from here on only lengths and digests are needed
         if shard is not None:
             return report_shard(config, jobs, shard, started)
         return finish_jobs(config, splits, jobs, started, started_at, runner.stopping)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def release_residues(splits: dict[str, Records]) -> None:
+    """Let the job's residues go (lengths and digests stay), before the merge allocates its matrix."""
+    columns = [getattr(records, "sequences", None) for records in splits.values()]
+    if columns and all(isinstance(c, SharedSequences) and c.unique is columns[0].unique for c in columns):
+        columns[0].unique.sequences.release()
 
 
 def report_shard(config: Config, jobs: list[Job], shard: Shard, started: float) -> int:
@@ -511,20 +543,25 @@ def report_shard(config: Config, jobs: list[Job], shard: Shard, started: float) 
     return exits.OK
 
 
-def merge_job(config: Config, splits: dict[str, list[Record]], models: list[ResolvedModel]) -> int:
+def merge_job(config: Config, splits: dict[str, Records], models: list[ResolvedModel]) -> int:
     """--merge: the final files from the chunk store that the shards filled. Refuses (UserError: a count and
     examples per model) before writing anything if any protein has no embedding yet."""
     from utils.shards import missing_report
-    from utils.store import ChunkStore, sequence_digest
+    from utils.store import ChunkStore
+    from utils.unique import split_digests
 
     started, started_at = time.perf_counter(), time.time()
+    splits = shared_splits(splits)
     jobs = plan_jobs(config, splits, models)
     problems = []
     for job in jobs:
-        row_of, _, _ = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim).load_pooled()
-        missing = [r.id for records in splits.values() for r in records if sequence_digest(r.sequence) not in row_of]
-        if missing:
-            problems.append(missing_report(missing, len(missing), f"model {job.model.config.key}"))
+        index = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim).pooled_index()
+        missing_rows = [(r, np.flatnonzero(index.rows_of(split_digests(r)) < 0)) for r in splits.values()]
+        count = sum(len(rows) for _, rows in missing_rows)
+        if count:
+            examples = [records.ids[i] for records, rows in missing_rows for i in rows[:10].tolist()]
+            problems.append(missing_report(examples, count, f"model {job.model.config.key}"))
+        del index
         job.exit_codes = [exits.OK] * len(job.orders)
     if problems:
         raise UserError(problems)
@@ -539,7 +576,7 @@ def merge_job(config: Config, splits: dict[str, list[Record]], models: list[Reso
 
 def finish_jobs(
     config: Config,
-    splits: dict[str, list[Record]],
+    splits: dict[str, Records],
     jobs: list[Job],
     started: float,
     started_at: float,
@@ -588,9 +625,7 @@ def finish_jobs(
     return exits.OK
 
 
-def merge_finished(
-    config: Config, splits: dict[str, list[Record]], jobs: list[Job], stopping: threading.Event
-) -> list[str]:
+def merge_finished(config: Config, splits: dict[str, Records], jobs: list[Job], stopping: threading.Event) -> list[str]:
     """Final files of every finished model (and the concatenated file when all finished) → summary lines."""
     summary, merged = [], {}
     for job in jobs:

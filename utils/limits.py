@@ -26,7 +26,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from utils.batching import plan_batches
+import numpy as np
+
+from utils.batching import plan_batch_bounds
 from utils.families import Architecture
 
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
@@ -51,8 +53,15 @@ class Limits:
     def plan_batches(self, lengths: Sequence[int], special_tokens: int) -> list[list[int]]:
         """Indices into `lengths` grouped into batches, longest first; over-long proteins count at max_residues
         (they are embedded window by window)."""
-        clipped = [min(n, self.max_residues) for n in lengths]
-        return plan_batches(
+        order, bounds = self.plan_batch_bounds(lengths, special_tokens)
+        return [order[start:end].tolist() for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def plan_batch_bounds(
+        self, lengths: Sequence[int] | np.ndarray, special_tokens: int
+    ) -> tuple[np.ndarray, list[int]]:
+        """plan_batches packed: (indices longest first, batch boundaries), see utils.batching.plan_batch_bounds."""
+        clipped = np.minimum(np.asarray(lengths, dtype=np.int64), self.max_residues)
+        return plan_batch_bounds(
             clipped,
             self.max_tokens_per_batch,
             self.batch_size,

@@ -94,8 +94,44 @@ def h5_id(name: str) -> str:
     return name.replace("%2F", "/").replace("%25", "%")
 
 
-def write_pt(path: Path, ids: list[str], embeddings: torch.Tensor, meta: dict[str, Any], **extra: Any) -> None:
-    atomic_torch_save({"ids": ids, "embeddings": embeddings, "meta": meta, **extra}, path)
+class RowView:
+    """Rows of a matrix picked by index ([N] into [U, D]), gathered a block at a time by the writers that can
+    stream (Parquet, HDF5), whole only for those that cannot (.pt, the concatenation)."""
+
+    def __init__(self, matrix: torch.Tensor, rows: Any):
+        self.matrix = matrix
+        self.rows = rows  # numpy int64 [N]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.rows), self.matrix.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def block(self, start: int, end: int) -> torch.Tensor:
+        return self.matrix[torch.from_numpy(self.rows[start:end])]
+
+    def whole(self) -> torch.Tensor:
+        return self.block(0, len(self.rows))
+
+
+def _whole(embeddings: torch.Tensor | RowView) -> torch.Tensor:
+    return embeddings.whole() if isinstance(embeddings, RowView) else embeddings
+
+
+def _as_list(values: Sequence[str]) -> list[str]:
+    return values if isinstance(values, list) else list(values)
+
+
+def write_pt(
+    path: Path, ids: Sequence[str], embeddings: torch.Tensor | RowView, meta: dict[str, Any], **extra: Any
+) -> None:
+    """A torch.save'd dict: ids (list), embeddings (float16 [N, D]), meta. Plain Python lists, so that
+    torch.load(weights_only=True) reads it."""
+    if HEADERS in meta:
+        meta = {**meta, HEADERS: _as_list(meta[HEADERS])}
+    atomic_torch_save({"ids": _as_list(ids), "embeddings": _whole(embeddings), "meta": meta, **extra}, path)
 
 
 def _attribute(value: Any) -> Any:
@@ -186,10 +222,17 @@ class ParquetWriter:
         return self
 
     def write(self, ids: Sequence[str], embeddings: Any) -> None:
-        """Append rows: `ids` and their vectors ([n, D] torch tensor or numpy array, any float dtype)."""
+        """Append rows: `ids` and their vectors ([n, D] torch tensor, numpy array or RowView, any float dtype)."""
         import numpy as np
         import pyarrow as pa
 
+        if isinstance(embeddings, RowView):  # gathered a row group at a time: never the whole matrix at once
+            if len(embeddings) != len(ids):
+                raise ValueError(f"{self.path.name}: got {len(embeddings)} vectors for {len(ids)} ids")
+            for start in range(0, len(ids), PARQUET_ROWS_PER_GROUP):
+                end = min(start + PARQUET_ROWS_PER_GROUP, len(ids))
+                self.write(ids[start:end], embeddings.block(start, end))
+            return
         if isinstance(embeddings, torch.Tensor):
             embeddings = embeddings.detach().cpu().to(torch.float16).numpy()
         vectors = np.ascontiguousarray(embeddings, dtype=np.float16)
@@ -215,7 +258,9 @@ class ParquetWriter:
             self.tmp.unlink(missing_ok=True)
 
 
-def write_parquet(path: Path, ids: list[str], embeddings: torch.Tensor, meta: dict[str, Any], **extra: Any) -> None:
+def write_parquet(
+    path: Path, ids: Sequence[str], embeddings: torch.Tensor | RowView, meta: dict[str, Any], **extra: Any
+) -> None:
     with ParquetWriter(path, embeddings.shape[1], {**meta, **extra}) as writer:
         writer.write(ids, embeddings)
 
@@ -236,23 +281,26 @@ def read_parquet(path: Path) -> tuple[list[str], torch.Tensor, dict[str, str]]:
 
 def write_h5(
     path: Path,
-    ids: list[str],
-    embeddings: torch.Tensor,
+    ids: Sequence[str],
+    embeddings: torch.Tensor | RowView,
     meta: dict[str, Any],
     **extra: Any,
 ) -> None:
     """Per-protein vectors into `path` (per-residue rows are streamed from the chunks: utils.job.write_residue_rows)."""
     with H5Writer(path, {**meta, **extra}) as writer:
-        for protein_id, vector in zip(ids, embeddings, strict=True):
-            writer.add(protein_id, vector)
+        for start in range(0, len(ids), PARQUET_ROWS_PER_GROUP):
+            end = min(start + PARQUET_ROWS_PER_GROUP, len(ids))
+            block = embeddings.block(start, end) if isinstance(embeddings, RowView) else embeddings[start:end]
+            for protein_id, vector in zip(ids[start:end], block, strict=True):
+                writer.add(protein_id, vector)
 
 
 def write_outputs(
     output_dir: Path,
     split: str,
     output_key: str,
-    ids: list[str],
-    embeddings: torch.Tensor,
+    ids: Sequence[str],
+    embeddings: torch.Tensor | RowView,
     meta: dict[str, Any],
     output_format: str,
     **extra: Any,

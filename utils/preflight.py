@@ -24,7 +24,7 @@ from typing import Any
 from utils.config import Config, ModelConfig, output_formats
 from utils.errors import UserError
 from utils.families import Architecture, Family, architecture, detect_family, hidden_state_index
-from utils.fasta import Record
+from utils.fasta import Records
 
 
 @dataclass(frozen=True)
@@ -393,34 +393,38 @@ def chunk_dir(config: Config, model: ModelConfig) -> Path:
 
 def estimate_output_bytes(
     config: Config,
-    splits: dict[str, list[Record]],
+    splits: dict[str, Records],
     models: list[ResolvedModel],
     present: dict[str, set[str]] | None = None,
 ) -> int:
     """Final files, plus chunks still to write (sequences in `present[output_key]`, already in chunks, are not
     counted), with a margin for containers."""
-    from utils.store import sequence_digest
+    import numpy as np
+
+    from utils.unique import digest_hex, unique_of
 
     present = present or {}
     proteins = sum(len(records) for records in splits.values())
-    residues = sum(len(r.sequence) for records in splits.values() for r in records)
-    unique = {r.sequence for records in splits.values() for r in records}
+    unique = unique_of(splits)
+    lengths = unique.lengths()
+    residues = sum(int(Records.of(records).lengths().sum()) for records in splits.values())
     files = len(output_formats(config.run.output_format))
     total = 0
     for model in models:
         done = present.get(model.config.output_key, set())
-        todo = [s for s in unique if sequence_digest(s) not in done]
+        todo = np.array([digest_hex(d) not in done for d in unique.digests.tolist()], dtype=bool) if done else None
+        todo_lengths = lengths if todo is None else lengths[todo]
         total += proteins * model.dim * 2 * files  # float16 finals
-        total += len(todo) * model.dim * 4  # float32 chunk rows
+        total += len(todo_lengths) * model.dim * 4  # float32 chunk rows
         if config.run.per_residue:
             total += residues * model.dim * 2  # per-residue HDF5
-            total += sum(len(s) for s in todo) * model.dim * 2  # per-residue chunk rows
+            total += int(todo_lengths.sum()) * model.dim * 2  # per-residue chunk rows
     if config.run.concatenate:
         total += proteins * sum(m.dim for m in models) * 2 * files
     return int(total * 1.1) + (1 << 20)
 
 
-def check_disk(config: Config, splits: dict[str, list[Record]], models: list[ResolvedModel]) -> list[str]:
+def check_disk(config: Config, splits: dict[str, Records], models: list[ResolvedModel]) -> list[str]:
     from utils.store import ChunkStore
 
     present = {

@@ -12,7 +12,6 @@ output files written.
 
 from __future__ import annotations
 
-import bisect
 import html
 import json
 import math
@@ -24,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 REPORT_NAME = "run_report.html"
 SUMMARY_NAME = "run_summary.json"
@@ -134,22 +135,37 @@ def summarise_worker(events: list[dict], run_started: float) -> WorkerSummary:
 
 
 def nearest_rank(sorted_values: Sequence[int], q: float) -> int:
-    if not sorted_values:
+    if not len(sorted_values):
         return 0
     rank = max(1, -(-len(sorted_values) * q // 100))
     return sorted_values[int(rank) - 1]
 
 
+def sequence_lengths(sequences: Sequence[str]) -> np.ndarray:
+    """Residues per protein; packed sequences (utils.fasta, utils.unique) give theirs without a string each."""
+    if hasattr(sequences, "byte_lengths"):
+        return sequences.byte_lengths()
+    return np.array([len(s) for s in sequences], dtype=np.int64)
+
+
+def unique_count(sequences: Sequence[str]) -> int:
+    from utils.unique import SharedSequences
+
+    if isinstance(sequences, SharedSequences):  # positions in the job's unique set: no string each
+        return len(np.unique(sequences.index))
+    return len(set(sequences))
+
+
 def split_summary(sequences: Sequence[str]) -> dict[str, Any]:
-    lengths = sorted(len(s) for s in sequences)
+    lengths = np.sort(sequence_lengths(sequences))
     return {
         "proteins": len(lengths),
-        "unique": len(set(sequences)),
-        "residues": sum(lengths),
+        "unique": unique_count(sequences),
+        "residues": int(lengths.sum()),
         "lengths": {
-            "min": lengths[0] if lengths else 0,
-            **{f"p{q}": nearest_rank(lengths, q) for q in (50, 90, 99)},
-            "max": lengths[-1] if lengths else 0,
+            "min": int(lengths[0]) if len(lengths) else 0,
+            **{f"p{q}": int(nearest_rank(lengths, q)) for q in (50, 90, 99)},
+            "max": int(lengths[-1]) if len(lengths) else 0,
         },
     }
 
@@ -399,15 +415,17 @@ def chart_lengths(split_lengths: dict[str, list[int]], limits: dict[str, int]) -
     shortest one-pass limit (they go through windows in at least that model) in red, each model's limit dashed."""
     if not split_lengths:
         return None
-    everything = [n for lengths in split_lengths.values() for n in lengths] or [1]
-    low, high = max(1, min(everything)), max(everything) + 1
+    everything = np.concatenate([np.asarray(lengths, dtype=np.int64) for lengths in split_lengths.values()])
+    if not len(everything):
+        everything = np.ones(1, dtype=np.int64)
+    low, high = max(1, int(everything.min())), int(everything.max()) + 1
     edges = [low * (high / low) ** (i / HISTOGRAM_BINS) for i in range(HISTOGRAM_BINS + 1)]
     shortest_limit = min(limits.values()) if limits else None
     by_limit: dict[int, list[str]] = {}
     for model, limit in limits.items():
         by_limit.setdefault(limit, []).append(model)
-    shown_limits = [(limit, models) for limit, models in sorted(by_limit.items()) if low <= limit < max(everything)]
-    any_windows = shortest_limit is not None and any(n > shortest_limit for n in everything)
+    shown_limits = [(limit, models) for limit, models in sorted(by_limit.items()) if low <= limit < high - 1]
+    any_windows = shortest_limit is not None and bool((everything > shortest_limit).any())
     panel_width = 330
     width = 70 + panel_width * len(split_lengths)
     entries = [("one pass", ONE_PASS_COLOUR, "box")]
@@ -416,13 +434,11 @@ def chart_lengths(split_lengths: dict[str, list[int]], limits: dict[str, int]) -
     parts, legend_height = _legend(entries, 70, 28, width - 90)
     top = 56 + legend_height
     for index, (split, lengths) in enumerate(split_lengths.items()):
-        total = [0] * HISTOGRAM_BINS
-        windowed = [0] * HISTOGRAM_BINS
-        for n in lengths:
-            which = min(bisect.bisect_right(edges, n) - 1, HISTOGRAM_BINS - 1)
-            total[which] += 1
-            if shortest_limit is not None and n > shortest_limit:
-                windowed[which] += 1
+        lengths = np.asarray(lengths, dtype=np.int64)
+        which = np.clip(np.searchsorted(edges, lengths, side="right") - 1, 0, HISTOGRAM_BINS - 1)
+        total = np.bincount(which, minlength=HISTOGRAM_BINS).tolist()
+        long = which[lengths > shortest_limit] if shortest_limit is not None else which[:0]
+        windowed = np.bincount(long, minlength=HISTOGRAM_BINS).tolist()
         y_ticks = _linear_ticks(max(total, default=0), whole=True)
         left = 70 + index * panel_width
         plot = Plot(left, top, panel_width - 40, 170, (edges[0], edges[-1]), (0, y_ticks[-1]), x_log=True)
@@ -651,7 +667,7 @@ def write_report(
         ended=ended,
         exit_status=exit_status,
     )
-    split_lengths = {name: [len(s) for s in sequences] for name, sequences in splits.items()}
+    split_lengths = {name: sequence_lengths(sequences) for name, sequences in splits.items()}
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(output_dir / SUMMARY_NAME, (json.dumps(summary, indent=1) + "\n").encode())
     report = output_dir / REPORT_NAME
@@ -678,7 +694,7 @@ def report_run(config: Any, splits: dict[str, Any], jobs: list[Any], started: fl
             "checkpoint": model.identity,
             "status": state,
         })  # fmt: skip
-    sequences = {name: [record.sequence for record in records] for name, records in splits.items()}
+    sequences = {name: records.sequences for name, records in splits.items()}
     try:
         path = write_report(config.output_dir, config.log_dir, config.path, sequences, models, started, status)
     except Exception as exc:  # noqa: BLE001 - the outputs are written; the report is only a picture of the run

@@ -18,16 +18,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from utils import exits
 from utils.batching import chunked
 from utils.embedder import embed_batches
 from utils.encode import Encoder, ModelError, load_encoder
+from utils.fasta import Strings
 from utils.finite import Fp32Redo
 from utils.job import WorkOrder
+from utils.malloc import return_large_blocks_on_free
 from utils.report import ProgressLog
 from utils.store import ChunkStore, sequence_digest
+from utils.unique import digests_of
 
 
 def _die_with_main(main_pid: int) -> None:
@@ -82,6 +86,7 @@ def open_log(path: Path) -> logging.Logger:
 def run_work_order(order: WorkOrder, main_pid: int) -> int:
     """Process entry point: signals, log file, then the order. Returns an exit code (utils.exits)."""
     _die_with_main(main_pid)
+    return_large_blocks_on_free()
     stop = {"requested": False}
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -120,25 +125,29 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
     torch.manual_seed(order.run.seed)
     family = order.model.family
     store = ChunkStore(order.chunk_dir, order.chunk_settings, order.model.dim)
-    done, set_aside = store.load(set_aside=True)
+    done, set_aside = store.done_digests(set_aside=True)
     for message in set_aside.lines(order.label):
         log.warning(message)
         print(f"note: {message}", file=sys.stderr)
 
-    sequences = list(order.sequences)
-    digests = [sequence_digest(s) for s in sequences]
+    # Packed (utils.fasta.Strings, numpy): a proteome's order costs bytes per protein, not objects per protein
+    sequences = order.sequences
+    # Digests of every sequence only when earlier chunks exist; new chunks hash their own sequences as they go
+    is_done = np.isin(digests_of(sequences), done) if len(done) else np.zeros(len(sequences), dtype=bool)
+    lengths = sequences.byte_lengths() if isinstance(sequences, Strings) else np.array([len(s) for s in sequences])
     limits = order.limits()
     # The plan covers every sequence, done or not, so a rerun cuts the same batches and chunks as the first run.
-    batches = limits.plan_batches([len(s) for s in sequences], family.special_tokens)
-    pending = [b for b in batches if any(digests[i] not in done for i in b)]
-    residues_todo = sum(len(sequences[i]) for b in pending for i in b)
-    reused = sum(d in done for d in digests)
+    planned, bounds = limits.plan_batch_bounds(lengths, family.special_tokens)
+    batches = [planned[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+    pending = [b for b in batches if not is_done[b].all()]
+    residues_todo = sum(int(lengths[b].sum()) for b in pending)
+    reused = int(is_done.sum())
     log.info(
         "model %s (%s) on %s, %s; %d unique sequences, %d already in chunks; token budget %d, max residues %d",
         order.model.source, family.label, order.device, order.precision, len(sequences), reused,
         limits.max_tokens_per_batch, limits.max_residues,
     )  # fmt: skip
-    if 0 < reused < len(digests):
+    if 0 < reused < len(sequences):
         print(
             f"note: {order.label}: {reused} sequences reused from earlier chunks, computing the rest", file=sys.stderr
         )
@@ -180,21 +189,23 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
     proteins = 0
     try:
         for chunk in chunked(batches, order.run.save_every_n_batches):
-            todo = [b for b in chunk if any(digests[i] not in done for i in b)]
+            todo = [b for b in chunk if not is_done[b].all()]
             if not todo:
                 continue
             chunk_digests: list[str] = []
             chunk_embedded: list = []
             chunk_residues, chunk_windowed = 0, []
             for batch, embedded in embed_batches(encoder, sequences, todo, order.precision, fp32):
-                chunk_digests += [digests[i] for i in batch]
+                chunk_digests += [sequence_digest(sequences[i]) for i in batch]
                 chunk_embedded += embedded
                 for e, i in zip(embedded, batch, strict=True):
                     if e.note:
-                        log.info("sequence %s (%d residues): %s", digests[i][:12], len(sequences[i]), e.note)
-                        chunk_windowed.append(len(sequences[i]))
+                        log.info(
+                            "sequence %s (%d residues): %s", sequence_digest(sequences[i])[:12], lengths[i], e.note
+                        )
+                        chunk_windowed.append(int(lengths[i]))
                 proteins += len(batch)
-                batch_residues = sum(len(sequences[i]) for i in batch)
+                batch_residues = int(lengths[batch].sum())
                 chunk_residues += batch_residues
                 bar.update(batch_residues)
                 bar.set_postfix(proteins=proteins, refresh=False)

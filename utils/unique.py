@@ -1,0 +1,163 @@
+"""Records of every split → the distinct sequences a job embeds, each once, with its digest.
+
+A sequence that appears in several proteins (within a split or across splits) is embedded once. After
+`share_sequences`, each split's records point into one `UniqueSequences` (an index per protein, not a copy of the
+residues), and the job works with the unique set from then on: the plan shards it over devices, the workers embed
+it, the merge finds each protein's vector by its sequence's digest. All of it is packed arrays, so memory grows by
+a few bytes per protein beyond the residues themselves.
+
+Digests are the sha1 of the sequence's ASCII letters: the chunk store's keys (utils.store.sequence_digest, hex).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import overload
+
+import numpy as np
+
+from utils.fasta import Records, Strings, StringsBuilder
+
+DIGEST = np.dtype("S20")  # sha1, raw bytes
+
+
+@dataclass(frozen=True)
+class UniqueSequences:
+    """Each distinct sequence once, in order of first appearance across the splits, with its sha1 digest."""
+
+    sequences: Strings
+    digests: np.ndarray  # DIGEST [U]
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def lengths(self) -> np.ndarray:
+        return self.sequences.byte_lengths()
+
+    def hex_digest(self, index: int) -> str:
+        return digest_hex(self.digests[index])
+
+    def take(self, indices: np.ndarray) -> UniqueSequences:
+        return UniqueSequences(self.sequences.take(indices.tolist()), self.digests[indices])
+
+
+class SharedSequences(Sequence[str]):
+    """A split's sequences as positions in the job's UniqueSequences (4 bytes a protein, not a copy of residues)."""
+
+    __slots__ = ("unique", "index")
+
+    def __init__(self, unique: UniqueSequences, index: np.ndarray):
+        self.unique = unique
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @overload
+    def __getitem__(self, position: int) -> str: ...
+    @overload
+    def __getitem__(self, position: slice) -> list[str]: ...
+    def __getitem__(self, position: int | slice) -> str | list[str]:
+        if isinstance(position, slice):
+            return [self.unique.sequences[i] for i in self.index[position].tolist()]
+        return self.unique.sequences[int(self.index[position])]
+
+    def __iter__(self) -> Iterator[str]:
+        sequences = self.unique.sequences
+        for i in self.index.tolist():
+            yield sequences[i]
+
+    def byte_lengths(self) -> np.ndarray:
+        return self.unique.lengths()[self.index]
+
+    def digests(self) -> np.ndarray:
+        return self.unique.digests[self.index]
+
+
+def digest_hex(digest: bytes) -> str:
+    """A DIGEST element as the chunk store's hex key (numpy drops an "S" element's trailing NUL bytes: restored)."""
+    return digest.ljust(DIGEST.itemsize, b"\0").hex()
+
+
+def hex_to_digests(keys: Sequence[str]) -> np.ndarray:
+    """Chunk store hex keys → a DIGEST array."""
+    digests = np.empty(len(keys), dtype=DIGEST)
+    for i, key in enumerate(keys):
+        digests[i] = bytes.fromhex(key)
+    return digests
+
+
+def digests_of(sequences: Sequence[str] | Strings) -> np.ndarray:
+    """sha1 of each sequence, as a DIGEST array."""
+    digests = np.empty(len(sequences), dtype=DIGEST)
+    if isinstance(sequences, Strings):
+        data, start = sequences.data, 0
+        for i, end in enumerate(sequences.ends.tolist()):
+            digests[i] = hashlib.sha1(data[start:end]).digest()
+            start = end
+        return digests
+    for i, sequence in enumerate(sequences):
+        digests[i] = hashlib.sha1(sequence.encode("ascii")).digest()
+    return digests
+
+
+def share_sequences(splits: dict[str, Records]) -> tuple[dict[str, Records], UniqueSequences]:
+    """Splits whose records' sequences point into one UniqueSequences, and that set. The splits' own residue buffers
+    are no longer referenced afterwards, so they are freed."""
+    parts = [digests_of(records.sequences) for records in splits.values()]
+    every = np.concatenate(parts) if parts else np.zeros(0, dtype=DIGEST)
+    del parts
+    distinct, first, inverse = np.unique(every, return_index=True, return_inverse=True)
+    del every
+    # np.unique numbers the sequences in digest order; renumber them in order of first appearance
+    appearance = np.argsort(first, kind="stable")
+    rank = np.empty_like(appearance)
+    rank[appearance] = np.arange(len(appearance))
+    index = rank[inverse.reshape(-1)].astype(np.uint32 if len(first) < 2**32 else np.int64)
+    del inverse, rank
+    digests, first = distinct[appearance], first[appearance]
+    del distinct
+    # Each unique sequence's residues, copied from the split and row of its first appearance
+    bounds = np.cumsum([0] + [len(records) for records in splits.values()])
+    columns = [records.sequences for records in splits.values()]
+    builder = StringsBuilder()
+    for position in first.tolist():
+        part = int(np.searchsorted(bounds, position, side="right")) - 1
+        column, row = columns[part], position - int(bounds[part])
+        builder.append_bytes(_raw(column, row) if isinstance(column, Strings) else column[row].encode("ascii"))
+    unique = UniqueSequences(builder.build(), digests)
+    shared = {}
+    for part, (name, records) in enumerate(splits.items()):
+        rows = SharedSequences(unique, index[bounds[part] : bounds[part + 1]])
+        shared[name] = replace(records, sequences=rows)  # type: ignore[arg-type]
+    return shared, unique
+
+
+def _raw(column: Strings, row: int) -> bytes:
+    start = int(column.ends[row - 1]) if row else 0
+    return bytes(column.data[start : int(column.ends[row])])
+
+
+def unique_of(splits: dict[str, Records]) -> UniqueSequences:
+    """The UniqueSequences the splits share (share_sequences made them), or a fresh one."""
+    columns = [getattr(records, "sequences", None) for records in splits.values()]
+    if columns and all(isinstance(c, SharedSequences) and c.unique is columns[0].unique for c in columns):
+        return columns[0].unique  # type: ignore[union-attr]
+    return share_sequences({name: Records.of(records) for name, records in splits.items()})[1]
+
+
+def shared_splits(splits: dict[str, Sequence]) -> dict[str, Records]:
+    """The splits as Records sharing one UniqueSequences: unchanged when they already do (utils.job.read_splits)."""
+    columns = [getattr(records, "sequences", None) for records in splits.values()]
+    if columns and all(isinstance(c, SharedSequences) and c.unique is columns[0].unique for c in columns):
+        return splits  # type: ignore[return-value]
+    return share_sequences({name: Records.of(records) for name, records in splits.items()})[0]
+
+
+def split_digests(records: Records) -> np.ndarray:
+    """DIGEST of each protein's sequence, in the split's order."""
+    if isinstance(records.sequences, SharedSequences):
+        return records.sequences.digests()
+    return digests_of(records.sequences)
