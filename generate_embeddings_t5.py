@@ -53,11 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     # Imported after parsing: --help must not need torch.
     from utils.errors import UserError
     from utils.job import merge_job, prepare, run_job, start_worker_server
-    from utils.malloc import return_large_blocks_on_free
     from utils.shards import parse_shard
 
     start_worker_server()
-    return_large_blocks_on_free()
     from utils.store import OutputLock
 
     try:

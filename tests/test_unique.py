@@ -71,23 +71,26 @@ def test_lists_of_records_are_accepted_where_records_are():
     assert Records.of(records).lengths().tolist() == [2, 3]
 
 
-def test_pooled_index_finds_rows_marks_missing_and_prefers_the_later_chunk(tmp_path):
+def test_unique_vectors_scatter_by_unique_index_mark_missing_and_keep_what_load_keeps(tmp_path):
     from utils.encode import Embedded
+    from utils.gather import UniqueVectors
 
     store = ChunkStore(tmp_path, {"s": 1}, dim=2)
 
     def embedded(value: float) -> Embedded:
-        return Embedded(torch.full((2,), value), None, None)
+        return Embedded(torch.full((2,), value), None, {"windows": 2} if value == 4 else None)
 
     store.write([sequence_digest("AA"), sequence_digest("CC")], [embedded(1), embedded(2)], per_residue=False)
     store.write([sequence_digest("CC"), sequence_digest("DD")], [embedded(3), embedded(4)], per_residue=False)
-    index = store.pooled_index()
-    _, unique = share_sequences({"s": parse_fasta(">a\nAA\n>b\nCC\n>c\nDD\n>d\nEE\n", "s")})
-    rows = index.rows_of(unique.digests)
-    assert rows[3] == -1
-    values = index.pooled[torch.from_numpy(rows[:3])][:, 0].tolist()
-    assert values[0] == 1 and values[2] == 4
-    found, _ = store.load()  # both chunks hold CC, each with its own value: the same one as load() keeps
-    assert values[1] == found[sequence_digest("CC")].pooled[0].item()
+    splits, unique = share_sequences({"s": parse_fasta(">a\nDD\n>b\nCC\n>c\nAA\n>d\nEE\n>e\nAA\n", "s")})
+    vectors = UniqueVectors.scatter(store, unique, tmp_path / "scratch")
+    assert vectors.filled.tolist() == [True, True, True, False]  # unique order: DD, CC, AA, EE
+    assert vectors.notes == {sequence_digest("DD"): {"windows": 2}}
+    rows = vectors.rows(splits["s"].sequences.index)
+    found, _ = store.load()  # CC is in both chunks, each with its own value: the merge keeps the one load() keeps
+    cc = found[sequence_digest("CC")].pooled[0].item()
+    assert rows.block(0, 3)[:, 0].tolist() == [4, cc, 1]
+    assert rows.block(4, 5)[:, 0].tolist() == [1]
+    assert rows.shape == (5, 2) and rows.whole().dtype == torch.float16
     done, _ = store.done_digests()
     assert len(done) == 3

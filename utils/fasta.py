@@ -115,8 +115,12 @@ class Strings(Sequence[str]):
             start = end
 
     def byte_lengths(self) -> np.ndarray:
-        """Bytes per string (characters, for ASCII text such as sequences), int64."""
-        return np.diff(self.ends, prepend=0).astype(np.int64)
+        """Bytes per string (characters, for ASCII text such as sequences), int64; no temporary arrays."""
+        lengths = np.empty(len(self.ends), dtype=np.int64)
+        if len(lengths):
+            lengths[0] = self.ends[0]
+            np.subtract(self.ends[1:], self.ends[:-1], out=lengths[1:], casting="unsafe")
+        return lengths
 
     def take(self, indices: Iterable[int]) -> Strings:
         """The strings at `indices`, in that order, as new packed strings."""

@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,15 +29,25 @@ import numpy as np
 from utils import exits
 from utils.config import Config, RunParams, load_config
 from utils.errors import UserError
-from utils.fasta import Records, read_fasta
+from utils.fasta import Records, Strings, read_fasta
 from utils.ids import apply_id_format
 from utils.limits import Limits, device_limits
+from utils.malloc import give_back_free_memory
 from utils.preflight import ResolvedModel
 from utils.report import report_run
 from utils.shards import Shard
-from utils.unique import SharedSequences, digest_hex, share_sequences, shared_splits, unique_of
+from utils.unique import (
+    SharedSequences,
+    UniqueSequences,
+    digest_hex,
+    hex_to_digests,
+    share_sequences,
+    shared_splits,
+    unique_of,
+)
 
 if TYPE_CHECKING:
+    from utils.gather import UniqueVectors
     from utils.store import ChunkStore
 
 
@@ -52,7 +62,9 @@ def read_splits(config: Config) -> dict[str, Records]:
             problems += exc.problems
     if problems:
         raise UserError(problems)
-    return share_sequences(splits)[0]
+    shared = share_sequences(splits)[0]
+    give_back_free_memory()  # the reading's and the deduplication's transient arrays
+    return shared
 
 
 def prepare(config_path: Path) -> tuple[Config, dict[str, Records], list[ResolvedModel]]:
@@ -252,9 +264,12 @@ class Runner:
     during the merge stops it between two files (run_job checks `stopping`).
     """
 
-    def __init__(self, jobs: list[Job], grace_s: float = 30):
+    def __init__(self, jobs: list[Job], grace_s: float = 30, on_all_started: Callable[[], None] | None = None):
         self.jobs = jobs
         self.grace_s = grace_s
+        # Called once every order has its worker (each has a copy of its sequences): the job lets its own go then
+        self.on_all_started = on_all_started
+        self.unstarted = sum(len(job.orders) for job in jobs)
         self.context = worker_context()
         self.stopping = threading.Event()
         self.stop_requested_at: float | None = None
@@ -280,6 +295,10 @@ class Runner:
                 with self.lock:
                     process.start()
                     self.running.add(process)
+                    self.unstarted -= 1
+                    all_started = self.unstarted == 0
+                if all_started and self.on_all_started is not None:
+                    self.on_all_started()
             except (OSError, EOFError) as exc:  # EMFILE (RLIMIT_NOFILE), a worker server gone: this order fails
                 reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
                 emfile = getattr(exc, "errno", None) == errno.EMFILE
@@ -362,43 +381,48 @@ def merge_outputs(
     files, once `stopping` is set: every file already in place is whole.
 
     Returns (one summary line per file, {split: float16 [N, D]}), the latter for the concatenated file."""
-    from utils.families import tool_model_name
-    from utils.output import RowView, h5_path, residues_h5_path, write_outputs
+    from utils.gather import UniqueVectors, scratch_path
     from utils.store import ChunkStore
-    from utils.unique import hex_to_digests, split_digests
 
     model = job.model
+    splits = shared_splits(splits)
+    unique = unique_of(splits)
     store = ChunkStore(job.chunk_dir, job.chunk_settings, model.dim)
-    index = store.pooled_index()  # compact: one matrix and one sorted digest array, not an object per protein
-    pooled, notes_of = index.pooled, index.notes
-    noted_digests = hex_to_digests(list(notes_of))  # the few proteins with a note (windows, fp32 redo)
-    # Splits that share the job's unique set look rows up once per unique sequence, then by position: no digest
-    # per protein, and the sorted digests are let go before the files are written
-    shared = all(isinstance(getattr(r, "sequences", None), SharedSequences) for r in splits.values())
-    unique = unique_of(splits) if shared else None
-    if unique is not None:
-        unique_rows = index.rows_of(unique.digests)
-        unique_noted = np.flatnonzero(np.isin(unique.digests, noted_digests))
-        del index
+    scratch = scratch_path(store)
+    try:
+        # The vectors laid out by unique index on disk; each split's rows are gathered from there a block at a time
+        vectors = UniqueVectors.scatter(store, unique, scratch)
+        return _write_splits(config, splits, job, store, unique, vectors, stopping)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def _write_splits(
+    config: Config,
+    splits: dict[str, Records],
+    job: Job,
+    store: ChunkStore,
+    unique: UniqueSequences,
+    vectors: UniqueVectors,
+    stopping: threading.Event | None,
+) -> tuple[list[str], dict]:
+    from utils.families import tool_model_name
+    from utils.output import h5_path, residues_h5_path, write_outputs
+
+    model = job.model
+    noted_unique = np.flatnonzero(np.isin(unique.digests, hex_to_digests(list(vectors.notes))))
     lines, merged = [], {}
     for split, records in splits.items():
         if stopping is not None and stopping.is_set():
             raise Interrupted
-        if unique is not None:
-            rows = unique_rows[records.sequences.index]
-            noted = np.flatnonzero(np.isin(records.sequences.index, unique_noted)).tolist()
-            noted_keys = [unique.hex_digest(int(records.sequences.index[i])) for i in noted]
-        else:
-            digests = split_digests(records)
-            rows = index.rows_of(digests)
-            noted = np.flatnonzero(np.isin(digests, noted_digests)).tolist()
-            noted_keys = [digest_hex(digests[i]) for i in noted]
-        missing = np.flatnonzero(rows < 0)
+        positions = records.sequences.index  # type: ignore[attr-defined]  # shared_splits made them SharedSequences
+        missing = np.flatnonzero(~vectors.filled[positions])
         if len(missing):
             example = records.ids[int(missing[0])]
             raise RuntimeError(f"model {model.config.key}: {len(missing)} protein(s) have no embedding, e.g. {example}")
-        notes = {records.ids[i]: notes_of[key] for i, key in zip(noted, noted_keys, strict=True)}
-        embeddings = RowView(pooled, rows)
+        noted = np.flatnonzero(np.isin(positions, noted_unique)).tolist()
+        notes = {records.ids[i]: vectors.notes[unique.hex_digest(int(positions[i]))] for i in noted}
+        embeddings = vectors.rows(positions)
         windowed = {i: {k: v for k, v in n.items() if k != "redone"} for i, n in notes.items() if "windows" in n}
         redone = {i: n["redone"] for i, n in notes.items() if "redone" in n}
         meta = {
@@ -502,14 +526,14 @@ def run_job(
 
         runner: Runner | RayRunner = RayRunner(jobs, actor_class or EmbedActor)
     else:
-        runner = Runner(jobs, config.run.stop_grace_s)
+        runner = Runner(jobs, config.run.stop_grace_s, on_all_started=lambda: release_residues(splits, jobs))
     # Handled until the last final file is in place: a signal during the merge stops it between two files.
     previous = {s: signal.signal(s, runner.stop) for s in (signal.SIGINT, signal.SIGTERM)}
     started = time.perf_counter()
     started_at = time.time()  # the run report keeps the workers' progress records from this moment on
     try:
         runner.run_all()
-        release_residues(splits)  # the workers have them; from here on only lengths and digests are needed
+        release_residues(splits, jobs)  # the workers had them; from here on only lengths and digests are needed
         if shard is not None:
             return report_shard(config, jobs, shard, started)
         return finish_jobs(config, splits, jobs, started, started_at, runner.stopping)
@@ -518,11 +542,17 @@ def run_job(
             signal.signal(sig, handler)
 
 
-def release_residues(splits: dict[str, Records]) -> None:
-    """Let the job's residues go (lengths and digests stay), before the merge allocates its matrix."""
+def release_residues(splits: dict[str, Records], jobs: list[Job]) -> None:
+    """Let the job's residues go (lengths and digests stay): once every worker has its copy, the main process
+    needs them no more, and at a proteome's size they are a good part of its memory."""
     columns = [getattr(records, "sequences", None) for records in splits.values()]
     if columns and all(isinstance(c, SharedSequences) and c.unique is columns[0].unique for c in columns):
         columns[0].unique.sequences.release()
+    for job in jobs:
+        for order in job.orders:
+            if isinstance(order.sequences, Strings):  # a shard's own copy when a model runs on several devices
+                order.sequences.release()
+    give_back_free_memory()
 
 
 def report_shard(config: Config, jobs: list[Job], shard: Shard, started: float) -> int:
@@ -548,20 +578,19 @@ def merge_job(config: Config, splits: dict[str, Records], models: list[ResolvedM
     examples per model) before writing anything if any protein has no embedding yet."""
     from utils.shards import missing_report
     from utils.store import ChunkStore
-    from utils.unique import split_digests
 
     started, started_at = time.perf_counter(), time.time()
     splits = shared_splits(splits)
     jobs = plan_jobs(config, splits, models)
     problems = []
     for job in jobs:
-        index = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim).pooled_index()
-        missing_rows = [(r, np.flatnonzero(index.rows_of(split_digests(r)) < 0)) for r in splits.values()]
+        done, _ = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim).done_digests()
+        have = np.isin(unique_of(splits).digests, done)
+        missing_rows = [(r, np.flatnonzero(~have[r.sequences.index])) for r in splits.values()]
         count = sum(len(rows) for _, rows in missing_rows)
         if count:
             examples = [records.ids[i] for records, rows in missing_rows for i in rows[:10].tolist()]
             problems.append(missing_report(examples, count, f"model {job.model.config.key}"))
-        del index
         job.exit_codes = [exits.OK] * len(job.orders)
     if problems:
         raise UserError(problems)

@@ -421,6 +421,8 @@ def estimate_output_bytes(
             total += int(todo_lengths.sum()) * model.dim * 2  # per-residue chunk rows
     if config.run.concatenate:
         total += proteins * sum(m.dim for m in models) * 2 * files
+    if models:  # the merge's scratch file of one model's unique vectors (utils.gather), one model at a time
+        total += len(lengths) * max(m.dim for m in models) * 2
     return int(total * 1.1) + (1 << 20)
 
 

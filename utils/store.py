@@ -173,24 +173,6 @@ class SetAside:
         return lines
 
 
-@dataclass
-class PooledIndex:
-    """Every trusted chunk row of one model: `digests` sorted (utils.unique.DIGEST), `rows[k]` the row of
-    `pooled` (float16 [U, D]) that holds digests[k]'s vector; `notes` by hex digest (windows, fp32 redo)."""
-
-    digests: np.ndarray
-    rows: np.ndarray
-    pooled: torch.Tensor
-    notes: dict[str, Any]
-
-    def rows_of(self, digests: np.ndarray) -> np.ndarray:
-        """The pooled row of each digest, -1 where no chunk has it."""
-        if not len(self.digests):
-            return np.full(len(digests), -1, dtype=np.int64)
-        at = np.minimum(np.searchsorted(self.digests, digests), len(self.digests) - 1)
-        return np.where(self.digests[at] == digests, self.rows[at], -1).astype(np.int64)
-
-
 class ChunkStore:
     """The chunks of one model in one directory. `settings` is what produced them (stored in every chunk, so a
     chunk of other settings can say what changed); `dim` is the embedding width, checked on every chunk read."""
@@ -239,12 +221,12 @@ class ChunkStore:
         """
         found: dict[str, StoredEmbedding] = {}
         report = SetAside(self.directory)
-        for chunk in self._trusted(report, set_aside):
+        for chunk in self.trusted(report, set_aside):
             for i, digest in enumerate(chunk["digests"]):
                 found[digest] = StoredEmbedding(chunk["pooled"][i], chunk["notes"].get(digest))
         return found, report
 
-    def _trusted(self, report: SetAside, set_aside: bool) -> Iterator[dict[str, Any]]:
+    def trusted(self, report: SetAside, set_aside: bool = False) -> Iterator[dict[str, Any]]:
         """Each trusted chunk of these settings in turn; the others are noted in `report` (and set aside)."""
         for path in self.chunk_files():
             chunk, problem, other = self._read(path)
@@ -260,44 +242,6 @@ class ChunkStore:
                 continue
             yield chunk
 
-    def pooled_index(self) -> PooledIndex:
-        """The merge's compact view of the trusted chunks of these settings: their vectors as one float16 matrix
-        and their digests as one sorted array, not an object per protein (which dominated the merge's memory:
-        benchmarks/memory_scaling.py). float16 because the final files are: rounding each chunk first gives the
-        same bits as rounding the stacked rows. Chunks are read twice (sizes, then rows) so that the matrix is
-        allocated once, at its final size."""
-        from utils.unique import hex_to_digests
-
-        trusted = []
-        for path in self.chunk_files():
-            chunk, problem, other = self._read(path)
-            if chunk is not None and problem is None and not other:
-                trusted.append((path, len(chunk["digests"])))
-            del chunk
-        total = sum(size for _, size in trusted)
-        pooled = torch.empty(total, self.dim or 0, dtype=torch.float16)
-        digests = np.empty(total, dtype=hex_to_digests([]).dtype)
-        notes: dict[str, Any] = {}
-        start = 0
-        for path, size in trusted:
-            chunk, problem, other = self._read(path)
-            if chunk is None or problem is not None or other or len(chunk["digests"]) != size:
-                raise RuntimeError(f"{path.name}: changed while the final files were being written; rerun")
-            if self.dim is None and start == 0:
-                pooled = torch.empty(total, chunk["pooled"].shape[1], dtype=torch.float16)
-            pooled[start : start + size] = chunk["pooled"].to(torch.float16)
-            digests[start : start + size] = hex_to_digests(chunk["digests"])
-            notes.update(chunk["notes"])
-            start += size
-        # A digest in two chunks: the later chunk's row, as load() keeps (a stable sort, then the last of each run)
-        order = np.argsort(digests, kind="stable")
-        digests = digests[order]
-        repeated = digests[1:] == digests[:-1]
-        if repeated.any():
-            last = np.append(~repeated, True)
-            digests, order = digests[last], order[last]
-        return PooledIndex(digests, order, pooled, notes)
-
     def done_digests(self, set_aside: bool = False) -> tuple[np.ndarray, SetAside]:
         """Digests (utils.unique.DIGEST, sorted) of the sequences in trusted chunks of these settings, and what was
         not trusted (moved into set_aside/ when `set_aside`): a worker's view of what a previous run finished,
@@ -305,7 +249,7 @@ class ChunkStore:
         from utils.unique import hex_to_digests
 
         report = SetAside(self.directory)
-        parts = [hex_to_digests(chunk["digests"]) for chunk in self._trusted(report, set_aside)]
+        parts = [hex_to_digests(chunk["digests"]) for chunk in self.trusted(report, set_aside)]
         return np.unique(np.concatenate(parts) if parts else hex_to_digests([])), report
 
     def present_digests(self) -> set[str]:

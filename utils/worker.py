@@ -28,7 +28,7 @@ from utils.encode import Encoder, ModelError, load_encoder
 from utils.fasta import Strings
 from utils.finite import Fp32Redo
 from utils.job import WorkOrder
-from utils.malloc import return_large_blocks_on_free
+from utils.malloc import give_back_free_memory
 from utils.report import ProgressLog
 from utils.store import ChunkStore, sequence_digest
 from utils.unique import digests_of
@@ -86,7 +86,6 @@ def open_log(path: Path) -> logging.Logger:
 def run_work_order(order: WorkOrder, main_pid: int) -> int:
     """Process entry point: signals, log file, then the order. Returns an exit code (utils.exits)."""
     _die_with_main(main_pid)
-    return_large_blocks_on_free()
     stop = {"requested": False}
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -141,6 +140,7 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
     batches = [planned[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
     pending = [b for b in batches if not is_done[b].all()]
     residues_todo = sum(int(lengths[b].sum()) for b in pending)
+    give_back_free_memory()  # the planning's transient arrays
     reused = int(is_done.sum())
     log.info(
         "model %s (%s) on %s, %s; %d unique sequences, %d already in chunks; token budget %d, max residues %d",
@@ -212,6 +212,8 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
                 if stop["requested"]:
                     break
             path = store.write(chunk_digests, chunk_embedded, order.run.per_residue)
+            del chunk_embedded
+            give_back_free_memory()  # a chunk's tensors, once per chunk
             log.info("wrote %s (%d proteins)", path.name, len(chunk_digests))
             progress.write("chunk", proteins=len(chunk_digests), residues=chunk_residues, windowed=chunk_windowed)
             if stop["requested"]:

@@ -1,0 +1,89 @@
+"""Checkpoint chunks → one model's vectors laid out by unique index, on disk → a split's rows, block by block.
+
+Chunks hold proteins in batch order (longest first); the final files list them in input order. Holding every unique
+vector in memory to reorder them (U × D × 2 bytes: 2 GB per million proteins at D = 1,024) would make the merge the
+job's memory ceiling, so the vectors are first scattered, one chunk at a time, into a float16 file laid out by unique
+index (`UniqueVectors`), and the writers gather a block of rows at a time from it (`DiskRows`). Unique indices follow
+first appearance, so a block of a split's rows reads a nearly contiguous stretch of that file. The file is mapped only
+while a chunk is scattered or a block gathered, so its pages stay in the page cache, not in the process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from utils.output import RowView
+from utils.store import ChunkStore, SetAside
+from utils.unique import UniqueSequences, hex_to_digests
+
+
+@dataclass
+class UniqueVectors:
+    """float16 [U, D] in `path`, row u the vector of unique sequence u; `filled[u]` whether a chunk had it."""
+
+    path: Path
+    dim: int
+    filled: np.ndarray  # bool [U]
+    notes: dict[str, Any] = field(default_factory=dict)  # hex digest → note (windows, fp32 redo), from the chunks
+
+    @classmethod
+    def scatter(cls, store: ChunkStore, unique: UniqueSequences, path: Path) -> UniqueVectors:
+        """Every trusted chunk of `store`, one at a time, into `path` (created sparse; the caller removes it)."""
+        count, dim = len(unique), store.dim or 0
+        by_digest = np.argsort(unique.digests)  # unique positions in digest order: a chunk's digests are looked up
+        sorted_digests = unique.digests[by_digest]
+        filled = np.zeros(count, dtype=bool)
+        notes: dict[str, Any] = {}
+        with open(path, "wb") as handle:
+            handle.truncate(count * dim * 2)
+        for chunk in store.trusted(SetAside(store.directory)):
+            digests = hex_to_digests(chunk["digests"])
+            at = np.minimum(np.searchsorted(sorted_digests, digests), max(count - 1, 0))
+            known = np.flatnonzero(sorted_digests[at] == digests) if count else np.zeros(0, dtype=np.int64)
+            if not len(known):
+                continue
+            positions = by_digest[at[known]]
+            vectors = chunk["pooled"][torch.from_numpy(known)].to(torch.float16).numpy()
+            mapped = np.memmap(path, dtype=np.float16, mode="r+", shape=(count, dim))
+            mapped[positions] = vectors  # a sequence in two chunks: the later chunk's row, as ChunkStore.load keeps
+            mapped.flush()
+            del mapped
+            filled[positions] = True
+            notes.update(chunk["notes"])
+        return cls(path, dim, filled, notes)
+
+    def rows(self, positions: np.ndarray) -> DiskRows:
+        """A split's rows: `positions[i]` is protein i's unique index."""
+        return DiskRows(self, positions)
+
+
+class DiskRows(RowView):
+    """RowView over a UniqueVectors file: each block is read from it when asked for, a block at a time."""
+
+    def __init__(self, vectors: UniqueVectors, positions: np.ndarray):
+        self.vectors = vectors
+        self.rows = positions
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.rows), self.vectors.dim
+
+    def block(self, start: int, end: int) -> torch.Tensor:
+        count = len(self.vectors.filled)
+        if not count or end <= start:
+            return torch.zeros(max(end - start, 0), self.vectors.dim, dtype=torch.float16)
+        mapped = np.memmap(self.vectors.path, dtype=np.float16, mode="r", shape=(count, self.vectors.dim))
+        block = np.array(mapped[np.asarray(self.rows[start:end], dtype=np.int64)])  # a copy: the map goes now
+        del mapped
+        return torch.from_numpy(block)
+
+
+def scratch_path(store: ChunkStore) -> Path:
+    """Where the merge scatters one model's vectors: beside its chunks, a name the temporary-file sweep knows."""
+    return store.directory / f".unique_vectors.f16.tmp-{os.getpid()}"
