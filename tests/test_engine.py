@@ -203,3 +203,25 @@ def test_cli_duplicates_get_identical_rows_within_and_across_splits(cli_run):
     assert torch.equal(row(train, "long"), row(test, "long_in_test"))
     assert torch.equal(row(train, "other"), row(test, "other_in_test"))
     assert not torch.equal(row(train, "shared"), row(train, "other"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_t5_padding_folded_by_addition_gives_the_same_attention_bits_as_transformers_where(dtype):
+    from transformers.integrations.sdpa_attention import create_position_bias_mask
+
+    from utils.encode import position_bias_mask
+
+    generator = torch.Generator().manual_seed(0)
+    batch, heads, tokens = 4, 8, 50
+    bias = (torch.randn(1, heads, tokens, tokens, generator=generator) * 30).to(dtype)  # large, both signs
+    mask = torch.ones(batch, 1, 1, tokens, dtype=torch.bool)
+    mask[1, ..., 30:] = False
+    mask[3, ..., 5:] = False
+    q, k, v = (torch.randn(batch, heads, tokens, 16, generator=generator).to(dtype) for _ in range(3))
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=create_position_bias_mask(bias, mask, False, q, k), scale=1.0
+    )
+    folded = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=position_bias_mask(bias, mask, q, k), scale=1.0
+    )
+    assert torch.equal(folded, expected)
