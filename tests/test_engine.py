@@ -225,3 +225,20 @@ def test_t5_padding_folded_by_addition_gives_the_same_attention_bits_as_transfor
         q, k, v, attn_mask=position_bias_mask(bias, mask, q, k), scale=1.0
     )
     assert torch.equal(folded, expected)
+
+
+def test_sliced_position_bias_equals_transformers_bias_at_every_length(checkpoints):
+    from utils.encode import SlicedPositionBias
+
+    _, model = load_encoder(str(checkpoints["prot_t5"]), PROT_T5, "cpu", "fp32")
+    sliced = [
+        m.compute_bias for m in model.modules() if isinstance(getattr(m, "compute_bias", None), SlicedPositionBias)
+    ]
+    assert len(sliced) == 1  # the first layer's self-attention owns the bias; the others reuse it
+    bias = sliced[0]
+    with torch.inference_mode():
+        for length in (300, 20, 300, 1, 450, 37):  # longest first, then shorter, then longer than the kept one
+            assert torch.equal(bias(length, length), bias.compute(length, length))
+        assert bias.kept is not None and bias.kept.shape[-1] == 450
+        assert bias(5, 5) is not bias(5, 5)  # a new view each time: nothing attached to one outlives its forward
+    assert torch.equal(bias(12, 12), bias.compute(12, 12))  # outside inference mode: transformers' own

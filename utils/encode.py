@@ -142,6 +142,46 @@ CUSTOM_ATTENTION = {
     "sdpa_key_padding": register_sdpa_key_padding,
 }
 
+# The most memory the kept T5 position bias may take (utils.encode.SlicedPositionBias): a few per cent of a device.
+POSITION_BIAS_KEPT_BYTES = 128 << 20
+
+
+class SlicedPositionBias:
+    """T5's relative position bias, computed once for the longest length and sliced for the shorter ones.
+
+    Entry (i, j) of the bias depends only on j − i, so the bias for T tokens is the top-left T × T corner of the
+    bias for any longer length; batches come longest first, so the first one is kept (up to POSITION_BIAS_KEPT_BYTES)
+    and later batches slice it instead of recomputing the buckets, the embedding lookup and the permuted copy each
+    forward pass (a few per cent of a small T5's forward on CPU). Each call returns a new view, so nothing a forward
+    pass attaches to the bias (the shared SDPA mask) outlives it. Only self-attention in inference mode is served
+    from it; anything else goes to transformers' compute_bias.
+    """
+
+    def __init__(self, compute: Any):
+        self.compute = compute
+        self.kept: torch.Tensor | None = None
+
+    def __call__(self, query_length: int, key_length: int, device: Any = None, **kwargs: Any) -> torch.Tensor:
+        if query_length != key_length or any(kwargs.values()) or not torch.is_inference_mode_enabled():
+            return self.compute(query_length, key_length, device=device, **kwargs)
+        kept = self.kept
+        if kept is None or kept.shape[-1] < key_length or (device is not None and kept.device != torch.device(device)):
+            kept = self.compute(key_length, key_length, device=device, **kwargs)
+            if kept.numel() * kept.element_size() <= POSITION_BIAS_KEPT_BYTES:
+                self.kept = kept
+        return kept[:, :, :query_length, :key_length]
+
+
+def reuse_position_bias(model: torch.nn.Module) -> None:
+    """Serve every T5 encoder self-attention's position bias from a SlicedPositionBias."""
+    for module in model.modules():
+        if getattr(module, "has_relative_attention_bias", False) and not getattr(module, "is_decoder", True):
+            module.compute_bias = SlicedPositionBias(module.compute_bias)
+
+
+# What a custom attention needs done to each loaded model, by the name the Family gives.
+PREPARE_MODEL = {"t5_sdpa_shared_mask": reuse_position_bias}
+
 
 def keep_layers(model: torch.nn.Module, family: Family, index: int) -> None:
     """Cut the encoder so that its output is `hidden_states[index]` of the whole model (utils.families.
@@ -186,6 +226,9 @@ def load_encoder(
         keep_layers(model, family, layer_index)  # before the move: dropped layers never reach the device
     # from_pretrained keeps T5's `wo` in fp32 (_keep_in_fp32_modules); cast everything so the encoder runs in one dtype.
     model = model.to(device=torch.device(device), dtype=dtype).eval()
+    prepare = PREPARE_MODEL.get(family.attention)
+    if prepare is not None:
+        prepare(model)
     return tokenizer, model
 
 
