@@ -36,7 +36,7 @@ def test_esm1b_keeps_its_positional_limit():
 
 
 def test_cpu_token_budget_is_fixed_and_gpu_budget_grows_with_memory():
-    assert device_limits(PROT_T5_XL, "cpu", "fp32", memory_bytes=24 * GIB).max_tokens_per_batch == 2048
+    assert device_limits(PROT_T5_XL, "cpu", "fp32", memory_bytes=24 * GIB).max_tokens_per_batch == 4096
     small = device_limits(PROT_T5_XL, "cuda:0", "fp16", memory_bytes=24 * GIB).max_tokens_per_batch
     large = device_limits(PROT_T5_XL, "cuda:0", "fp16", memory_bytes=80 * GIB).max_tokens_per_batch
     assert 1024 <= small < large <= 131072

@@ -32,10 +32,10 @@ from utils.batching import plan_batch_bounds
 from utils.families import Architecture
 
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
-# On CPU, bigger batches only add padding and cache misses: in paired runs of the whole job
-# (benchmarks/cpu_whole_process.py), 2,048 tokens beat 4,096 every time, by 1-12 %, and 8,192 was slower still;
-# small batches also keep the memory low on a laptop.
-CPU_TOKENS_PER_BATCH = 2048
+# On CPU, bigger batches only add padding and cache misses, smaller ones add per-batch host work: in paired runs of
+# the whole job (benchmarks/cpu_whole_process.py) 2,048 and 4,096 tokens were within 2 % of each other, and 4,096
+# does half the batches on the host path (benchmarks/host_overhead.py); small batches keep a laptop's memory low.
+CPU_TOKENS_PER_BATCH = 4096
 # The largest GPU batch in tokens: past it, a batch takes long enough that larger ones gain nothing.
 GPU_MAX_TOKENS_PER_BATCH = 131072
 DEVICE_MEMORY_FRACTION = 0.8  # of the device's memory, for weights and activations; the rest is allocator slack
