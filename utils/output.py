@@ -95,22 +95,21 @@ def h5_id(name: str) -> str:
 
 
 class RowView:
-    """Rows of a matrix picked by index ([N] into [U, D]), gathered a block at a time by the writers that can
-    stream (Parquet, HDF5), whole only for those that cannot (.pt, the concatenation)."""
+    """Rows [N, D] that the writers which can stream (Parquet, HDF5) take a block at a time, and the others (.pt,
+    the concatenation) whole. utils.gather.DiskRows reads them from the merge's scratch file."""
 
-    def __init__(self, matrix: torch.Tensor, rows: Any):
-        self.matrix = matrix
-        self.rows = rows  # numpy int64 [N]
+    rows: Any  # one entry per protein
 
     @property
     def shape(self) -> tuple[int, int]:
-        return len(self.rows), self.matrix.shape[1]
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def block(self, start: int, end: int) -> torch.Tensor:
-        return self.matrix[torch.from_numpy(self.rows[start:end])]
+        """Rows [start, end) as a float16 tensor."""
+        raise NotImplementedError
 
     def whole(self) -> torch.Tensor:
         return self.block(0, len(self.rows))
