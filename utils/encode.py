@@ -91,7 +91,8 @@ def position_bias_mask(
 
     transformers builds it with where(padding, bias, min); adding a [batch, 1, 1, T] row of 0 / min instead gives
     the same softmax (real keys: bias + 0 is the bias; padded keys: bias + min is min or -inf, either weighs 0, and
-    every row has real keys) and is about 3.7× cheaper on CPU: with a few layers, where() was ~9 % of the forward.
+    every row has real keys) and is several times cheaper on CPU, where with a few layers where() was a visible part
+    of the forward pass (benchmarks/cpu_whole_process.py).
     """
     from transformers.integrations.sdpa_attention import create_position_bias_mask
 

@@ -5,7 +5,7 @@ and returns it on free, but after each such free it raises its mmap threshold to
 arrays of that size come from the heap, where a freed block stays resident. Over a job of millions of proteins that
 turned transient arrays into resident memory proportional to the proteome (benchmarks/memory_scaling.py).
 malloc_trim(3) hands the free pages back. Fixing the threshold instead (mallopt) also worked, but then every batch's
-activation tensors were mmap'd and zeroed afresh: the CPU job took half as long again.
+activation tensors were mmap'd and zeroed afresh, which slowed the CPU job markedly (benchmarks/cpu_whole_process.py).
 """
 
 from __future__ import annotations
