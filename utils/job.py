@@ -37,12 +37,12 @@ from utils.preflight import ResolvedModel
 from utils.report import report_run
 from utils.shards import Shard
 from utils.unique import (
-    SharedSequences,
     UniqueSequences,
     digest_hex,
     hex_to_digests,
     share_sequences,
     shared_splits,
+    shared_unique,
     unique_of,
 )
 
@@ -545,9 +545,9 @@ def run_job(
 def release_residues(splits: dict[str, Records], jobs: list[Job]) -> None:
     """Let the job's residues go (lengths and digests stay): once every worker has its copy, the main process
     needs them no more, and at a proteome's size they are a good part of its memory."""
-    columns = [getattr(records, "sequences", None) for records in splits.values()]
-    if columns and all(isinstance(c, SharedSequences) and c.unique is columns[0].unique for c in columns):
-        columns[0].unique.sequences.release()
+    unique = shared_unique(splits)
+    if unique is not None:
+        unique.sequences.release()
     for job in jobs:
         for order in job.orders:
             if isinstance(order.sequences, Strings):  # a shard's own copy when a model runs on several devices

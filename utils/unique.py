@@ -140,18 +140,25 @@ def _raw(column: Strings, row: int) -> bytes:
     return bytes(column.data[start : int(column.ends[row])])
 
 
-def unique_of(splits: dict[str, Records]) -> UniqueSequences:
-    """The UniqueSequences the splits share (share_sequences made them), or a fresh one."""
+def shared_unique(splits: dict[str, Sequence]) -> UniqueSequences | None:
+    """The one UniqueSequences every split's sequences point into (share_sequences made them), else None."""
     columns = [getattr(records, "sequences", None) for records in splits.values()]
     if columns and all(isinstance(c, SharedSequences) and c.unique is columns[0].unique for c in columns):
         return columns[0].unique  # type: ignore[union-attr]
+    return None
+
+
+def unique_of(splits: dict[str, Records]) -> UniqueSequences:
+    """The UniqueSequences the splits share (share_sequences made them), or a fresh one."""
+    unique = shared_unique(splits)
+    if unique is not None:
+        return unique
     return share_sequences({name: Records.of(records) for name, records in splits.items()})[1]
 
 
 def shared_splits(splits: dict[str, Sequence]) -> dict[str, Records]:
     """The splits as Records sharing one UniqueSequences: unchanged when they already do (utils.job.read_splits)."""
-    columns = [getattr(records, "sequences", None) for records in splits.values()]
-    if columns and all(isinstance(c, SharedSequences) and c.unique is columns[0].unique for c in columns):
+    if shared_unique(splits) is not None:
         return splits  # type: ignore[return-value]
     return share_sequences({name: Records.of(records) for name, records in splits.items()})[0]
 
