@@ -330,27 +330,31 @@ def parse_lines(lines: Iterable[str], source: str) -> Records:
     return records
 
 
-def _duplicate_ids(ids: Strings, id_hashes: array, header_lines: array, source: str) -> list[str]:
-    """One problem per record whose id an earlier record has, naming both header lines. Only records whose id hash
-    collides with another's are compared as text."""
-    hashes = np.frombuffer(id_hashes, dtype=np.int64) if id_hashes else np.zeros(0, dtype=np.int64)
+def repeated_ids(ids: Strings, hashes: np.ndarray | None = None) -> list[tuple[int, int]]:
+    """(first index, later index) for every id an earlier one already has, in input order. Only ids whose hash
+    (`hashes`, else computed here) collides with another's are compared as text, so no dict of every id is built
+    for a proteome."""
+    if hashes is None:
+        hashes = np.fromiter((hash(rec_id) for rec_id in ids), dtype=np.int64, count=len(ids))
     order = np.argsort(hashes, kind="stable")
     same = hashes[order[1:]] == hashes[order[:-1]]
-    if not same.any():
-        return []
-    candidates = np.union1d(order[1:][same], order[:-1][same])  # sorted: input order
-    first_line: dict[str, int] = {}
-    problems = []
-    for index in candidates.tolist():
-        rec_id, line = ids[index], header_lines[index]
-        if rec_id in first_line:
-            problems.append(
-                f"{source}:{line}: protein id {_shown(rec_id)} appears twice (lines {first_line[rec_id]} and "
-                f"{line}); ids must be unique: rename or remove one"
-            )
-        else:
-            first_line[rec_id] = line
-    return problems
+    first: dict[str, int] = {}
+    pairs = []
+    for index in np.union1d(order[1:][same], order[:-1][same]).tolist():  # sorted: input order
+        earlier = first.setdefault(ids[index], index)
+        if earlier != index:
+            pairs.append((earlier, index))
+    return pairs
+
+
+def _duplicate_ids(ids: Strings, id_hashes: array, header_lines: array, source: str) -> list[str]:
+    """One problem per record whose id an earlier record has, naming both header lines."""
+    hashes = np.frombuffer(id_hashes, dtype=np.int64) if id_hashes else np.zeros(0, dtype=np.int64)
+    return [
+        f"{source}:{header_lines[later]}: protein id {_shown(ids[later])} appears twice (lines "
+        f"{header_lines[first]} and {header_lines[later]}); ids must be unique: rename or remove one"
+        for first, later in repeated_ids(ids, hashes)
+    ]
 
 
 class _NotText(Exception):

@@ -17,10 +17,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import replace
 
-import numpy as np
-
 from utils.errors import UserError
-from utils.fasta import Record, Records, Strings
+from utils.fasta import Record, Records, Strings, repeated_ids
 
 ID_FORMATS = ("first_word", "uniprot")
 # The database tag, the accession, then the entry name: the layout of every UniProtKB FASTA header.
@@ -50,21 +48,12 @@ def apply_id_format(records: Sequence[Record], id_format: str, source: str) -> R
     if id_format == "first_word":
         return records
     mapped = replace(records, ids=Strings.of(protein_id(rec_id, id_format) for rec_id in records.ids))
-    # Candidates by hash first, so that no dict of every id is built for a proteome
-    hashes = np.fromiter((hash(rec_id) for rec_id in mapped.ids), dtype=np.int64, count=len(mapped))
-    order = np.argsort(hashes, kind="stable")
-    same = hashes[order[1:]] == hashes[order[:-1]]
-    first: dict[str, int] = {}
-    problems = []
-    for index in np.union1d(order[1:][same], order[:-1][same]).tolist():
-        rec_id = mapped.ids[index]
-        earlier = first.setdefault(rec_id, index)
-        if earlier != index:
-            problems.append(
-                f"{source}: headers {_shown(mapped.headers[earlier])} and {_shown(mapped.headers[index])} both give "
-                f"protein id {rec_id!r} under paths.id_format: {id_format}; ids must be unique: remove one of the two "
-                "proteins, or set id_format: first_word"
-            )
+    problems = [
+        f"{source}: headers {_shown(mapped.headers[first])} and {_shown(mapped.headers[later])} both give "
+        f"protein id {mapped.ids[later]!r} under paths.id_format: {id_format}; ids must be unique: remove one of the "
+        "two proteins, or set id_format: first_word"
+        for first, later in repeated_ids(mapped.ids)
+    ]
     if problems:
         raise UserError(problems)
     return mapped
