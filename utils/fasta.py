@@ -96,8 +96,19 @@ class Strings(Sequence[str]):
     def __getitem__(self, index: int | slice) -> str | list[str]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
+        return self.raw(index).decode()
+
+    def raw(self, index: int) -> bytes | bytearray:
+        """One string's UTF-8 bytes (a copy)."""
         start, end = self._span(int(index))
-        return self._text()[start:end].decode()
+        return self._text()[start:end]
+
+    def raw_items(self) -> Iterator[bytes | bytearray]:
+        """Every string's UTF-8 bytes in turn."""
+        start, data = 0, self._text()
+        for end in self.ends.tolist():
+            yield data[start:end]
+            start = end
 
     def _text(self) -> bytes | bytearray:
         if self.data is None:
@@ -109,10 +120,8 @@ class Strings(Sequence[str]):
         self.data = None
 
     def __iter__(self) -> Iterator[str]:
-        start, data = 0, self._text()
-        for end in self.ends.tolist():
-            yield data[start:end].decode()
-            start = end
+        for item in self.raw_items():
+            yield item.decode()
 
     def byte_lengths(self) -> np.ndarray:
         """Bytes per string (characters, for ASCII text such as sequences), int64; no temporary arrays."""
@@ -125,10 +134,8 @@ class Strings(Sequence[str]):
     def take(self, indices: Iterable[int]) -> Strings:
         """The strings at `indices`, in that order, as new packed strings."""
         builder = StringsBuilder()
-        data = self._text()
         for index in indices:
-            start, end = self._span(int(index))
-            builder.append_bytes(data[start:end])
+            builder.append_bytes(self.raw(index))
         return builder.build()
 
 
@@ -142,7 +149,7 @@ class StringsBuilder:
     def append(self, text: str) -> None:
         self.append_bytes(text.encode())
 
-    def append_bytes(self, data: bytes) -> None:
+    def append_bytes(self, data: bytes | bytearray) -> None:
         self.data += data
         self.ends.append(len(self.data))
 
@@ -199,7 +206,15 @@ class Records(Sequence[Record]):
 
     def lengths(self) -> np.ndarray:
         """Residues per protein, int64."""
-        return self.sequences.byte_lengths()
+        return sequence_lengths(self.sequences)
+
+
+def sequence_lengths(sequences: Sequence[str]) -> np.ndarray:
+    """Residues per protein, int64, of any column of sequences; packed ones (Strings, utils.unique's
+    SharedSequences) give theirs without making a string each."""
+    if hasattr(sequences, "byte_lengths"):
+        return sequences.byte_lengths()
+    return np.array([len(s) for s in sequences], dtype=np.int64)
 
 
 def _read_text(path: Path) -> str:

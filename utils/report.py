@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from utils.fasta import sequence_lengths
+
 REPORT_NAME = "run_report.html"
 SUMMARY_NAME = "run_summary.json"
 PROGRESS_SUFFIX = ".progress.jsonl"
@@ -139,13 +141,6 @@ def nearest_rank(sorted_values: Sequence[int], q: float) -> int:
         return 0
     rank = max(1, -(-len(sorted_values) * q // 100))
     return sorted_values[int(rank) - 1]
-
-
-def sequence_lengths(sequences: Sequence[str]) -> np.ndarray:
-    """Residues per protein; packed sequences (utils.fasta, utils.unique) give theirs without a string each."""
-    if hasattr(sequences, "byte_lengths"):
-        return sequences.byte_lengths()
-    return np.array([len(s) for s in sequences], dtype=np.int64)
 
 
 def unique_count(sequences: Sequence[str]) -> int:

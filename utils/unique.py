@@ -93,10 +93,8 @@ def digests_of(sequences: Sequence[str] | Strings) -> np.ndarray:
     """sha1 of each sequence, as a DIGEST array."""
     digests = np.empty(len(sequences), dtype=DIGEST)
     if isinstance(sequences, Strings):
-        data, start = sequences.data, 0
-        for i, end in enumerate(sequences.ends.tolist()):
-            digests[i] = hashlib.sha1(data[start:end]).digest()
-            start = end
+        for i, sequence in enumerate(sequences.raw_items()):
+            digests[i] = hashlib.sha1(sequence).digest()
         return digests
     for i, sequence in enumerate(sequences):
         digests[i] = hashlib.sha1(sequence.encode("ascii")).digest()
@@ -126,18 +124,13 @@ def share_sequences(splits: dict[str, Records]) -> tuple[dict[str, Records], Uni
     for position in first.tolist():
         part = int(np.searchsorted(bounds, position, side="right")) - 1
         column, row = columns[part], position - int(bounds[part])
-        builder.append_bytes(_raw(column, row) if isinstance(column, Strings) else column[row].encode("ascii"))
+        builder.append_bytes(column.raw(row) if isinstance(column, Strings) else column[row].encode("ascii"))
     unique = UniqueSequences(builder.build(), digests)
     shared = {}
     for part, (name, records) in enumerate(splits.items()):
         rows = SharedSequences(unique, index[bounds[part] : bounds[part + 1]])
         shared[name] = replace(records, sequences=rows)  # type: ignore[arg-type]
     return shared, unique
-
-
-def _raw(column: Strings, row: int) -> bytes:
-    start = int(column.ends[row - 1]) if row else 0
-    return bytes(column.data[start : int(column.ends[row])])
 
 
 def shared_unique(splits: dict[str, Sequence]) -> UniqueSequences | None:

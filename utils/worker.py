@@ -25,7 +25,7 @@ from utils import exits
 from utils.batching import chunked
 from utils.embedder import embed_batches
 from utils.encode import Encoder, ModelError, load_encoder
-from utils.fasta import Strings
+from utils.fasta import sequence_lengths
 from utils.finite import Fp32Redo
 from utils.job import WorkOrder
 from utils.malloc import give_back_free_memory
@@ -133,7 +133,7 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
     sequences = order.sequences
     # Digests of every sequence only when earlier chunks exist; new chunks hash their own sequences as they go
     is_done = np.isin(digests_of(sequences), done) if len(done) else np.zeros(len(sequences), dtype=bool)
-    lengths = sequences.byte_lengths() if isinstance(sequences, Strings) else np.array([len(s) for s in sequences])
+    lengths = sequence_lengths(sequences)
     limits = order.limits()
     # The plan covers every sequence, done or not, so a rerun cuts the same batches and chunks as the first run.
     planned, bounds = limits.plan_batch_bounds(lengths, family.special_tokens)
