@@ -40,7 +40,7 @@ def plan_batches(
         lengths, max_tokens_per_batch, batch_size, special_tokens,
         max_square_tokens=max_square_tokens, max_padding=max_padding,
     )  # fmt: skip
-    return [order[start:end].tolist() for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [batch.tolist() for batch in batch_views(order, bounds)]
 
 
 def plan_batch_bounds(
@@ -78,6 +78,11 @@ def plan_batch_bounds(
     if len(order):
         bounds.append(len(order))
     return order, bounds
+
+
+def batch_views(order: np.ndarray, bounds: list[int]) -> list[np.ndarray]:
+    """plan_batch_bounds' result as one index array per batch (views into `order`, no copies)."""
+    return [order[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _positions(values: np.ndarray, block: int = 65536) -> Iterator[tuple[int, int]]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.batching import plan_batch_bounds
+from utils.batching import batch_views, plan_batch_bounds
 from utils.families import Architecture
 
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
@@ -55,7 +55,7 @@ class Limits:
         """Indices into `lengths` grouped into batches, longest first; over-long proteins count at max_residues
         (they are embedded window by window)."""
         order, bounds = self.plan_batch_bounds(lengths, special_tokens)
-        return [order[start:end].tolist() for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+        return [batch.tolist() for batch in batch_views(order, bounds)]
 
     def plan_batch_bounds(
         self, lengths: Sequence[int] | np.ndarray, special_tokens: int

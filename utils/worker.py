@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from utils import exits
-from utils.batching import chunked
+from utils.batching import batch_views, chunked
 from utils.embedder import embed_batches
 from utils.encode import Encoder, ModelError, load_encoder
 from utils.fasta import sequence_lengths
@@ -136,8 +136,7 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
     lengths = sequence_lengths(sequences)
     limits = order.limits()
     # The plan covers every sequence, done or not, so a rerun cuts the same batches and chunks as the first run.
-    planned, bounds = limits.plan_batch_bounds(lengths, family.special_tokens)
-    batches = [planned[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+    batches = batch_views(*limits.plan_batch_bounds(lengths, family.special_tokens))
     pending = [b for b in batches if not is_done[b].all()]
     residues_todo = sum(int(lengths[b].sum()) for b in pending)
     give_back_free_memory()  # the planning's transient arrays
