@@ -1,8 +1,15 @@
 """Tokenizer + encoder on one device: sequences → per-protein vectors (and, on request, residue rows).
 
+A batch is packed (utils.tokens.TokenTable.pack: every protein's tokens end to end, no padding) and runs through our
+own forward pass over the checkpoint's weights (utils.encoders) with attention that stays within each protein
+(utils.attention); pooling is a segment sum on the device and one device-to-host copy per batch. transformers'
+padded forward is the fallback (`attention="transformers"`, or a layout utils.encoders does not know); `Encoder.path`
+says which ran, and the worker logs it.
+
 fp16 on GPU for the whole encoder (T5's `wo` layers included, which transformers would otherwise keep in fp32),
-fp32 on CPU. Out of memory splits the batch and retries, down to one protein; one protein that still does not fit,
-or that is longer than `max_residues`, is embedded in overlapping windows, and the output records it.
+fp32 on CPU. Out of memory (the device's, or the CPU allocator's) splits the batch and retries, down to one protein;
+one protein that still does not fit, or that is longer than `max_residues`, is embedded in overlapping windows,
+packed together like any other batch, and the output records it.
 """
 
 from __future__ import annotations
@@ -13,11 +20,14 @@ from typing import Any
 
 import torch
 
+from utils.attention import PackedAttention, PackedLayout, varlen_available
 from utils.batching import padded_tokens, window_spans
+from utils.encoders import build_forward, relative_bias
 from utils.errors import ModelError
 from utils.families import Family
-from utils.pooling import mean_over_residues, merge_windows, residue_rows
+from utils.pooling import mean_over_residues, merge_windows, residue_rows, segment_means
 from utils.tokens import TokenLayoutError, build_table
+from utils.transformers_attention import CUSTOM_ATTENTION, PREPARE_MODEL
 
 __all__ = ["Embedded", "Encoder", "ModelError", "TokenLayoutError", "load_encoder"]
 
@@ -32,156 +42,14 @@ class Embedded:
     note: dict[str, Any] | None  # anything done to the protein that the user should know
 
 
+# What `attention` may name: our packed forward with one of utils.attention's kernels, or transformers' forward.
+ATTENTION_PATHS = ("auto", "segments", "flex", "varlen", "transformers")
+
+
 def resolve_precision(precision: str, device: str) -> str:
     if precision == "auto":
         return "fp32" if device == "cpu" else "fp16"
     return precision
-
-
-def key_padding_mask(
-    batch_size: int,
-    q_length: int,
-    kv_length: int,
-    q_offset: int = 0,
-    kv_offset: int = 0,
-    mask_function: Any = None,
-    attention_mask: torch.Tensor | None = None,
-    allow_is_bidirectional_skip: bool = False,
-    use_vmap: bool = False,
-    **kwargs: Any,
-) -> torch.Tensor | None:
-    """An encoder's padding mask as SDPA takes it: [batch, 1, 1, keys], True at real tokens, broadcast over heads and
-    queries instead of materialised as batch × T × T (transformers' sdpa_mask builds the full square: most of the host
-    time of a small model, and T² memory per protein on a long one). Queries at padding positions still see the real
-    keys, so their rows stay finite; they are never pooled. Anything but a plain bidirectional mask goes to sdpa_mask.
-    """
-    from transformers.masking_utils import bidirectional_mask_function, sdpa_mask
-
-    if use_vmap or mask_function is not bidirectional_mask_function or q_offset or kv_offset:
-        return sdpa_mask(
-            batch_size, q_length, kv_length, q_offset, kv_offset, mask_function, attention_mask,
-            allow_is_bidirectional_skip=allow_is_bidirectional_skip, use_vmap=use_vmap, **kwargs,
-        )  # fmt: skip
-    if attention_mask is None:
-        return None
-    mask = attention_mask[:, None, None, :kv_length].bool()
-    if allow_is_bidirectional_skip and bool(mask.all()):
-        return None  # no padding: SDPA may pick its fastest kernel
-    return mask
-
-
-def register_sdpa_key_padding() -> str:
-    """transformers' SDPA attention with key_padding_mask as its mask; "sdpa" where transformers lacks the pieces."""
-    try:
-        from transformers import AttentionInterface
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, bidirectional_mask_function, sdpa_mask
-    except ImportError:
-        return "sdpa"
-    del bidirectional_mask_function, sdpa_mask  # key_padding_mask needs them: present in this transformers
-    AttentionInterface.register("sdpa_key_padding", sdpa_attention_forward)
-    ALL_MASK_ATTENTION_FUNCTIONS.register("sdpa_key_padding", key_padding_mask)
-    return "sdpa_key_padding"
-
-
-def position_bias_mask(
-    position_bias: torch.Tensor, attention_mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor
-) -> torch.Tensor:
-    """T5's position bias with the padding folded in, as one additive SDPA mask [batch, heads, T, T].
-
-    transformers builds it with where(padding, bias, min); adding a [batch, 1, 1, T] row of 0 / min instead gives
-    the same softmax (real keys: bias + 0 is the bias; padded keys: bias + min is min or -inf, either weighs 0, and
-    every row has real keys) and is several times cheaper on CPU, where with a few layers where() was a visible part
-    of the forward pass (benchmarks/cpu_whole_process.py).
-    """
-    from transformers.integrations.sdpa_attention import create_position_bias_mask
-
-    if attention_mask is None or attention_mask.dtype != torch.bool:
-        return create_position_bias_mask(position_bias, attention_mask, False, query, key)
-    padding = torch.zeros(attention_mask.shape, dtype=position_bias.dtype, device=position_bias.device)
-    padding.masked_fill_(~attention_mask, torch.finfo(position_bias.dtype).min)
-    return (position_bias + padding).contiguous()
-
-
-def register_t5_sdpa_shared_mask() -> str:
-    """SDPA for T5 with the padding mask folded into the position bias once per forward pass, not once per layer.
-
-    T5 hands one position-bias tensor (1 × heads × T × T) from layer to layer; transformers' sdpa path rebuilds
-    where(padding, bias, min).contiguous(), a batch × heads × T × T tensor, in every layer. Here it is built once,
-    cached on the bias tensor (which lives exactly one forward pass), and passed to SDPA as its mask: the same
-    numbers (bitwise), 1.4× faster on CPU batches and 2.4× on one long protein (benchmarks/throughput.py).
-    The mask function must be registered under the same name, or masking_utils silently drops the padding mask;
-    it is key_padding_mask, so the padding mask is never built as batch × T × T.
-    Returns the name to load with, or "sdpa" where this transformers lacks the pieces.
-    """
-    try:
-        from transformers import AttentionInterface
-        from transformers.integrations.sdpa_attention import create_position_bias_mask, sdpa_attention_forward
-        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, bidirectional_mask_function, sdpa_mask
-    except ImportError:
-        return "sdpa"
-    # key_padding_mask and position_bias_mask need these: present in this transformers
-    del bidirectional_mask_function, sdpa_mask, create_position_bias_mask
-
-    def t5_sdpa_shared_mask(module, query, key, value, attention_mask, position_bias=None, **kwargs):
-        if position_bias is not None:
-            cached = getattr(position_bias, "_sdpa_mask", None)
-            if cached is None or cached[0] is not attention_mask:
-                cached = (attention_mask, position_bias_mask(position_bias, attention_mask, query, key))
-                position_bias._sdpa_mask = cached
-            attention_mask, position_bias = cached[1], None
-        return sdpa_attention_forward(module, query, key, value, attention_mask, position_bias=position_bias, **kwargs)
-
-    AttentionInterface.register("t5_sdpa_shared_mask", t5_sdpa_shared_mask)
-    ALL_MASK_ATTENTION_FUNCTIONS.register("t5_sdpa_shared_mask", key_padding_mask)
-    return "t5_sdpa_shared_mask"
-
-
-# Custom attention implementations a Family may name: registering returns the name to load with.
-CUSTOM_ATTENTION = {
-    "t5_sdpa_shared_mask": register_t5_sdpa_shared_mask,
-    "sdpa_key_padding": register_sdpa_key_padding,
-}
-
-# The most memory the kept T5 position bias may take (utils.encode.SlicedPositionBias): a few per cent of a device.
-POSITION_BIAS_KEPT_BYTES = 128 << 20
-
-
-class SlicedPositionBias:
-    """T5's relative position bias, computed once for the longest length and sliced for the shorter ones.
-
-    Entry (i, j) of the bias depends only on j − i, so the bias for T tokens is the top-left T × T corner of the
-    bias for any longer length; batches come longest first, so the first one is kept (up to POSITION_BIAS_KEPT_BYTES)
-    and later batches slice it instead of recomputing the buckets, the embedding lookup and the permuted copy each
-    forward pass (a few per cent of a small T5's forward on CPU). Each call returns a new view, so nothing a forward
-    pass attaches to the bias (the shared SDPA mask) outlives it. Only self-attention in inference mode is served
-    from it; anything else goes to transformers' compute_bias.
-    """
-
-    def __init__(self, compute: Any):
-        self.compute = compute
-        self.kept: torch.Tensor | None = None
-
-    def __call__(self, query_length: int, key_length: int, device: Any = None, **kwargs: Any) -> torch.Tensor:
-        if query_length != key_length or any(kwargs.values()) or not torch.is_inference_mode_enabled():
-            return self.compute(query_length, key_length, device=device, **kwargs)
-        kept = self.kept
-        if kept is None or kept.shape[-1] < key_length or (device is not None and kept.device != torch.device(device)):
-            kept = self.compute(key_length, key_length, device=device, **kwargs)
-            if kept.numel() * kept.element_size() <= POSITION_BIAS_KEPT_BYTES:
-                self.kept = kept
-        return kept[:, :, :query_length, :key_length]
-
-
-def reuse_position_bias(model: torch.nn.Module) -> None:
-    """Serve every T5 encoder self-attention's position bias from a SlicedPositionBias."""
-    for module in model.modules():
-        if getattr(module, "has_relative_attention_bias", False) and not getattr(module, "is_decoder", True):
-            module.compute_bias = SlicedPositionBias(module.compute_bias)
-
-
-# What a custom attention needs done to each loaded model, by the name the Family gives.
-PREPARE_MODEL = {"t5_sdpa_shared_mask": reuse_position_bias}
 
 
 def keep_layers(model: torch.nn.Module, family: Family, index: int) -> None:
@@ -233,6 +101,27 @@ def load_encoder(
     return tokenizer, model
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """The device ran out of memory, or the CPU allocator did (`ulimit -v`, a cgroup limit): both are survived the
+    same way, by splitting the batch and then windows."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text)
+
+
+def choose_kernel(requested: str, device: torch.device, family: Family) -> str:
+    """auto: one SDPA call per protein on CPU (no compiler, no padding); on GPU varlen FlashAttention for the
+    families without a position bias where torch has it, else compiled FlexAttention."""
+    if requested != "auto":
+        return requested
+    if device.type != "cuda":
+        return "segments"
+    if family.forward != "t5" and varlen_available(device):
+        return "varlen"
+    return "flex"
+
+
 class Encoder:
     """One model on one device; `embed` takes a batch of sequences and returns one Embedded per sequence."""
 
@@ -245,6 +134,9 @@ class Encoder:
         max_residues: int,
         window_overlap: int,
         per_residue: bool = False,
+        *,
+        attention: str = "auto",
+        tokens_per_pass: int = 4096,
     ):
         self.tokenizer = tokenizer
         self.model = model
@@ -253,32 +145,95 @@ class Encoder:
         self.max_residues = max_residues
         self.window_overlap = window_overlap
         self.per_residue = per_residue
+        self.tokens_per_pass = tokens_per_pass  # windows of long proteins are packed up to this many tokens a pass
         self.table = build_table(tokenizer, family)  # raises TokenLayoutError when the tokenizer is not the family's
         self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self.out_of_memory_events = 0
-        self.smallest_failed_square = float("inf")  # items × tokens² of the smallest batch that ran out of memory
+        self.smallest_failed_tokens = float("inf")  # tokens of the smallest batch that ran out of memory
+        self.packed = None if attention == "transformers" else build_forward(model, family.forward)
+        self.kernel = "transformers" if self.packed is None else choose_kernel(attention, self.device, family)
+        self.fallback_reason = ""
+        if self.packed is not None and self.kernel != "segments":
+            self.fallback_reason = self._check_kernel()
+
+    @property
+    def path(self) -> str:
+        """Which forward and attention kernel run, for the log and the report."""
+        if self.packed is None:
+            return f"transformers ({self.model.config._attn_implementation})"
+        note = f" ({self.fallback_reason})" if self.fallback_reason else ""
+        return f"packed, {self.kernel} attention{note}"
+
+    def _check_kernel(self) -> str:
+        """Run the chosen kernel once against the segments kernel on a few proteins; on an error or a disagreement
+        fall back to segments (it needs no compiler and no FlashAttention build) and say why."""
+        sequences = ["MKTAYIAKQRQISFVKSHFSRQ" * 3, "M" * 7, "ACDEFGHIKLMNPQRSTVWY" * 9]
+        tokens = self.tokenize(sequences)
+        chosen = self.kernel
+        try:
+            fast = self.forward(tokens)[0]
+            self.kernel = "segments"
+            slow = self.forward(tokens)[0]
+        except Exception as exc:  # noqa: BLE001  # any failure of an optional kernel means: use the plain one
+            self.kernel = "segments"
+            return f"{chosen} unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        cosine = torch.nn.functional.cosine_similarity(fast.float(), slow.float(), dim=-1).min().item()
+        if not cosine > 0.999:
+            return f"{chosen} disagreed with segments (cosine {cosine:.4f})"
+        self.kernel = chosen
+        return ""
 
     # -- tokenization -------------------------------------------------------------------------------------------
     def tokenize(self, sequences: list[str]) -> dict[str, torch.Tensor]:
-        """Residue strings → padded ids, mask and lengths, by the table checked against this model's tokenizer."""
-        return self.table.encode(sequences)
+        """Residue strings → ids by the table checked against this model's tokenizer: packed ({input_ids,
+        positions [N], lengths, sizes [B]}) for our forward, padded ({input_ids, attention_mask [B, T], lengths})
+        for transformers'."""
+        return self.table.pack(sequences) if self.packed is not None else self.table.encode(sequences)
 
     def tokenize_ahead(self, sequences: list[str]):
         """Start tokenizing the next batch on a CPU thread while the device runs the current one."""
         return self._prefetch.submit(self.tokenize, sequences)
 
     # -- forward ------------------------------------------------------------------------------------------------
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
+
     @torch.inference_mode()
     def forward(self, tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """→ (pooled [B, D] float32 on the device, hidden [B, T, D] on the device)."""
-        pin = self.device.type == "cuda"
-        input_ids = tokens["input_ids"].pin_memory() if pin else tokens["input_ids"]
-        mask = tokens["attention_mask"].pin_memory() if pin else tokens["attention_mask"]
-        input_ids = input_ids.to(self.device, non_blocking=True)
-        mask = mask.to(self.device, non_blocking=True)
-        hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        lengths = tokens["lengths"].to(self.device, non_blocking=True)
-        return mean_over_residues(hidden, lengths, self.family.residue_offset), hidden
+        """→ (pooled [B, D] float32 on the device, hidden on the device: [N, D] packed, [B, T, D] padded)."""
+        offset = self.family.residue_offset
+        if self.packed is None:
+            input_ids, mask = self._to_device(tokens["input_ids"]), self._to_device(tokens["attention_mask"])
+            hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            lengths = tokens["lengths"].to(self.device, non_blocking=True)
+            return mean_over_residues(hidden, lengths, offset), hidden
+        sizes = tokens["sizes"].tolist()
+        starts = [0] * len(sizes)
+        for i in range(1, len(sizes)):
+            starts[i] = starts[i - 1] + sizes[i - 1]
+        total = starts[-1] + sizes[-1] if sizes else 0
+        cu = torch.tensor([*starts, total], dtype=torch.int32)
+        layout = PackedLayout(starts, sizes, self._to_device(cu), total)
+        ids, positions = self._to_device(tokens["input_ids"]), self._to_device(tokens["positions"])
+        attend = PackedAttention(self.kernel, layout, self.device, relative_bias(self.packed))
+        hidden = self.packed(ids, positions, attend)
+        owner = self._to_device(tokens["owner"])
+        lengths = self._to_device(tokens["lengths"])
+        return segment_means(hidden, owner, lengths), hidden
+
+    def residue_rows(self, hidden: torch.Tensor, tokens: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Per protein, its [L, D] residue rows (views into hidden)."""
+        lengths = tokens["lengths"].tolist()
+        offset = self.family.residue_offset
+        if self.packed is None:
+            return residue_rows(hidden, lengths, offset)
+        rows, start = [], 0
+        for length, size in zip(lengths, tokens["sizes"].tolist(), strict=True):
+            rows.append(hidden[start + offset : start + offset + length])
+            start += size
+        return rows
 
     def _embed_whole_batch(self, sequences: list[str], tokens: dict[str, torch.Tensor] | None) -> list[Embedded]:
         tokens = tokens if tokens is not None else self.tokenize(sequences)
@@ -286,8 +241,7 @@ class Encoder:
         pooled = pooled.cpu()  # the one device-to-host copy per batch
         residues: list[torch.Tensor | None] = [None] * len(sequences)
         if self.per_residue:
-            lengths = [len(s) for s in sequences]
-            residues = [r.half().cpu() for r in residue_rows(hidden, lengths, self.family.residue_offset)]
+            residues = [r.half().cpu() for r in self.residue_rows(hidden, tokens)]
         return [Embedded(pooled[i], residues[i], None) for i in range(len(sequences))]
 
     def embed(self, sequences: list[str], tokens: dict[str, torch.Tensor] | None = None) -> list[Embedded]:
@@ -295,48 +249,78 @@ class Encoder:
         long = [i for i, s in enumerate(sequences) if len(s) > self.max_residues]
         if long:
             reason = f"longer than {self.max_residues} residues"
-            windowed = {i: self.embed_windows(sequences[i], self.max_residues, reason) for i in long}
+            windowed = dict(zip(long, self.embed_windows([sequences[i] for i in long], self.max_residues, reason)))
             rest = [i for i in range(len(sequences)) if i not in windowed]
             done = dict(zip(rest, self.embed([sequences[i] for i in rest]) if rest else [], strict=True))
             return [windowed[i] if i in windowed else done[i] for i in range(len(sequences))]
-        square = len(sequences) * (max(map(len, sequences)) + self.family.special_tokens) ** 2
-        if len(sequences) == 1 or square < self.smallest_failed_square:
+        size = self._pass_size(sequences)
+        if len(sequences) == 1 or size < self.smallest_failed_tokens:
             try:
                 return self._embed_whole_batch(sequences, tokens)
-            except torch.OutOfMemoryError:
-                pass  # leave the except block first, so the failed pass's tensors can be freed
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+            # (the except block is left first, so the failed pass's tensors can be freed)
             # A failed pass costs its partial forward and the allocator's cache: later batches at least this large
             # are split before they are tried, not after.
             self.out_of_memory_events += 1
-            self.smallest_failed_square = min(self.smallest_failed_square, square)
+            self.smallest_failed_tokens = min(self.smallest_failed_tokens, size)
             self._release_memory()
         if len(sequences) == 1:
             window = max(16, min(self.max_residues, len(sequences[0])) // 2)
-            return [self.embed_windows(sequences[0], window, "out of memory at full length")]
+            return self.embed_windows(sequences, window, "out of memory at full length")
         half = len(sequences) // 2
         return self.embed(sequences[:half]) + self.embed(sequences[half:])
 
-    def embed_windows(self, sequence: str, window: int, reason: str) -> Embedded:
-        """Overlapping windows, each encoded as a protein of its own; residue rows averaged where windows overlap."""
+    def _pass_size(self, sequences: list[str]) -> int:
+        """What one pass over `sequences` costs in memory, in tokens: packed, the sum of every protein's tokens;
+        padded (transformers' forward), rows × longest and attention's square on top."""
+        special = self.family.special_tokens
+        if self.packed is not None:
+            return sum(len(s) + special for s in sequences)
+        return len(sequences) * (max(map(len, sequences)) + special) ** 2
+
+    def embed_windows(self, sequences: list[str], window: int, reason: str) -> list[Embedded]:
+        """Each protein in overlapping windows; the windows of all of them are embedded as proteins of their own,
+        packed into passes of up to `tokens_per_pass` tokens; residue rows averaged where windows overlap."""
         overlap = min(self.window_overlap, window // 4)
         while True:
-            spans = window_spans(len(sequence), window, overlap)
+            spans = [window_spans(len(s), window, overlap) for s in sequences]
+            pieces = [s[a:b] for s, protein_spans in zip(sequences, spans, strict=True) for a, b in protein_spans]
             try:
-                rows = []
-                for start, end in spans:
-                    piece = sequence[start:end]
-                    _, hidden = self.forward(self.tokenize([piece]))
-                    rows.append(residue_rows(hidden, [len(piece)], self.family.residue_offset)[0].float().cpu())
+                rows = self._window_rows(pieces)
                 break
-            except torch.OutOfMemoryError:
-                pass
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
             self._release_memory()
             if window <= 16:
-                raise RuntimeError(f"a {len(sequence)}-residue protein does not fit even in 16-residue windows")
+                raise RuntimeError(f"a {max(map(len, sequences))}-residue protein does not fit even in 16-residue windows")
             window, overlap = window // 2, min(overlap, window // 8)
-        merged = merge_windows(rows, spans, len(sequence))
-        note = {"windows": len(spans), "window_residues": window, "overlap": overlap, "reason": reason}
-        return Embedded(merged.mean(dim=0), merged.half() if self.per_residue else None, note)
+        out, k = [], 0
+        for sequence, protein_spans in zip(sequences, spans, strict=True):
+            merged = merge_windows(rows[k : k + len(protein_spans)], protein_spans, len(sequence))
+            k += len(protein_spans)
+            note = {"windows": len(protein_spans), "window_residues": window, "overlap": overlap, "reason": reason}
+            out.append(Embedded(merged.mean(dim=0), merged.half() if self.per_residue else None, note))
+        return out
+
+    def _window_rows(self, pieces: list[str]) -> list[torch.Tensor]:
+        """Residue rows (float32, on the host) of each piece, the pieces packed into passes of at most
+        tokens_per_pass tokens (one piece at least)."""
+        rows: list[torch.Tensor] = []
+        special = self.family.special_tokens
+        start = 0
+        while start < len(pieces):
+            end, tokens = start + 1, len(pieces[start]) + special
+            while end < len(pieces) and tokens + len(pieces[end]) + special <= self.tokens_per_pass:
+                tokens += len(pieces[end]) + special
+                end += 1
+            batch = self.tokenize(pieces[start:end])
+            _, hidden = self.forward(batch)
+            rows += [r.float().cpu() for r in self.residue_rows(hidden, batch)]
+            start = end
+        return rows
 
     def _release_memory(self) -> None:
         if self.device.type == "cuda":
@@ -347,6 +331,7 @@ class Encoder:
 
 
 def padding_fraction(batches_lengths: list[list[int]], special_tokens: int) -> float:
+    """Share of a padded plan's tokens that are padding (0 for packed batches, which have none)."""
     real = sum(sum(lengths) + special_tokens * len(lengths) for lengths in batches_lengths)
     padded = sum(padded_tokens(lengths, special_tokens) for lengths in batches_lengths)
     return 1 - real / padded if padded else 0.0

@@ -31,6 +31,8 @@ class Family:
     # Left out of the repr, which the resume fingerprint hashes: chunks made before these fields existed stay valid.
     layer_stack: str = field(default="encoder.layer", repr=False)
     final_norm: str = field(default="encoder.emb_layer_norm_after", repr=False)
+    # Our packed forward pass over the checkpoint's weights (utils.encoders.FORWARDS); out of the repr as above.
+    forward: str = field(default="esm", repr=False)
 
     def model_text(self, sequence: str) -> str:
         residues = sequence.translate(RARE_TO_X) if self.rare_to_x else sequence
@@ -40,7 +42,7 @@ class Family:
         return slice(self.residue_offset, self.residue_offset + n_residues)
 
 
-_T5_LAYERS = {"layer_stack": "encoder.block", "final_norm": "encoder.final_layer_norm"}
+_T5_LAYERS = {"layer_stack": "encoder.block", "final_norm": "encoder.final_layer_norm", "forward": "t5"}
 PROT_T5 = Family("prot_t5", "ProtT5", "", " ", True, 0, 1, "T5EncoderModel", "t5_sdpa_shared_mask", **_T5_LAYERS)
 PROST_T5 = Family(
     "prost_t5", "ProstT5", "<AA2fold> ", " ", True, 1, 2, "T5EncoderModel", "t5_sdpa_shared_mask", **_T5_LAYERS
@@ -64,6 +66,7 @@ ESMC = Family(
     ),
     layer_stack="layers",
     final_norm="norm",
+    forward="esmc",
 )
 FAMILIES = {family.name: family for family in (PROT_T5, PROST_T5, ESM2, ESM1B, ESMC)}
 

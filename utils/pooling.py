@@ -22,6 +22,17 @@ def mean_over_residues(hidden: torch.Tensor, lengths: torch.Tensor, offset: int)
     return summed / lengths[:, None].to(torch.float32)
 
 
+def segment_means(hidden: torch.Tensor, owner: torch.Tensor, lengths: torch.Tensor, rows: int = 16384) -> torch.Tensor:
+    """Packed hidden [N, D], owner [N] (the protein of each residue token; B for prefix and end tokens), lengths [B]
+    → [B, D] float32. The float32 copy is made a block of rows at a time, so pooling adds little to a long batch's
+    memory."""
+    count = lengths.shape[0]
+    sums = torch.zeros(count + 1, hidden.shape[1], dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], rows):
+        sums.index_add_(0, owner[start : start + rows], hidden[start : start + rows].float())
+    return sums[:count] / lengths[:, None].to(torch.float32)
+
+
 def residue_rows(hidden: torch.Tensor, lengths: list[int], offset: int) -> list[torch.Tensor]:
     """Per protein, its [L, D] residue rows (views into hidden)."""
     return [hidden[i, offset : offset + n] for i, n in enumerate(lengths)]

@@ -73,6 +73,43 @@ class TokenTable:
         }
 
 
+    def pack(self, sequences: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Upper-case residue strings → one packed row: every protein's tokens end to end, no padding.
+
+        {input_ids, positions (token index within its protein), owner (the protein a residue token belongs to, B
+        for prefix and end tokens: pooling sums only residues): int64 [N]; lengths (residues), sizes (tokens):
+        int64 [B]}"""
+        count = len(sequences)
+        lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=count)
+        sizes = lengths + self.special_tokens
+        total = int(sizes.sum())
+        starts = np.cumsum(sizes) - sizes
+        letters = np.frombuffer("".join(sequences).encode("ascii"), dtype=np.uint8)
+        ids = self.residue_ids[letters]
+        if (ids == _NOT_A_RESIDUE).any():
+            bad = chr(letters[int(np.argmax(ids == _NOT_A_RESIDUE))])
+            raise TokenLayoutError(f"{bad!r} is not a residue letter this model's table knows")
+        positions = np.arange(total, dtype=np.int64) - np.repeat(starts, sizes)
+        input_ids = np.empty(total, dtype=np.int64)
+        owner = np.full(total, count, dtype=np.int64)
+        residue_at = np.repeat(starts + len(self.prefix), lengths) + np.arange(len(letters)) - np.repeat(
+            np.cumsum(lengths) - lengths, lengths
+        )
+        input_ids[residue_at] = ids
+        owner[residue_at] = np.repeat(np.arange(count), lengths)
+        for k, token in enumerate(self.prefix):
+            input_ids[starts + k] = token
+        for k, token in enumerate(self.suffix):
+            input_ids[starts + len(self.prefix) + lengths + k] = token
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "positions": torch.from_numpy(positions),
+            "owner": torch.from_numpy(owner),
+            "lengths": torch.from_numpy(lengths),
+            "sizes": torch.from_numpy(sizes),
+        }
+
+
 def _ids(tokenizer: Any, family: Family, sequences: Sequence[str]) -> list[list[int]]:
     texts = [family.model_text(s) for s in sequences]
     return tokenizer(texts, add_special_tokens=True)["input_ids"]

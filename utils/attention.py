@@ -1,0 +1,287 @@
+"""Attention over packed batches: each protein attends only to itself, and nothing is ever T × T for a whole batch.
+
+A packed batch is every protein's tokens laid end to end ([N, heads, head_dim], no padding), with `starts` the
+offset of each protein's first token. Three kernels compute the same thing:
+
+  segments  one SDPA call per protein, on its own rows. For T5 the relative-position bias of a long protein is built
+            a block of queries at a time (heads × block × L, at most ATTENTION_WORKSPACE_BYTES), so memory stays
+            linear in the protein's length. No compiler; the path on CPU, and the fallback everywhere.
+  flex      FlexAttention over the whole packed row, compiled: a document block mask built from the proteins'
+            boundaries (blocks of two proteins are skipped, never computed), T5's bias read inside the kernel from a
+            per-offset table (heads × 2T values, not heads × T²). GPU, T5 and ESM where varlen is missing.
+  varlen    torch.nn.attention.varlen.varlen_attn (FlashAttention-2 over cumulative lengths; CUDA, torch ≥ 2.9, no
+            bias): the ESM families on GPU.
+
+T5's bias depends only on key − query position, and inside one protein's contiguous rows that difference is already
+the in-protein offset: the packed kernels need the same-protein mask and nothing else about positions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+# Most memory the segments kernel's per-block bias (and SDPA's scores for it) may take, per call.
+ATTENTION_WORKSPACE_BYTES = 256 << 20
+FLEX_BLOCK = 128  # FlexAttention's tile: the block mask is (N / 128)², not N²
+
+
+@dataclass
+class PackedLayout:
+    """Where each protein's tokens sit in a packed batch. Host lists for the segment loop, device tensors for the
+    kernels; built once per batch and shared by every layer."""
+
+    starts: list[int]  # first token of each protein
+    sizes: list[int]  # tokens of each protein (residues + special tokens)
+    cu_seqlens: torch.Tensor  # int32 [B + 1] on the device: starts and the total
+    total: int  # N
+
+    @property
+    def longest(self) -> int:
+        return max(self.sizes, default=0)
+
+
+class RelativeBias:
+    """T5's bucketed relative-position bias as a per-offset table: table[h, o + T − 1] is the bias of key − query = o.
+
+    Built with the checkpoint's own bucket function and embedding (layer 0's `relative_attention_bias`), so the
+    numbers are exactly transformers' `compute_bias`; only their layout differs."""
+
+    def __init__(self, attention_module: Any):
+        self.module = attention_module
+
+    def table(self, longest: int, device: torch.device) -> torch.Tensor:
+        """[heads, 2 × longest − 1] float32, offsets −(longest − 1) … longest − 1."""
+        m = self.module
+        offsets = torch.arange(-(longest - 1), longest, device=device)
+        buckets = m._relative_position_bucket(
+            offsets, bidirectional=True, num_buckets=m.relative_attention_num_buckets,
+            max_distance=m.relative_attention_max_distance,
+        )  # fmt: skip
+        return m.relative_attention_bias(buckets).float().t().contiguous()
+
+
+def bias_block(table: torch.Tensor, longest: int, q_start: int, q_end: int, length: int) -> torch.Tensor:
+    """The bias of queries [q_start, q_end) against keys [0, length) of one protein: [heads, rows, length].
+
+    Row i needs table[:, (longest − 1) − (q_start + i) + j] for j in [0, length): consecutive rows are windows of the
+    table shifted by one, read as strided windows (unfold) and put in query order (flip, the one copy)."""
+    first = longest - 1 - (q_end - 1)  # the window of the last query row starts here
+    windows = table.unfold(1, length, 1)[:, first : first + (q_end - q_start)]
+    return windows.flip(1)
+
+
+def segments_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: PackedLayout,
+    scale: float,
+    bias_table: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """q, k, v [N, heads, d] → [N, heads, d], one protein at a time."""
+    out = torch.empty_like(q)
+    heads = q.shape[1]
+    for start, size in zip(layout.starts, layout.sizes, strict=True):
+        end = start + size
+        qs, ks, vs = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, heads, L, d]
+        if bias_table is None:
+            rows = F.scaled_dot_product_attention(qs, ks, vs, scale=scale)
+            out[start:end] = rows[0].transpose(0, 1)
+            continue
+        # The bias and SDPA's float scores for it: heads × block × L values of 4 bytes, twice
+        block = max(16, min(size, ATTENTION_WORKSPACE_BYTES // (8 * heads * size)))
+        for q0 in range(0, size, block):
+            q1 = min(size, q0 + block)
+            mask = bias_block(bias_table, layout.longest, q0, q1, size).to(q.dtype).unsqueeze(0)
+            rows = F.scaled_dot_product_attention(qs[:, :, q0:q1], ks, vs, attn_mask=mask, scale=scale)
+            out[start + q0 : start + q1] = rows[0].transpose(0, 1)
+    return out
+
+
+# -- FlexAttention ------------------------------------------------------------------------------------------------
+
+_compiled_flex: Any = None
+
+
+def compiled_flex() -> Any:
+    """flex_attention compiled once per process. Uncompiled it materialises the scores (T² memory) and is slow."""
+    global _compiled_flex
+    if _compiled_flex is None:
+        import torch._dynamo
+        from torch.nn.attention.flex_attention import flex_attention
+
+        # One compiled kernel per padded row length (flex_row_length gives a few); past Dynamo's default limit of 8
+        # it would silently fall back to the uncompiled, T²-memory path.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        torch._dynamo.config.accumulated_cache_size_limit = max(
+            torch._dynamo.config.accumulated_cache_size_limit, 256
+        )
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
+
+
+def flex_row_length(total: int) -> int:
+    """A packed row is padded to the next of a few lengths (128 · 2^k and 1.5 × that), so the kernel compiles a
+    handful of times per model, and padding wastes at most a third of the attention (the linear layers never see it).
+    """
+    n = FLEX_BLOCK
+    while n < total:
+        if n * 3 // 2 >= total:
+            return n * 3 // 2
+        n *= 2
+    return n
+
+
+@dataclass
+class FlexPlan:
+    """One packed batch as FlexAttention sees it: padded length, per-token protein index, and the block mask."""
+
+    length: int
+    document: torch.Tensor  # int32 [length]: protein index per token; padding tokens get a negative id per block
+    block_mask: Any
+
+
+def flex_plan(layout: PackedLayout, device: torch.device) -> FlexPlan:
+    """The document block mask from the proteins' boundaries, without evaluating a T × T mask.
+
+    Proteins are contiguous, so the keys a block of queries may see form one contiguous range of key blocks: from the
+    block holding the first token of its first protein to the block holding the last token of its last protein. Key
+    blocks strictly inside a protein that also holds the whole query block are full (no mask evaluated); the others
+    are partial (the mask_mod compares protein ids). Padding tokens see only their own block."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    length = flex_row_length(layout.total)
+    blocks = length // FLEX_BLOCK
+    sizes = torch.tensor(layout.sizes, dtype=torch.int64)
+    document = torch.repeat_interleave(torch.arange(len(sizes), dtype=torch.int32), sizes)
+    pad = length - layout.total
+    if pad:
+        pad_ids = -1 - torch.arange(layout.total, length, dtype=torch.int32) // FLEX_BLOCK
+        document = torch.cat([document, pad_ids])
+    starts = torch.tensor(layout.starts + [layout.total], dtype=torch.int64)
+    token = torch.arange(length, dtype=torch.int64)
+    doc64 = document.to(torch.int64)
+    real = doc64 >= 0
+    # Per token: the first and one-past-last token its protein's keys span (padding: its own block)
+    lo = torch.where(real, starts[doc64.clamp(min=0)], token // FLEX_BLOCK * FLEX_BLOCK)
+    hi = torch.where(real, starts[(doc64 + 1).clamp(min=0, max=len(sizes))], (token // FLEX_BLOCK + 1) * FLEX_BLOCK)
+    lo_block = lo.view(blocks, FLEX_BLOCK).min(dim=1).values // FLEX_BLOCK
+    hi_block = (hi.view(blocks, FLEX_BLOCK).max(dim=1).values + FLEX_BLOCK - 1) // FLEX_BLOCK
+    # A query block wholly inside one protein: its full key blocks are those wholly inside the same protein
+    first_doc = document.view(blocks, FLEX_BLOCK)[:, 0]
+    one_doc = (document.view(blocks, FLEX_BLOCK) == first_doc[:, None]).all(dim=1) & (first_doc >= 0)
+    full_lo = torch.where(one_doc, (lo.view(blocks, FLEX_BLOCK)[:, 0] + FLEX_BLOCK - 1) // FLEX_BLOCK, 0)
+    full_hi = torch.where(one_doc, hi.view(blocks, FLEX_BLOCK)[:, 0] // FLEX_BLOCK, 0)
+    full_hi = torch.maximum(full_hi, full_lo)
+    column = torch.arange(blocks, dtype=torch.int64)[None, :]
+    in_range = (column >= lo_block[:, None]) & (column < hi_block[:, None])
+    full = (column >= full_lo[:, None]) & (column < full_hi[:, None]) & in_range
+    partial = in_range & ~full
+    kv_num, kv_idx = _block_indices(partial)
+    full_num, full_idx = _block_indices(full)
+    doc_device = document.to(device)
+
+    def same_protein(b, h, q_idx, kv_idx):
+        return doc_device[q_idx] == doc_device[kv_idx]
+
+    block_mask = BlockMask.from_kv_blocks(
+        kv_num.to(device), kv_idx.to(device), full_num.to(device), full_idx.to(device),
+        BLOCK_SIZE=FLEX_BLOCK, mask_mod=same_protein, seq_lengths=(length, length),
+    )  # fmt: skip
+    return FlexPlan(length, doc_device, block_mask)
+
+
+def _block_indices(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A [q_blocks, kv_blocks] selection → BlockMask's (counts [1, 1, q], indices [1, 1, q, kv]), selected first."""
+    counts = selected.sum(dim=1).to(torch.int32)
+    order = torch.argsort((~selected).to(torch.int8), dim=1, stable=True).to(torch.int32)
+    return counts[None, None], order[None, None]
+
+
+def flex_attention_packed(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: FlexPlan,
+    scale: float,
+    bias_table: torch.Tensor | None = None,
+    compiled: bool = True,
+) -> torch.Tensor:
+    """q, k, v [N, heads, d] → [N, heads, d] through FlexAttention over one padded row. `bias_table` spans offsets
+    ± (plan.length − 1) (RelativeBias.table(plan.length))."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    total = q.shape[0]
+    pad = plan.length - total
+
+    def row(t: torch.Tensor) -> torch.Tensor:
+        return F.pad(t, (0, 0, 0, 0, 0, pad)).transpose(0, 1).unsqueeze(0)  # [1, heads, length, d]
+
+    score_mod = None
+    if bias_table is not None:
+        centre = plan.length - 1
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + bias_table[h, kv_idx - q_idx + centre]
+
+    kernel = compiled_flex() if compiled else flex_attention
+    out = kernel(row(q), row(k), row(v), score_mod=score_mod, block_mask=plan.block_mask, scale=scale)
+    return out[0, :, :total].transpose(0, 1)
+
+
+# -- varlen (FlashAttention-2) -------------------------------------------------------------------------------------
+
+
+def varlen_available(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def varlen_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: PackedLayout, scale: float
+) -> torch.Tensor:
+    """q, k, v [N, heads, d] (fp16/bf16, CUDA) → [N, heads, d]."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    longest = layout.longest
+    if not math.isclose(scale, q.shape[-1] ** -0.5):
+        q = q * (scale / q.shape[-1] ** -0.5)  # the kernel scales by 1/√d; older signatures take no `scale`
+    return varlen_attn(q, k, v, layout.cu_seqlens, layout.cu_seqlens, longest, longest)
+
+
+# -- one entry point per batch ---------------------------------------------------------------------------------------
+
+KERNELS = ("segments", "flex", "varlen")
+
+
+class PackedAttention:
+    """The attention kernel for one packed batch; everything per batch (block mask, bias table) is built once here
+    and shared by every layer."""
+
+    def __init__(
+        self, kernel: str, layout: PackedLayout, device: torch.device, bias: RelativeBias | None, compiled: bool = True
+    ):
+        self.kernel = kernel
+        self.layout = layout
+        self.compiled = compiled
+        self.plan = flex_plan(layout, device) if kernel == "flex" else None
+        self.bias_table = None
+        if bias is not None:
+            self.bias_table = bias.table(self.plan.length if self.plan else layout.longest, device)
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        if self.kernel == "varlen":
+            return varlen_attention(q, k, v, self.layout, scale)
+        if self.plan is not None:
+            return flex_attention_packed(q, k, v, self.plan, scale, self.bias_table, self.compiled)
+        return segments_attention(q, k, v, self.layout, scale, self.bias_table)
