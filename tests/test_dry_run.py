@@ -61,7 +61,7 @@ def test_windows_shards_batches_and_projection(dry_run):
     assert sum(int(s[1]) for s in shards) == len(unique)
     assert sum(int(s[2].replace(",", "")) for s in shards) == sum(len(s) for s in unique)
     assert "hidden state 1 of 2" in out and "(esm2_2x32_layer1)" in out
-    assert "≤ 2,048 padded tokens" in out
+    assert "≤ 2,048 tokens" in out
     assert re.search(r"work: [\d.,]+ [MGT]FLOP → projected [\d.]+ s \(measured [\d.,]+ [GT]FLOP/s matmul", out)
     assert "disk: about" in out and "projected wall time:" in out
 

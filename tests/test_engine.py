@@ -73,7 +73,8 @@ class InjectedOOM:
         return lambda tokens: self(encoder, tokens)
 
     def __call__(self, encoder, tokens):
-        rows, width = tokens["input_ids"].shape
+        # As a padded batch would be: rows × the longest protein's tokens (packed batches have no padding)
+        rows, width = len(tokens["lengths"]), int(tokens["lengths"].max()) + encoder.family.special_tokens
         if self.too_big(rows, width):
             self.raised += 1
             raise torch.OutOfMemoryError("injected: CUDA out of memory")
@@ -119,7 +120,7 @@ def test_after_an_out_of_memory_larger_batches_are_split_before_they_are_tried(e
     # repeated failures. Once a batch of items × tokens² ran out, no batch at least that large is tried whole.
     encoder = encoder_factory()
     first = _proteins(6, [120, 110, 100, 90])
-    later = _proteins(7, [125, 108, 98, 88])
+    later = _proteins(7, [125, 110, 100, 90])
     injected = InjectedOOM(monkeypatch, lambda rows, width: rows > 2)
     encoder.embed(first)
     failures = injected.raised
@@ -209,7 +210,7 @@ def test_cli_duplicates_get_identical_rows_within_and_across_splits(cli_run):
 def test_t5_padding_folded_by_addition_gives_the_same_attention_bits_as_transformers_where(dtype):
     from transformers.integrations.sdpa_attention import create_position_bias_mask
 
-    from utils.encode import position_bias_mask
+    from utils.transformers_attention import position_bias_mask
 
     generator = torch.Generator().manual_seed(0)
     batch, heads, tokens = 4, 8, 50
@@ -228,7 +229,7 @@ def test_t5_padding_folded_by_addition_gives_the_same_attention_bits_as_transfor
 
 
 def test_sliced_position_bias_equals_transformers_bias_at_every_length(checkpoints):
-    from utils.encode import SlicedPositionBias
+    from utils.transformers_attention import SlicedPositionBias
 
     _, model = load_encoder(str(checkpoints["prot_t5"]), PROT_T5, "cpu", "fp32")
     sliced = [

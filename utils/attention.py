@@ -118,9 +118,7 @@ def compiled_flex() -> Any:
         # One compiled kernel per padded row length (flex_row_length gives a few); past Dynamo's default limit of 8
         # it would silently fall back to the uncompiled, T²-memory path.
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        torch._dynamo.config.accumulated_cache_size_limit = max(
-            torch._dynamo.config.accumulated_cache_size_limit, 256
-        )
+        torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 256)
         _compiled_flex = torch.compile(flex_attention, dynamic=False)
     return _compiled_flex
 

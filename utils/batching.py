@@ -51,12 +51,19 @@ def plan_batch_bounds(
     *,
     max_square_tokens: int | None = None,
     max_padding: float = MAX_PADDING,
+    packed: bool = False,
 ) -> tuple[np.ndarray, list[int]]:
     """plan_batches as (indices longest first, batch boundaries into them): batch k is order[bounds[k]:bounds[k+1]].
-    Packed, for a worker with millions of proteins: 8 bytes a protein instead of a list entry and an int object."""
+    Packed, for a worker with millions of proteins: 8 bytes a protein instead of a list entry and an int object.
+
+    With `packed`, the batch's proteins are laid end to end with no padding (utils.tokens.TokenTable.pack) and
+    attention stays within each protein: the budget counts the sum of their tokens, and neither the square budget
+    nor the padding cap applies."""
     negated = np.negative(np.asarray(lengths, dtype=np.int64))  # a new array: the caller's is untouched
     order = np.argsort(negated, kind="stable")  # longest first, ties in input order
     ordered = np.negative(negated[order], out=negated)  # reuses the buffer: planning a proteome, memory counts
+    if packed:
+        return order, _packed_bounds(ordered, max_tokens_per_batch, batch_size, special_tokens)
     bounds = [0]
     start = 0
     longest = 0
@@ -78,6 +85,22 @@ def plan_batch_bounds(
     if len(order):
         bounds.append(len(order))
     return order, bounds
+
+
+def _packed_bounds(ordered: np.ndarray, max_tokens: int, batch_size: int, special_tokens: int) -> list[int]:
+    """Boundaries of packed batches over lengths sorted longest first: a batch closes when the next protein's tokens
+    would pass the budget or the batch holds batch_size proteins; a protein alone over the budget is a batch."""
+    bounds = [0]
+    start, tokens = 0, 0
+    for position, length in _positions(ordered):
+        size = length + special_tokens
+        if position > start and (tokens + size > max_tokens or position - start >= batch_size):
+            bounds.append(position)
+            start, tokens = position, 0
+        tokens += size
+    if len(ordered):
+        bounds.append(len(ordered))
+    return bounds
 
 
 def batch_views(order: np.ndarray, bounds: list[int]) -> list[np.ndarray]:

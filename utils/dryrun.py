@@ -46,7 +46,6 @@ class OrderPlan:
     proteins: int
     residues: int
     batches: int
-    padding: float  # fraction of the padded tokens that are padding
     windowed: list[tuple[int, int]]  # (length, windows) per protein past the one-pass limit
     window_reason: str
     max_tokens_per_batch: int
@@ -103,16 +102,13 @@ def window_reason(model: ResolvedModel, config: Config, max_residues: int, memor
 def plan_order(config: Config, order: WorkOrder) -> OrderPlan:
     """What the worker of `order` will do: its device limits (utils.limits, as the worker asks them), batch plan,
     windows and forward FLOPs."""
-    from utils.batching import padded_tokens, window_spans
+    from utils.batching import window_spans
 
     model = order.model
     limits = order.limits()
     special = model.family.special_tokens
     lengths = [len(s) for s in order.sequences]
     batches = limits.plan_batches(lengths, special)
-    clipped = [min(n, limits.max_residues) for n in lengths]
-    padded = sum(padded_tokens([clipped[i] for i in batch], special) for batch in batches)
-    real = sum(clipped) + special * len(clipped)
     overlap = min(config.run.window_overlap, limits.max_residues // 4)  # as utils.encode.Encoder.embed_windows
     windowed, flops = [], 0.0
     for n in lengths:
@@ -127,7 +123,6 @@ def plan_order(config: Config, order: WorkOrder) -> OrderPlan:
         proteins=len(lengths),
         residues=sum(lengths),
         batches=len(batches),
-        padding=1 - real / padded if padded else 0.0,
         windowed=windowed,
         window_reason=window_reason(model, config, limits.max_residues, limits.memory_bytes),
         max_tokens_per_batch=limits.max_tokens_per_batch,
@@ -211,8 +206,8 @@ def dry_run(
             device_flop_per_residue[device] += 2 * model.arch.params * layer / model.arch.layers * share
             lines.append(
                 f"    {plan.label} on {device} ({precision}): {plan.proteins:,} proteins, {plan.residues:,} residues "
-                f"in {plan.batches:,} batches (≤ {plan.max_tokens_per_batch:,} padded tokens, "
-                f"≤ {config.run.batch_size} proteins; {plan.padding:.1%} padding)"
+                f"in {plan.batches:,} packed batches (≤ {plan.max_tokens_per_batch:,} tokens, "
+                f"≤ {config.run.batch_size} proteins; no padding)"
             )
             if plan.windowed:
                 examples = ", ".join(f"{n:,} residues → {w} windows" for n, w in sorted(plan.windowed)[-SHOWN:][::-1])

@@ -147,14 +147,16 @@ class Embedder:
         )
         family, longest, layer_index = self.model.family, self.limits.max_residues, self.model.layer_index
         tokenizer, net = load_encoder(self.model.source, family, where, self.precision, layer_index=layer_index)
-        self.encoder = Encoder(tokenizer, net, family, where, longest, window_overlap)
+        self.encoder = Encoder(
+            tokenizer, net, family, where, longest, window_overlap, tokens_per_pass=self.limits.max_tokens_per_batch
+        )
         # As in the job: proteins that overflow fp16/bf16 (NaN/inf) are redone in fp32, loaded on first need.
         self.fp32 = None
         if self.precision != "fp32":
             self.fp32 = Fp32Redo(
                 lambda: Encoder(
                     *load_encoder(self.model.source, family, where, "fp32", layer_index=layer_index), family, where,
-                    longest, window_overlap, self.encoder.per_residue,
+                    longest, window_overlap, self.encoder.per_residue, tokens_per_pass=self.limits.max_tokens_per_batch,
                 )
             )  # fmt: skip
         self.windowed: dict[int, dict] = {}  # of the last embed() call: index → how it was split into windows

@@ -249,7 +249,8 @@ class Encoder:
         long = [i for i, s in enumerate(sequences) if len(s) > self.max_residues]
         if long:
             reason = f"longer than {self.max_residues} residues"
-            windowed = dict(zip(long, self.embed_windows([sequences[i] for i in long], self.max_residues, reason)))
+            pieces = self.embed_windows([sequences[i] for i in long], self.max_residues, reason)
+            windowed = dict(zip(long, pieces, strict=True))
             rest = [i for i in range(len(sequences)) if i not in windowed]
             done = dict(zip(rest, self.embed([sequences[i] for i in rest]) if rest else [], strict=True))
             return [windowed[i] if i in windowed else done[i] for i in range(len(sequences))]
@@ -295,7 +296,8 @@ class Encoder:
                     raise
             self._release_memory()
             if window <= 16:
-                raise RuntimeError(f"a {max(map(len, sequences))}-residue protein does not fit even in 16-residue windows")
+                longest = max(map(len, sequences))
+                raise RuntimeError(f"a {longest}-residue protein does not fit even in 16-residue windows")
             window, overlap = window // 2, min(overlap, window // 8)
         out, k = [], 0
         for sequence, protein_spans in zip(sequences, spans, strict=True):

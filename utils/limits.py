@@ -1,23 +1,20 @@
 """Device policy in one place: how many tokens a batch may hold, how long a protein one pass may take, and the
 memory model both come from. The worker, the Python API, the pre-flight check and the dry run all ask here.
 
-Memory model (a deliberate over-estimate, per forward pass of `items` rows of `tokens` tokens):
-  weights                      parameters × bytes per value
-  linear activations           items × tokens × bytes × (8 × hidden + 2 × ffn)
-  square (attention) tensors   items × tokens² × (bytes × 12 × heads + 64)  for T5, which materialises its position
-                               bias (heads × T × T, built through a T × T × heads lookup and a permuted copy), the
-                               padding-masked copy the attention kernel reads, the attention kernel's own copies, and
-                               the int64/float32 bucket arithmetic (T × T). Measured bound: on an 80 GB H100 one
-                               10,002-token ProtT5-XL pass in fp16 ran out of memory, so the true figure is above
-                               ~800 bytes per token pair there (12 × 32 × 2 + 64 = 832);
-                               items × tokens² × bytes × 2                 for the other families (the T × T mask)
-A batch fits when its linear activations use at most half of the activation memory (80 % of the device, less the
-weights) and its square tensors the other half. The quadratic term is what decides for long proteins: a batch padded
-to 10,000 tokens costs as much attention memory as a hundred batches of 1,000, so a linear token budget alone would
-pack long proteins into batches that run out of memory (and then split, again and again).
+Batches are packed (utils.tokens.TokenTable.pack): every protein's tokens end to end, no padding, and attention
+stays within each protein without ever building a T × T tensor for the batch (utils.attention). So memory is linear
+in the batch's tokens. Memory model (a deliberate over-estimate, per forward pass over `tokens` packed tokens):
+  weights              parameters × bytes per value
+  activations          tokens × bytes × (8 × hidden + 2 × ffn): the residual stream, q/k/v/out, the feed-forward's
+                       inner width and the float32 pooling block
+  attention workspace  ATTENTION_WORKSPACE_BYTES × 2: T5's position bias for one block of queries and its scores
+                       (utils.attention.segments_attention); FlexAttention and FlashAttention keep O(T) state, inside
+                       the activations' term
+A batch fits when weights + its activations + the workspace fit 80 % of the device. The longest protein one pass
+takes follows from the same model: hundreds of thousands of residues on a GPU, so `max_residues: auto` leaves every
+real protein whole (windows remain for ESM-1b's 1,022 positions, an explicit max_residues, and a device far too
+small, each recorded in the output).
 
-A protein is embedded at full length whenever one pass over it fits; only longer ones (or `max_residues` from the
-config, or a model's own positional limit: ESM-1b sees at most 1,022 residues) go through overlapping windows.
 """
 
 from __future__ import annotations
@@ -28,11 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from utils.attention import ATTENTION_WORKSPACE_BYTES
 from utils.batching import batch_views, plan_batch_bounds
 from utils.families import Architecture
 
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
-# On CPU, bigger batches only add padding and cache misses, smaller ones add per-batch host work: in paired runs of
+# On CPU, bigger batches only add cache misses, smaller ones add per-batch host work: in paired runs of
 # the whole job (benchmarks/cpu_whole_process.py) 2,048 and 4,096 tokens were within 2 % of each other, and 4,096
 # does half the batches on the host path (benchmarks/host_overhead.py); small batches keep a laptop's memory low.
 CPU_TOKENS_PER_BATCH = 4096
@@ -45,8 +43,7 @@ DEVICE_MEMORY_FRACTION = 0.8  # of the device's memory, for weights and activati
 class Limits:
     """What one device allows one model: the batch plan's budgets and the longest protein in one pass."""
 
-    max_tokens_per_batch: int  # padded tokens per batch (items × (longest + special tokens))
-    max_square_tokens: int  # items × (longest + special tokens)² per batch: attention's T × T tensors
+    max_tokens_per_batch: int  # packed tokens per batch (every protein's residues + special tokens)
     batch_size: int  # most proteins in one batch
     max_residues: int  # longer proteins go through overlapping windows
     memory_bytes: int  # the device memory these limits were derived from
@@ -62,13 +59,7 @@ class Limits:
     ) -> tuple[np.ndarray, list[int]]:
         """plan_batches packed: (indices longest first, batch boundaries), see utils.batching.plan_batch_bounds."""
         clipped = np.minimum(np.asarray(lengths, dtype=np.int64), self.max_residues)
-        return plan_batch_bounds(
-            clipped,
-            self.max_tokens_per_batch,
-            self.batch_size,
-            special_tokens,
-            max_square_tokens=self.max_square_tokens,
-        )
+        return plan_batch_bounds(clipped, self.max_tokens_per_batch, self.batch_size, special_tokens, packed=True)
 
 
 def device_memory_bytes(device: str) -> int:
@@ -87,33 +78,25 @@ def linear_bytes_per_token(arch: Architecture, dtype_bytes: int) -> int:
     return dtype_bytes * (8 * arch.hidden + 2 * arch.ffn)
 
 
-def square_bytes_per_token_pair(arch: Architecture, dtype_bytes: int) -> int:
-    return dtype_bytes * 12 * arch.heads + 64 if arch.position_bias else dtype_bytes * 2
-
-
-def estimate_peak_bytes(arch: Architecture, dtype_bytes: int, items: int, tokens: int) -> int:
-    """Weights + activations of one forward pass over `items` rows of `tokens` tokens (see the module docstring)."""
-    per_item = tokens * linear_bytes_per_token(arch, dtype_bytes) + tokens * tokens * square_bytes_per_token_pair(
-        arch, dtype_bytes
+def estimate_peak_bytes(arch: Architecture, dtype_bytes: int, tokens: int) -> int:
+    """Weights + activations + attention workspace of one forward pass over `tokens` packed tokens."""
+    return (
+        weight_bytes(arch, dtype_bytes)
+        + tokens * linear_bytes_per_token(arch, dtype_bytes)
+        + 2 * (ATTENTION_WORKSPACE_BYTES)
     )
-    return weight_bytes(arch, dtype_bytes) + items * per_item
 
 
 def activation_bytes(arch: Architecture, dtype_bytes: int, memory_bytes: int) -> int:
-    return max(0, int(DEVICE_MEMORY_FRACTION * memory_bytes) - weight_bytes(arch, dtype_bytes))
+    """What a pass's activations may take: 80 % of the device, less the weights and the attention workspace."""
+    budget = int(DEVICE_MEMORY_FRACTION * memory_bytes) - weight_bytes(arch, dtype_bytes)
+    return max(0, budget - 2 * ATTENTION_WORKSPACE_BYTES)
 
 
 def auto_max_residues(arch: Architecture, dtype_bytes: int, memory_bytes: int, special_tokens: int = 2) -> int:
     """Longest protein whose one pass fits the device (weights + activations ≤ 80 % of its memory)."""
-    budget = int(DEVICE_MEMORY_FRACTION * memory_bytes)
-    low, high = 16, 1 << 20
-    while low < high:
-        mid = (low + high + 1) // 2
-        if estimate_peak_bytes(arch, dtype_bytes, 1, mid + special_tokens) <= budget:
-            low = mid
-        else:
-            high = mid - 1
-    return low
+    tokens = activation_bytes(arch, dtype_bytes, memory_bytes) // linear_bytes_per_token(arch, dtype_bytes)
+    return max(16, tokens - special_tokens)
 
 
 def device_limits(
@@ -135,33 +118,33 @@ def device_limits(
         if device == "cpu":
             max_tokens_per_batch = CPU_TOKENS_PER_BATCH
         else:
-            linear = activations // 2 // linear_bytes_per_token(arch, dtype_bytes)
+            linear = activations // linear_bytes_per_token(arch, dtype_bytes)
             max_tokens_per_batch = int(max(1024, min(GPU_MAX_TOKENS_PER_BATCH, linear)))
-    max_square_tokens = max(1, activations // 2 // square_bytes_per_token_pair(arch, dtype_bytes))
     longest = max_residues or auto_max_residues(arch, dtype_bytes, memory)
     if arch.max_residues is not None:
         longest = min(longest, arch.max_residues)
-    return Limits(max_tokens_per_batch, max_square_tokens, batch_size, longest, memory)
+    return Limits(max_tokens_per_batch, batch_size, longest, memory)
 
 
 def heaviest_pass(
     limits: Limits, arch: Architecture, precision: str, lengths: Sequence[int], special_tokens: int
 ) -> tuple[int, int, int]:
-    """(estimated peak bytes, items, tokens) of the heaviest forward pass the batch plan over `lengths` makes.
+    """(estimated peak bytes, proteins, tokens) of the heaviest forward pass the batch plan over `lengths` makes.
 
-    A batch holding a protein longer than max_residues runs as separate passes (utils.encode.Encoder.embed): windows
-    of max_residues residues, one at a time, and the batch's other proteins together.
+    A protein longer than max_residues runs as windows of max_residues residues, packed into passes of at most the
+    token budget (utils.encode.Encoder.embed_windows); the batch's other proteins run together.
     """
     dtype_bytes = DTYPE_BYTES[precision]
-    peak, items, tokens = 0, 0, 0
+    window = limits.max_residues + special_tokens
+    heaviest, items = 0, 0
     for batch in limits.plan_batches(lengths, special_tokens):
-        windowed = any(lengths[i] > limits.max_residues for i in batch)
-        passes = [(1, limits.max_residues + special_tokens)] if windowed else []
-        rest = [lengths[i] for i in batch if lengths[i] <= limits.max_residues]
-        if rest:
-            passes.append((len(rest), max(rest) + special_tokens))
-        for n, t in passes:
-            estimate = estimate_peak_bytes(arch, dtype_bytes, n, t)
-            if estimate > peak:
-                peak, items, tokens = estimate, n, t
-    return peak, items, tokens
+        windowed = sum(lengths[i] > limits.max_residues for i in batch)
+        rest = [lengths[i] + special_tokens for i in batch if lengths[i] <= limits.max_residues]
+        passes = [(len(rest), sum(rest))] if rest else []
+        if windowed:
+            per_pass = max(1, limits.max_tokens_per_batch // window)
+            passes.append((per_pass, per_pass * window))
+        for n, tokens in passes:
+            if tokens > heaviest:
+                heaviest, items = tokens, n
+    return estimate_peak_bytes(arch, dtype_bytes, heaviest), items, heaviest

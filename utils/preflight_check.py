@@ -139,7 +139,10 @@ def validate_model(
     emit("load", v.check_load, seconds, model.family, net, warnings, model.arch, order.precision)
     emit("token layout", v.check_token_layout, tokenizer, model.family)
     try:
-        encoder = Encoder(tokenizer, net, model.family, order.device, limits.max_residues, order.run.window_overlap)
+        encoder = Encoder(
+            tokenizer, net, model.family, order.device, limits.max_residues, order.run.window_overlap,
+            tokens_per_pass=limits.max_tokens_per_batch,
+        )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - the job refuses this tokenizer when the model loads
         emit("embeddings", _raise, exc)
         report.skipped += ["every other check (the job refuses this tokenizer)"]

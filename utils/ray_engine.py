@@ -90,7 +90,10 @@ class EmbedActor:
 
         def encoder_in(precision: str) -> Encoder:  # as the local worker builds it: the configured layer
             tokenizer, model = load_encoder(order.model.source, family, order.device, precision, layer_index=layer)
-            return Encoder(tokenizer, model, family, order.device, self.limits.max_residues, order.run.window_overlap)
+            return Encoder(
+                tokenizer, model, family, order.device, self.limits.max_residues, order.run.window_overlap,
+                tokens_per_pass=self.limits.max_tokens_per_batch,
+            )  # fmt: skip
 
         self.encoder = encoder_in(order.precision)
         # As the worker: proteins that overflow fp16/bf16 are redone in fp32, that copy loaded on first need.

@@ -93,6 +93,7 @@ class WorkerSummary:
     residues: int = 0
     windowed: list[int] = field(default_factory=list)  # lengths of the proteins embedded in windows in this run
     max_residues: int = 0
+    forward: str = ""  # which forward pass and attention kernel ran (utils.encode.Encoder.path)
     rate: list[tuple[float, float]] = field(default_factory=list)  # (seconds since the run began, residues/s)
 
     computing_seconds: float = 0.0  # from the model loaded to the last chunk written
@@ -120,6 +121,8 @@ def summarise_worker(events: list[dict], run_started: float) -> WorkerSummary:
             worker.load_seconds = event.get("seconds", 0.0)
             worker.loaded = at - run_started
             previous = loaded = at
+        elif kind == "forward":
+            worker.forward = event.get("path", "")
         elif kind == "chunk":
             worker.computed += event.get("proteins", 0)
             worker.computed_chunks += 1

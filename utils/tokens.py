@@ -72,7 +72,6 @@ class TokenTable:
             "lengths": torch.from_numpy(lengths),
         }
 
-
     def pack(self, sequences: Sequence[str]) -> dict[str, torch.Tensor]:
         """Upper-case residue strings → one packed row: every protein's tokens end to end, no padding.
 
@@ -92,8 +91,10 @@ class TokenTable:
         positions = np.arange(total, dtype=np.int64) - np.repeat(starts, sizes)
         input_ids = np.empty(total, dtype=np.int64)
         owner = np.full(total, count, dtype=np.int64)
-        residue_at = np.repeat(starts + len(self.prefix), lengths) + np.arange(len(letters)) - np.repeat(
-            np.cumsum(lengths) - lengths, lengths
+        residue_at = (
+            np.repeat(starts + len(self.prefix), lengths)
+            + np.arange(len(letters))
+            - np.repeat(np.cumsum(lengths) - lengths, lengths)
         )
         input_ids[residue_at] = ids
         owner[residue_at] = np.repeat(np.arange(count), lengths)

@@ -157,5 +157,3 @@ def reuse_position_bias(model: torch.nn.Module) -> None:
 
 # What a custom attention needs done to each loaded model, by the name the Family gives.
 PREPARE_MODEL = {"t5_sdpa_shared_mask": reuse_position_bias}
-
-

@@ -297,14 +297,16 @@ def check_embeddings(vectors: torch.Tensor, hidden: int, windowed: int) -> Check
 
 
 def check_pooling(encoder: Encoder, sequences: list[str]) -> Check:
-    """One padded batch through the job's forward; recompute each mean with own slicing of last_hidden_state."""
+    """One batch through the job's forward; recompute each mean with own slicing of its hidden rows."""
     if not sequences:
         return Check("pooling clean", True, "not applicable", "no sample protein within max_residues")
     offset, specials = encoder.family.residue_offset, encoder.family.special_tokens
-    pooled, hidden = encoder.forward(encoder.tokenize(sequences))
+    tokens = encoder.tokenize(sequences)
+    pooled, hidden = encoder.forward(tokens)
     pooled, hidden = pooled.double().cpu(), hidden.double().cpu()
-    own = torch.stack([hidden[i, offset : offset + len(s)].mean(dim=0) for i, s in enumerate(sequences)])
-    with_specials = torch.stack([hidden[i, : len(s) + specials].mean(dim=0) for i, s in enumerate(sequences)])
+    rows = protein_rows(hidden, [len(s) + specials for s in sequences])
+    own = torch.stack([r[offset : offset + len(s)].mean(dim=0) for r, s in zip(rows, sequences, strict=True)])
+    with_specials = torch.stack([r[: len(s) + specials].mean(dim=0) for r, s in zip(rows, sequences, strict=True)])
     # tensor reductions, not Python's max/min: a NaN must propagate and fail the check
     clean = float((pooled - own).abs().amax())
     contamination = float((pooled - with_specials).abs().amax(dim=1).min())
@@ -312,13 +314,22 @@ def check_pooling(encoder: Encoder, sequences: list[str]) -> Check:
     tolerance = POOLING_CLEAN_RELATIVE * max(1.0, scale) if math.isfinite(scale) else 0.0
     figure = f"max |Δ| {clean:.1e} vs own residue mean; {contamination:.1e} vs mean with specials"
     detail = (
-        f"{len(sequences)} proteins ({min(map(len, sequences))}-{max(map(len, sequences))} residues) in one padded "
+        f"{len(sequences)} proteins ({min(map(len, sequences))}-{max(map(len, sequences))} residues) in one "
         f"batch; residue rows [{offset}, {offset}+L); must be ≤ {tolerance:.0e} and differ from the "
         f"with-specials mean by > 10× that"
     )
     values = {"max_abs_vs_own": clean, "min_max_abs_vs_with_specials": contamination, "tolerance": tolerance}
     passed = clean <= tolerance and contamination > 10 * tolerance  # False for NaN too
     return Check("pooling clean", passed, figure, detail, values)
+
+
+def protein_rows(hidden: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """Each protein's token rows, sliced here from the sizes alone: packed hidden [N, D] holds them end to end, padded
+    hidden [B, T, D] (transformers' forward) one per row."""
+    if hidden.dim() == 3:
+        return [hidden[i, :size] for i, size in enumerate(sizes)]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [hidden[start : start + size] for start, size in zip(starts, sizes, strict=True)]
 
 
 def _compare(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:

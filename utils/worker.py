@@ -170,10 +170,13 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
 
     def encoder_for(tokenizer: Any, model: torch.nn.Module) -> Encoder:
         return Encoder(
-            tokenizer, model, family, order.device, limits.max_residues, order.run.window_overlap, order.run.per_residue
-        )
+            tokenizer, model, family, order.device, limits.max_residues, order.run.window_overlap,
+            order.run.per_residue, tokens_per_pass=limits.max_tokens_per_batch,
+        )  # fmt: skip
 
     encoder = encoder_for(tokenizer, model)
+    log.info("forward: %s", encoder.path)
+    progress.write("forward", path=encoder.path)
     fp32 = None  # non-finite proteins (fp16/bf16 overflow) are redone in fp32: that copy loads on first need
     if order.precision != "fp32":
         fp32 = Fp32Redo(
