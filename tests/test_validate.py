@@ -164,16 +164,19 @@ def test_projection_uses_windows_for_proteins_beyond_max_residues():
 
     arch = Architecture(hidden=32, layers=2, heads=4, ffn=64, params=20_000, position_bias=True, max_residues=None)
 
-    def limits(max_residues: int):
+    def limits(max_residues: int, budget: int = 8192):
         return device_limits(
-            arch, "cpu", "fp32", batch_size=8, max_tokens_per_batch=8192, max_residues=max_residues, memory_bytes=2**40
-        )
+            arch, "cpu", "fp32", batch_size=8, max_tokens_per_batch=budget, max_residues=max_residues,
+            memory_bytes=2**40,
+        )  # fmt: skip
 
     one_pass = project_peak(limits(4000), arch, "fp32", [100, 3000], PROT_T5, 256)
     windowed = project_peak(limits(1000), arch, "fp32", [100, 3000], PROT_T5, 256)
-    assert not one_pass.windowed and one_pass.tokens == 3001
-    assert windowed.windowed and windowed.window == 1000 and windowed.tokens == 1001 and windowed.items == 1
-    assert windowed.peak_bytes < one_pass.peak_bytes
+    assert not one_pass.windowed and one_pass.tokens == 3001 + 101  # packed together, no padding
+    # the four windows of the 3,000-residue protein (overlap 250) are packed into one pass under the budget
+    assert windowed.windowed and windowed.window == 1000 and windowed.tokens == 4 * 1001 and windowed.items == 4
+    two_at_a_time = project_peak(limits(1000, budget=2048), arch, "fp32", [100, 3000], PROT_T5, 256)
+    assert two_at_a_time.tokens == 2 * 1001 and two_at_a_time.peak_bytes < one_pass.peak_bytes
 
 
 def test_load_report_missing_weights_and_checkpoint_kind():

@@ -206,7 +206,7 @@ def dry_run(
             device_flop_per_residue[device] += 2 * model.arch.params * layer / model.arch.layers * share
             lines.append(
                 f"    {plan.label} on {device} ({precision}): {plan.proteins:,} proteins, {plan.residues:,} residues "
-                f"in {plan.batches:,} packed batches (≤ {plan.max_tokens_per_batch:,} tokens, "
+                f"in {plan.batches:,} batches (packed, ≤ {plan.max_tokens_per_batch:,} tokens, "
                 f"≤ {config.run.batch_size} proteins; no padding)"
             )
             if plan.windowed:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from utils.attention import ATTENTION_WORKSPACE_BYTES
-from utils.batching import batch_views, plan_batch_bounds
+from utils.batching import batch_views, plan_batch_bounds, window_spans
 from utils.families import Architecture
 
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
@@ -127,7 +127,12 @@ def device_limits(
 
 
 def heaviest_pass(
-    limits: Limits, arch: Architecture, precision: str, lengths: Sequence[int], special_tokens: int
+    limits: Limits,
+    arch: Architecture,
+    precision: str,
+    lengths: Sequence[int],
+    special_tokens: int,
+    window_overlap: int = 256,
 ) -> tuple[int, int, int]:
     """(estimated peak bytes, proteins, tokens) of the heaviest forward pass the batch plan over `lengths` makes.
 
@@ -135,15 +140,16 @@ def heaviest_pass(
     token budget (utils.encode.Encoder.embed_windows); the batch's other proteins run together.
     """
     dtype_bytes = DTYPE_BYTES[precision]
-    window = limits.max_residues + special_tokens
+    window = limits.max_residues
+    overlap = min(window_overlap, window // 4)
     heaviest, items = 0, 0
     for batch in limits.plan_batches(lengths, special_tokens):
-        windowed = sum(lengths[i] > limits.max_residues for i in batch)
-        rest = [lengths[i] + special_tokens for i in batch if lengths[i] <= limits.max_residues]
+        windows = sum(len(window_spans(lengths[i], window, overlap)) for i in batch if lengths[i] > window)
+        rest = [lengths[i] + special_tokens for i in batch if lengths[i] <= window]
         passes = [(len(rest), sum(rest))] if rest else []
-        if windowed:
-            per_pass = max(1, limits.max_tokens_per_batch // window)
-            passes.append((per_pass, per_pass * window))
+        if windows:
+            per_pass = min(windows, max(1, limits.max_tokens_per_batch // (window + special_tokens)))
+            passes.append((per_pass, per_pass * (window + special_tokens)))
         for n, tokens in passes:
             if tokens > heaviest:
                 heaviest, items = tokens, n

@@ -414,7 +414,7 @@ def project_peak(
 ) -> Projection:
     """The job's batch plan over its lengths (utils.limits, as the worker plans it), and the estimated peak of its
     heaviest forward pass."""
-    peak, items, tokens = heaviest_pass(limits, arch, precision, lengths, family.special_tokens)
+    peak, items, tokens = heaviest_pass(limits, arch, precision, lengths, family.special_tokens, window_overlap)
     longest = max(lengths)
     max_residues = limits.max_residues
     overlap = min(window_overlap, max_residues // 4)
