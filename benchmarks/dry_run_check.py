@@ -16,7 +16,6 @@ import json
 import math
 import random
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,23 +36,12 @@ ARCHS = {  # facebook/esm2_* config.json: (hidden_size, intermediate_size, num_h
 
 
 def build_checkpoint(directory: Path, arch: str) -> Path:
-    """The tiny ESM2's tokenizer files with a random model of the real size."""
-    import torch
-    from transformers import EsmConfig, EsmForMaskedLM
-
+    """A random ESM2 of the real size with the real tokenizer files (tests/tiny_checkpoints.py's builder)."""
     from tests.tiny_checkpoints import build_esm2
 
-    tiny = build_esm2(directory / "tiny")
-    target = directory / arch
-    config = EsmConfig.from_pretrained(tiny)
-    config.hidden_size, config.intermediate_size, config.num_hidden_layers = ARCHS[arch]
-    config.num_attention_heads = 20
-    torch.manual_seed(0)
-    EsmForMaskedLM(config).eval().save_pretrained(target, safe_serialization=True)
-    for path in tiny.iterdir():
-        if "token" in path.name or path.name == "vocab.txt":
-            shutil.copy(path, target / path.name)
-    return target
+    hidden, ffn, layers = ARCHS[arch]
+    sizes = {"hidden_size": hidden, "intermediate_size": ffn, "num_hidden_layers": layers, "num_attention_heads": 20}
+    return build_esm2(directory / arch, seed=0, sizes=sizes)
 
 
 def proteins(count: int, seed: int) -> list[tuple[str, str]]:

@@ -18,7 +18,7 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _session_processes(session: int) -> dict[int, tuple[float, int]]:
+def session_processes(session: int) -> dict[int, tuple[float, int]]:
     """pid → (own CPU seconds, resident bytes) for every process of `session`."""
     found = {}
     for entry in Path("/proc").iterdir():
@@ -47,7 +47,7 @@ def run_measured(command: list[str], **popen: object) -> dict:
     def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            processes = _session_processes(process.pid)
+            processes = session_processes(process.pid)
             for pid, (seconds, _) in processes.items():
                 cpu[pid] = max(cpu.get(pid, 0.0), seconds)
             peak = max(peak, sum(rss for _, rss in processes.values()))

@@ -56,55 +56,23 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.seed_loop import SEED_MAX_TOKENS, load_seed_model, run_seed_loop  # noqa: E402
+from tests.tiny_checkpoints import REAL_SIZES  # noqa: E402
 
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
 
 # -- architectures ----------------------------------------------------------------------------------------------------
-# Real hub shapes (ProtT5-XL: Rostlab/prot_t5_xl_half_uniref50-enc config.json; ESM2 3B: facebook/esm2_t36_3B_UR50D;
-# ESM C 600M: d_model 1152, 36 layers, 18 heads, SwiGLU width 8/3 × 1152 rounded up to 256 = 3072). t5_cpu keeps
-# ProtT5's proportions (d_ff = 4 × heads × d_kv, relu, 32 relative buckets) at a size two CPU cores run in minutes.
-T5_COMMON = {
-    "feed_forward_proj": "relu",
-    "relative_attention_num_buckets": 32,
-    "relative_attention_max_distance": 128,
-    "layer_norm_epsilon": 1e-6,
-    "dropout_rate": 0.1,
-    "vocab_size": 128,
-    "pad_token_id": 0,
-    "eos_token_id": 1,
-    "decoder_start_token_id": 0,
-}
+# Real hub shapes: tests/tiny_checkpoints.REAL_SIZES (ProtT5-XL, ESM2 3B, ESM C 600M). t5_cpu keeps ProtT5's
+# proportions (d_ff = 4 × heads × d_kv, relu, 32 relative buckets) at a size two CPU cores run in minutes.
 ARCHS: dict[str, dict[str, Any]] = {
     "t5_cpu": {
         "family": "prot_t5",
         "layers_key": "num_layers",
-        "config": {**T5_COMMON, "d_model": 256, "d_kv": 32, "num_heads": 8, "d_ff": 1024, "num_layers": 6},
+        "config": {"d_model": 256, "d_kv": 32, "num_heads": 8, "d_ff": 1024, "num_layers": 6},
     },
-    "prot_t5_xl": {
-        "family": "prot_t5",
-        "layers_key": "num_layers",
-        "config": {**T5_COMMON, "d_model": 1024, "d_kv": 128, "num_heads": 32, "d_ff": 16384, "num_layers": 24},
-    },
-    "esm2_3b": {
-        "family": "esm2",
-        "layers_key": "num_hidden_layers",
-        "config": {
-            "vocab_size": 33, "hidden_size": 2560, "num_hidden_layers": 36, "num_attention_heads": 40,
-            "intermediate_size": 10240, "position_embedding_type": "rotary", "max_position_embeddings": 1026,
-            "hidden_act": "gelu", "layer_norm_eps": 1e-5, "pad_token_id": 1, "mask_token_id": 32,
-            "token_dropout": True, "emb_layer_norm_before": False, "attention_probs_dropout_prob": 0.0,
-            "hidden_dropout_prob": 0.0,
-        },
-    },
-    "esmc_600m": {
-        "family": "esmc",
-        "layers_key": "num_hidden_layers",
-        "config": {
-            "vocab_size": 64, "hidden_size": 1152, "num_hidden_layers": 36, "num_attention_heads": 18,
-            "intermediate_size": 3072,
-        },
-    },
-}  # fmt: skip
+    "prot_t5_xl": {"family": "prot_t5", "layers_key": "num_layers", "config": REAL_SIZES["prot_t5_xl"]},
+    "esm2_3b": {"family": "esm2", "layers_key": "num_hidden_layers", "config": REAL_SIZES["esm2_3b"]},
+    "esmc_600m": {"family": "esmc", "layers_key": "num_hidden_layers", "config": REAL_SIZES["esmc_600m"]},
+}
 
 
 def arch_config(arch: str, layers: int | None) -> dict[str, Any]:
@@ -115,39 +83,15 @@ def arch_config(arch: str, layers: int | None) -> dict[str, Any]:
 
 
 def build_checkpoint(arch: str, directory: Path, device: str, layers: int | None = None) -> Path:
-    """Random weights in the real layout: config.json + model.safetensors + the family's real tokenizer files."""
-    import transformers
-
+    """Random weights in the real layout and the family's real tokenizer files (tests/tiny_checkpoints.py's builder
+    with the real sizes); on a GPU the weights are created on the device: seconds, not minutes."""
     from tests import tiny_checkpoints
 
-    family = ARCHS[arch]["family"]
-    fields = arch_config(arch, layers)
-    target = directory / arch
-    target.mkdir(parents=True)
-    if family == "prot_t5":
-        config = transformers.T5Config(**fields, num_decoder_layers=fields["num_layers"])
-        model_class, options, tokenizer_from = transformers.T5EncoderModel, {}, tiny_checkpoints.build_prot_t5
-    elif family == "esm2":
-        config = transformers.EsmConfig(**fields)
-        options = {"add_pooling_layer": False}
-        model_class, tokenizer_from = transformers.EsmModel, tiny_checkpoints.build_esm2
-    else:
-        config = transformers.EsmcConfig(**fields)
-        model_class, options, tokenizer_from = transformers.EsmcModel, {}, tiny_checkpoints.build_esmc
-    # On GPU the weights are created on the device in fp16: seconds, not minutes, for billions of parameters.
-    dtype = torch.float32 if device == "cpu" else torch.float16
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = model_class._from_config(config, dtype=dtype, **options).eval()
-    model.save_pretrained(target, safe_serialization=True)
-    del model
-    tiny = tokenizer_from(directory / f".tokenizer-{arch}")
-    for path in tiny.iterdir():
-        if path.name not in ("config.json", "model.safetensors", "generation_config.json"):
-            shutil.copy(path, target / path.name)
-    shutil.rmtree(tiny)
+    path = tiny_checkpoints.BUILDERS[ARCHS[arch]["family"]](
+        directory / arch, seed=0, sizes=arch_config(arch, layers), device=device
+    )
     _release(device)
-    return target
+    return path
 
 
 # -- the protein set --------------------------------------------------------------------------------------------------

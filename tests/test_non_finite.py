@@ -7,6 +7,7 @@ proteins, and write no final file."""
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
@@ -38,7 +39,7 @@ def _run(directory: Path, checkpoint: Path, precision: str):
     write_fasta(directory / "train.fasta", TRAIN)
     write_fasta(directory / "test.fasta", TEST)
     config = write_config(
-        directory, {"esmc": {"name": checkpoint, "precision": precision}}, run_params={"batch_size": 4}
+        directory, {"esmc": {"name": checkpoint, "precision": precision}}, run_params={"batch_size": 4, "report": True}
     )
     return run_cli("generate_embeddings_t5.py", "--config", str(config))
 
@@ -58,6 +59,11 @@ def test_fp16_overflow_is_redone_in_fp32_and_recorded(checkpoints, tmp_path):
         for row, expected in zip(got["embeddings"], reference["embeddings"], strict=True):
             assert cosine(row, expected) >= 0.999
     assert "redone in fp32" in fp16.stdout
+    # The run summary counts them as redone, not as windowed (each was one pass), with the worker's peak memory
+    (worker,) = json.loads((tmp_path / "fp16" / "out" / "run_summary.json").read_text())["workers"]
+    assert worker["redone_in_fp32"] == len({s for _, s in TRAIN + TEST}) and worker["windowed_lengths"] == []
+    assert worker["peak_memory_bytes"] > 0 and worker["peak_memory_kind"] == "process RSS"
+    assert worker["out_of_memory_retries"] == 0
 
 
 def test_non_finite_in_fp32_too_fails_naming_the_proteins(checkpoints, tmp_path):

@@ -160,3 +160,20 @@ def test_build_is_deterministic_and_build_all_reuses(tmp_path, ckpts):
     before = (ckpts["prot_t5"] / "model.safetensors").stat().st_mtime_ns
     assert tc.build_all(ckpts["prot_t5"].parent) == ckpts
     assert (ckpts["prot_t5"] / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_sizes_build_the_real_layout_at_other_sizes(tmp_path, ckpts):
+    """sizes= (what the benchmarks use for real shapes) changes only the sizes: same files, dtype and tokenizer."""
+    from safetensors import safe_open
+
+    t5 = tc.build_prot_t5(tmp_path / "t5", sizes={"d_model": 48, "num_layers": 3})
+    esm = tc.build_esm2(tmp_path / "esm", sizes={**tc.REAL_SIZES["esm2_650m"], "num_hidden_layers": 1})
+    assert transformers.AutoConfig.from_pretrained(t5).to_dict()["d_model"] == 48
+    assert transformers.AutoConfig.from_pretrained(esm).hidden_size == 1280
+    with safe_open(t5 / "model.safetensors", "pt") as f:  # T5's wo too, which transformers keeps in fp32
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    for built, tiny in ((t5, "prot_t5"), (esm, "esm2")):
+        assert {p.name for p in built.iterdir()} == {p.name for p in ckpts[tiny].iterdir()}
+        for name in ("spiece.model", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+            if (ckpts[tiny] / name).exists():
+                assert (built / name).read_bytes() == (ckpts[tiny] / name).read_bytes()

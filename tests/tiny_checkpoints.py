@@ -25,6 +25,10 @@ esmc      biohub/ESMC-* (transformers "esmc")    EsmcForMaskedLM                
 Usage::
 
     python -m tests.tiny_checkpoints DIR     # builds all five into DIR/<key>, prints "key path"
+
+Real sizes: every builder takes ``sizes`` (config fields that replace the tiny ones, e.g. ``REAL_SIZES["esm2_3b"]``)
+and ``device`` (where the random weights are created: on a GPU a multi-billion-parameter model takes seconds, on the
+CPU minutes); the benchmarks build real-shape checkpoints this way, with the same tokenizer files.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ __all__ = [
     "build_esm1b",
     "build_esmc",
     "build_all",
+    "BUILDERS",
+    "REAL_SIZES",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +209,21 @@ _TINY_ESMC = {
     "num_attention_heads": 4,
 }
 
+_T5_SIZE_KEYS = ("d_model", "d_kv", "num_heads", "d_ff", "num_layers", "num_decoder_layers")
+
+#: Size fields of real checkpoints, for ``sizes=``: the hub config.json values (ESM2 650M and 3B: facebook/
+#: esm2_t33_650M_UR50D, esm2_t36_3B_UR50D; ESM C 600M: d_model 1152, 36 layers, 18 heads, SwiGLU width
+#: 8/3 × 1152 rounded up to 256 = 3072).
+REAL_SIZES: dict[str, dict] = {
+    "prot_t5_xl": {k: _REAL_PROT_T5[k] for k in _T5_SIZE_KEYS},
+    "prost_t5": {k: _REAL_PROST_T5[k] for k in _T5_SIZE_KEYS},
+    "esm2_650m": {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 33, "num_attention_heads": 20},
+    "esm2_3b": {"hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 36, "num_attention_heads": 40},
+    "esm1b": {k: _REAL_ESM1B[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers")}
+    | {"num_attention_heads": 20},
+    "esmc_600m": {"hidden_size": 1152, "intermediate_size": 3072, "num_hidden_layers": 36, "num_attention_heads": 18},
+}
+
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
@@ -324,24 +345,41 @@ def _prot_t5_spiece_model(*, broken: bool = False) -> bytes:
     return proto.SerializeToString()
 
 
+def _new_model(model_class, config, dtype, sizes: dict | None, device: str):
+    """The model with random weights, in the dtype it is saved in.
+
+    Tiny (no ``sizes``): built in fp32 on the CPU and cast, as always, so the bytes stay reproducible. Real sizes:
+    created on ``device`` directly in ``dtype`` (T5's ``wo`` is cast afterwards: transformers keeps it in fp32).
+    """
+    import torch
+
+    if sizes is None:
+        return model_class(config).eval().to(dtype)
+    with torch.device(device):
+        model = model_class._from_config(config, dtype=dtype)
+    return model.to(dtype).eval()
+
+
 def _extra_ids() -> list[str]:
     return [f"<extra_id_{i}>" for i in range(_T5_EXTRA_IDS)]
 
 
-def _t5_config(real: dict, vocab_size: int):
+def _t5_config(real: dict, vocab_size: int, sizes: dict | None):
     from transformers import T5Config
 
     fields = {k: v for k, v in real.items() if k not in ("architectures", "model_type", "torch_dtype")}
     fields.update(_TINY_T5)
+    fields.update(sizes or {})
     fields["vocab_size"] = vocab_size
     return T5Config(**fields)
 
 
-def _esm_config(real: dict):
+def _esm_config(real: dict, sizes: dict | None):
     from transformers import EsmConfig
 
     fields = {k: v for k, v in real.items() if k not in ("architectures", "model_type", "torch_dtype")}
     fields.update(_TINY_ESM)
+    fields.update(sizes or {})
     return EsmConfig(**fields)
 
 
@@ -350,7 +388,15 @@ def _esm_config(real: dict):
 # ---------------------------------------------------------------------------------------------
 
 
-def build_prot_t5(out_dir: Path, *, seed: int = 0, nan_weights: bool = False, broken_tokenizer: bool = False) -> Path:
+def build_prot_t5(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    nan_weights: bool = False,
+    broken_tokenizer: bool = False,
+    sizes: dict | None = None,
+    device: str = "cpu",
+) -> Path:
     """Tiny Rostlab/prot_t5_xl_half_uniref50-enc: encoder-only ``T5EncoderModel`` in float16.
 
     Files: config.json, model.safetensors, spiece.model, special_tokens_map.json,
@@ -361,12 +407,12 @@ def build_prot_t5(out_dir: Path, *, seed: int = 0, nan_weights: bool = False, br
     from transformers import T5EncoderModel
 
     out_dir = _prepare(out_dir)
-    config = _t5_config(_REAL_PROT_T5, vocab_size=128)
+    config = _t5_config(_REAL_PROT_T5, vocab_size=128, sizes=sizes)
     with _seeded(seed), _quiet_transformers():
-        model = T5EncoderModel(config).eval()
+        model = _new_model(T5EncoderModel, config, torch.float16, sizes, device)
         if nan_weights:
             _poison(model.encoder.block[-1].layer[-1].DenseReluDense.wo.weight)
-        model.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
+        model.save_pretrained(out_dir, safe_serialization=True)
     # T5EncoderModel.__init__ flips is_encoder_decoder/use_cache to False on the config object it is
     # given, but the hub config.json keeps the T5Config values (true/true): restore them.
     _patch_config_json(out_dir, {k: _REAL_PROT_T5[k] for k in ("is_encoder_decoder", "use_cache")})
@@ -382,7 +428,9 @@ def build_prot_t5(out_dir: Path, *, seed: int = 0, nan_weights: bool = False, br
     return out_dir
 
 
-def build_prost_t5(out_dir: Path, *, seed: int = 1, nan_weights: bool = False) -> Path:
+def build_prost_t5(
+    out_dir: Path, *, seed: int = 1, nan_weights: bool = False, sizes: dict | None = None, device: str = "cpu"
+) -> Path:
     """Tiny Rostlab/ProstT5_fp16: full ``T5ForConditionalGeneration`` (encoder + decoder) in float16.
 
     Tokenizer = ProtT5's spiece.model (ids 0..127) plus the real added_tokens.json: 3Di letters
@@ -395,12 +443,12 @@ def build_prost_t5(out_dir: Path, *, seed: int = 1, nan_weights: bool = False) -
     from transformers import T5ForConditionalGeneration
 
     out_dir = _prepare(out_dir)
-    config = _t5_config(_REAL_PROST_T5, vocab_size=150)
+    config = _t5_config(_REAL_PROST_T5, vocab_size=150, sizes=sizes)
     with _seeded(seed), _quiet_transformers():
-        model = T5ForConditionalGeneration(config).eval()
+        model = _new_model(T5ForConditionalGeneration, config, torch.float16, sizes, device)
         if nan_weights:
             _poison(model.encoder.block[-1].layer[-1].DenseReluDense.wo.weight)
-        model.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
+        model.save_pretrained(out_dir, safe_serialization=True)
 
     (out_dir / "spiece.model").write_bytes(_prot_t5_spiece_model())
     added = {token: 128 + i for i, token in enumerate(PROST_T5_3DI)}
@@ -453,13 +501,14 @@ def _write_esm_tokenizer(out_dir: Path) -> None:
     )
 
 
-def _build_esm(out_dir: Path, real: dict, seed: int, nan_weights: bool) -> Path:
+def _build_esm(out_dir: Path, real: dict, seed: int, nan_weights: bool, sizes: dict | None, device: str) -> Path:
+    import torch
     from transformers import EsmForMaskedLM
 
     out_dir = _prepare(out_dir)
-    config = _esm_config(real)
+    config = _esm_config(real, sizes)
     with _seeded(seed), _quiet_transformers():
-        model = EsmForMaskedLM(config).eval()
+        model = _new_model(EsmForMaskedLM, config, torch.float32, sizes, device)
         if nan_weights:
             _poison(model.esm.encoder.layer[-1].output.dense.weight)
         model.save_pretrained(out_dir, safe_serialization=True)
@@ -467,27 +516,34 @@ def _build_esm(out_dir: Path, real: dict, seed: int, nan_weights: bool) -> Path:
     return out_dir
 
 
-def build_esm2(out_dir: Path, *, seed: int = 2, nan_weights: bool = False) -> Path:
+def build_esm2(
+    out_dir: Path, *, seed: int = 2, nan_weights: bool = False, sizes: dict | None = None, device: str = "cpu"
+) -> Path:
     """Tiny ESM-2 (facebook/esm2_t*_UR50D): ``EsmForMaskedLM``, rotary positions, float32."""
-    return _build_esm(out_dir, _REAL_ESM2, seed, nan_weights)
+    return _build_esm(out_dir, _REAL_ESM2, seed, nan_weights, sizes, device)
 
 
-def build_esm1b(out_dir: Path, *, seed: int = 3, nan_weights: bool = False) -> Path:
+def build_esm1b(
+    out_dir: Path, *, seed: int = 3, nan_weights: bool = False, sizes: dict | None = None, device: str = "cpu"
+) -> Path:
     """Tiny facebook/esm1b_t33_650M_UR50S: ``EsmForMaskedLM``, learned absolute positions
     (max_position_embeddings 1026 -> at most 1022 residues + <cls> + <eos>), float32."""
-    return _build_esm(out_dir, _REAL_ESM1B, seed, nan_weights)
+    return _build_esm(out_dir, _REAL_ESM1B, seed, nan_weights, sizes, device)
 
 
-def build_esmc(out_dir: Path, *, seed: int = 4, nan_weights: bool = False) -> Path:
+def build_esmc(
+    out_dir: Path, *, seed: int = 4, nan_weights: bool = False, sizes: dict | None = None, device: str = "cpu"
+) -> Path:
     """Tiny ESM C (biohub/ESMC-*) for the native ``transformers.models.esmc``: ``EsmcForMaskedLM``
     (vocab_size 64: the 33 real tokens + padding rows), with the files ``EsmcTokenizer`` saves
     (tokenizer.json + tokenizer_config.json).  Text is residues without spaces -> <cls> seq <eos>."""
+    import torch
     from transformers import EsmcConfig, EsmcForMaskedLM, EsmcTokenizer
 
     out_dir = _prepare(out_dir)
-    config = EsmcConfig(**_TINY_ESMC)
+    config = EsmcConfig(**{**_TINY_ESMC, **(sizes or {})})
     with _seeded(seed), _quiet_transformers():
-        model = EsmcForMaskedLM(config).eval()
+        model = _new_model(EsmcForMaskedLM, config, torch.float32, sizes, device)
         if nan_weights:
             _poison(model.esmc.layers[-1].mlp.down_proj.weight)
         model.save_pretrained(out_dir, safe_serialization=True)
@@ -495,7 +551,7 @@ def build_esmc(out_dir: Path, *, seed: int = 4, nan_weights: bool = False) -> Pa
     return out_dir
 
 
-_BUILDERS: dict[str, Callable[[Path], Path]] = {
+BUILDERS: dict[str, Callable[..., Path]] = {
     "prot_t5": build_prot_t5,
     "prost_t5": build_prost_t5,
     "esm2": build_esm2,
@@ -514,7 +570,7 @@ def build_all(root: Path) -> dict[str, Path]:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     built: dict[str, Path] = {}
-    for key, builder in _BUILDERS.items():
+    for key, builder in BUILDERS.items():
         target = root / key
         if not (target / "config.json").exists():
             staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))

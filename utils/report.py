@@ -92,6 +92,10 @@ class WorkerSummary:
     computed_chunks: int = 0
     residues: int = 0
     windowed: list[int] = field(default_factory=list)  # lengths of the proteins embedded in windows in this run
+    redone_in_fp32: int = 0  # proteins non-finite in fp16/bf16, embedded again in fp32
+    peak_memory_bytes: int = 0  # GPU: the allocator's peak in the worker; CPU: the worker's peak RSS
+    peak_memory_kind: str = ""
+    out_of_memory_retries: int = 0  # batches that ran out of memory and were split (or went to windows)
     max_residues: int = 0
     forward: str = ""  # which forward pass and attention kernel ran (utils.encode.Encoder.path)
     rate: list[tuple[float, float]] = field(default_factory=list)  # (seconds since the run began, residues/s)
@@ -128,12 +132,17 @@ def summarise_worker(events: list[dict], run_started: float) -> WorkerSummary:
             worker.computed_chunks += 1
             worker.residues += event.get("residues", 0)
             worker.windowed += event.get("windowed", [])
+            worker.redone_in_fp32 += event.get("redone_in_fp32", 0)
             if at > previous:
                 worker.rate.append((at - run_started, event.get("residues", 0) / (at - previous)))
             previous = at
             worker.computing_seconds = at - loaded
         elif kind == "end":
             worker.status = event.get("status", "done")
+        if "peak_memory_bytes" in event:  # chunk and end events carry the figures so far
+            worker.peak_memory_bytes = max(worker.peak_memory_bytes, event["peak_memory_bytes"])
+            worker.peak_memory_kind = event.get("peak_memory_kind", "")
+            worker.out_of_memory_retries = max(worker.out_of_memory_retries, event.get("out_of_memory_retries", 0))
     if worker.status == "running":
         worker.status = "failed"  # no end event: the process died
     return worker
@@ -553,6 +562,10 @@ def build_summary(
                 "residues_computed": w.residues,
                 "residues_per_second": round(w.residues_per_second, 1),
                 "windowed_lengths": w.windowed,
+                "redone_in_fp32": w.redone_in_fp32,
+                "peak_memory_bytes": w.peak_memory_bytes,
+                "peak_memory_kind": w.peak_memory_kind,
+                "out_of_memory_retries": w.out_of_memory_retries,
                 "max_residues": w.max_residues,
                 "rate_over_time": [[round(t, 3), round(r, 1)] for t, r in w.rate],  # [seconds since start, residues/s]
             }

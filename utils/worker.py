@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import resource
 import select
 import signal
 import sys
@@ -71,6 +72,17 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def memory_record(device: str, encoders: list[Any]) -> dict[str, Any]:
+    """Peak memory and out-of-memory retries so far, for the progress log: on a GPU the allocator's peak in this
+    process (one worker per device at a time, so the model's own), on the CPU the process's peak RSS."""
+    if device.startswith("cuda"):
+        peak, kind = torch.cuda.max_memory_allocated(device), "device allocated"
+    else:
+        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process RSS"  # Linux: kB
+    retries = sum(getattr(e, "out_of_memory_events", 0) for e in encoders if e is not None)
+    return {"peak_memory_bytes": int(peak), "peak_memory_kind": kind, "out_of_memory_retries": retries}
 
 
 def open_log(path: Path) -> logging.Logger:
@@ -196,7 +208,7 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
                 continue
             chunk_digests: list[str] = []
             chunk_embedded: list = []
-            chunk_residues, chunk_windowed = 0, []
+            chunk_residues, chunk_windowed, chunk_redone = 0, [], 0
             for batch, embedded in embed_batches(encoder, sequences, todo, order.precision, fp32):
                 chunk_digests += [sequence_digest(sequences[i]) for i in batch]
                 chunk_embedded += embedded
@@ -205,7 +217,9 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
                         log.info(
                             "sequence %s (%d residues): %s", sequence_digest(sequences[i])[:12], lengths[i], e.note
                         )
-                        chunk_windowed.append(int(lengths[i]))
+                        if "windows" in e.note:  # a protein redone in fp32 in one pass has a note, no windows
+                            chunk_windowed.append(int(lengths[i]))
+                        chunk_redone += "redone" in e.note
                 proteins += len(batch)
                 batch_residues = int(lengths[batch].sum())
                 chunk_residues += batch_residues
@@ -217,12 +231,16 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
             del chunk_embedded
             give_back_free_memory()  # a chunk's tensors, once per chunk
             log.info("wrote %s (%d proteins)", path.name, len(chunk_digests))
-            progress.write("chunk", proteins=len(chunk_digests), residues=chunk_residues, windowed=chunk_windowed)
+            memory = memory_record(order.device, [encoder, fp32 and fp32.encoder])
+            progress.write(
+                "chunk", proteins=len(chunk_digests), residues=chunk_residues, windowed=chunk_windowed,
+                redone_in_fp32=chunk_redone, **memory,
+            )  # fmt: skip
             if stop["requested"]:
                 log.warning("stopped by signal after %d proteins; finished chunks are kept", proteins)
                 progress.write("end", status="interrupted")
                 return exits.INTERRUPTED
-        progress.write("end", status="done")
+        progress.write("end", status="done", **memory_record(order.device, [encoder, fp32 and fp32.encoder]))
     finally:
         bar.close()
         encoder.close()
