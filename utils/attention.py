@@ -19,14 +19,17 @@ the in-protein offset: the packed kernels need the same-protein mask and nothing
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-# Most memory the segments kernel's per-block bias (and SDPA's scores for it) may take, per call.
-ATTENTION_WORKSPACE_BYTES = 256 << 20
+# Most memory the segments kernel's per-block bias (and SDPA's scores for it) may take, per call. Larger blocks gain
+# nothing on CPU: a 20,000-residue T5 pass took ~15 s at 64 MB and 16-60 s at 128-256 MB (cache misses), 41 s at 16.
+ATTENTION_WORKSPACE_BYTES = 64 << 20
 FLEX_BLOCK = 128  # FlexAttention's tile: the block mask is (N / 128)², not N²
 
 
@@ -65,14 +68,18 @@ class RelativeBias:
         return m.relative_attention_bias(buckets).float().t().contiguous()
 
 
-def bias_block(table: torch.Tensor, longest: int, q_start: int, q_end: int, length: int) -> torch.Tensor:
-    """The bias of queries [q_start, q_end) against keys [0, length) of one protein: [heads, rows, length].
+def bias_block_reversed_keys(
+    reversed_table: torch.Tensor, longest: int, q_start: int, q_end: int, length: int
+) -> torch.Tensor:
+    """The bias of queries [q_start, q_end) against one protein's keys taken in reverse order (key j' is key
+    length − 1 − j'): [heads, rows, length], a strided view with no copy.
 
-    Row i needs table[:, (longest − 1) − (q_start + i) + j] for j in [0, length): consecutive rows are windows of the
-    table shifted by one, read as strided windows (unfold) and put in query order (flip, the one copy)."""
-    first = longest - 1 - (q_end - 1)  # the window of the last query row starts here
-    windows = table.unfold(1, length, 1)[:, first : first + (q_end - q_start)]
-    return windows.flip(1)
+    With keys in input order, row i is table[(longest − 1) − (q_start + i) + j]: each row starts one before the last,
+    which no strided view can express (a flip would copy, and gathers badly). Reversing both the table and the keys
+    makes it reversed_table[(longest − length) + q_start + i + j']: each row starts one after the last, a window of
+    unfold. Attention does not depend on the order of its keys (values reversed with them)."""
+    first = longest - length + q_start
+    return reversed_table.unfold(1, length, 1)[:, first : first + (q_end - q_start)]
 
 
 def segments_attention(
@@ -86,6 +93,7 @@ def segments_attention(
     """q, k, v [N, heads, d] → [N, heads, d], one protein at a time."""
     out = torch.empty_like(q)
     heads = q.shape[1]
+    reversed_table = bias_table.flip(1) if bias_table is not None else None
     for start, size in zip(layout.starts, layout.sizes, strict=True):
         end = start + size
         qs, ks, vs = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, heads, L, d]
@@ -93,11 +101,12 @@ def segments_attention(
             rows = F.scaled_dot_product_attention(qs, ks, vs, scale=scale)
             out[start:end] = rows[0].transpose(0, 1)
             continue
+        ks, vs = ks.flip(2), vs.flip(2)  # see bias_block_reversed_keys
         # The bias and SDPA's float scores for it: heads × block × L values of 4 bytes, twice
         block = max(16, min(size, ATTENTION_WORKSPACE_BYTES // (8 * heads * size)))
         for q0 in range(0, size, block):
             q1 = min(size, q0 + block)
-            mask = bias_block(bias_table, layout.longest, q0, q1, size).to(q.dtype).unsqueeze(0)
+            mask = bias_block_reversed_keys(reversed_table, layout.longest, q0, q1, size).to(q.dtype).unsqueeze(0)
             rows = F.scaled_dot_product_attention(qs[:, :, q0:q1], ks, vs, attn_mask=mask, scale=scale)
             out[start + q0 : start + q1] = rows[0].transpose(0, 1)
     return out
@@ -113,6 +122,11 @@ def compiled_flex() -> Any:
     global _compiled_flex
     if _compiled_flex is None:
         import torch._dynamo
+
+        # Compiled kernels persist across runs (and, unlike torch's default under /tmp, across a cluster job's
+        # scratch being wiped): a rerun or the next split skips the compiler.
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torchinductor"
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
         from torch.nn.attention.flex_attention import flex_attention
 
         # One compiled kernel per padded row length (flex_row_length gives a few); past Dynamo's default limit of 8

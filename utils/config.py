@@ -23,6 +23,8 @@ from utils.paths import input_file_problem
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 ENGINES = ("local", "ray")
+# Our packed forward with one of utils.attention's kernels (auto picks per device), or transformers' own forward
+ATTENTION_PATHS = ("auto", "segments", "flex", "varlen", "transformers")
 # output_format names → the files they write; a YAML list names single formats.
 FORMATS = {
     "pt": ("pt",),
@@ -84,6 +86,7 @@ class RunParams:
     stop_grace_s: int = 30  # after Ctrl-C / SIGTERM, seconds a worker may take to stop before it is killed
     engine: str = "local"  # local: worker processes on this machine; ray: a Ray Data actor pool (utils/ray_engine.py)
     report: bool = True  # run_report.html and run_summary.json at the end of the run (utils/report.py)
+    attention: str = "auto"  # the forward pass and attention kernel (utils/encode.py ATTENTION_PATHS)
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ def _shown_default(value: Any) -> str:
 
 _RUN_MEANINGS = {  # in the README's order; defaults come from RunParams
     "batch_size": "most proteins in one batch (an upper bound; the token budget usually decides)",
-    "max_tokens_per_batch": "padded tokens per batch, specials included; auto: chosen for the device",
+    "max_tokens_per_batch": "tokens per packed batch, specials included; auto: chosen for the device",
     "save_every_n_batches": "batches per checkpoint chunk: at most this much work is lost to a kill -9",
     "seed": "seeds torch and the validation sample",
     "precision": "auto (fp16 on GPU, fp32 on CPU), fp16, bf16 or fp32",
@@ -128,6 +131,8 @@ _RUN_MEANINGS = {  # in the README's order; defaults come from RunParams
     "stop_grace_s": "after Ctrl-C or SIGTERM, seconds a worker may take to stop before it is killed",
     "engine": "local (worker processes here) or ray (a Ray Data actor pool; RAY_ADDRESS names the cluster)",
     "report": "write run_report.html and run_summary.json into output_dir at the end of the run",
+    "attention": "auto (ours: per-protein SDPA on CPU, FlexAttention/FlashAttention on GPU), segments, flex, "
+    "varlen, or transformers (transformers' own padded forward)",
 }
 CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("paths.data_dir", ".", "directory of the FASTA files"),
@@ -467,6 +472,7 @@ def load_config(path: Path) -> Config:
         stop_grace_s=check.positive_int(run_table, "stop_grace_s", "run_params.", defaults.stop_grace_s),
         engine=check.choice(run_table, "engine", "run_params.", defaults.engine, ENGINES),
         report=check.boolean(run_table, "report", "run_params.", defaults.report),
+        attention=check.choice(run_table, "attention", "run_params.", defaults.attention, ATTENTION_PATHS),
     )
     if run.max_residues is not None and run.window_overlap >= run.max_residues // 2:
         check.add("run_params.window_overlap", f"must be less than half of max_residues ({run.max_residues})")

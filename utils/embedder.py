@@ -80,10 +80,11 @@ class Embedder:
 
     The arguments are the config's, with its defaults: `precision` as models.<key>.precision (auto: fp16 on GPU,
     fp32 on CPU), `layer` as models.<key>.layer (the hidden state pooled: 0 embedding output … -1 the last),
-    `batch_size`, `max_tokens_per_batch`, `max_residues`, `window_overlap` as run_params (None: chosen for the
-    device, as the job does). The family (ProtT5, ProstT5, ESM2, ESM-1b, ESM C) is read from the
-    checkpoint. Same batch plan, out-of-memory split and windows as the job: for the same sequences in the same
-    order, on the same device and precision, the vectors equal the job's (which stores them as float16).
+    `batch_size`, `max_tokens_per_batch`, `max_residues`, `window_overlap`, `attention` as run_params (None: chosen
+    for the device, as the job does); `self.encoder.path` says which forward and attention kernel run. The family
+    (ProtT5, ProstT5, ESM2, ESM-1b, ESM C) is read from the checkpoint. Same batch plan, out-of-memory split and
+    windows as the job: for the same sequences in the same order, on the same device and precision, the vectors
+    equal the job's (which stores them as float16).
     """
 
     def __init__(
@@ -96,8 +97,9 @@ class Embedder:
         max_residues: int | None = None,
         window_overlap: int = 256,
         layer: int = -1,
+        attention: str = "auto",
     ):
-        from utils.config import PRECISIONS, Config, ModelConfig, RunParams, normalise_device
+        from utils.config import ATTENTION_PATHS, PRECISIONS, Config, ModelConfig, RunParams, normalise_device
         from utils.encode import Encoder, load_encoder, resolve_precision
         from utils.errors import UserError
         from utils.finite import Fp32Redo
@@ -110,6 +112,8 @@ class Embedder:
             problems.append(f"device: must be 'cpu', 'cuda', 'cuda:N' or a GPU index, got {device!r}")
         if precision not in PRECISIONS:
             problems.append(f"precision: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if attention not in ATTENTION_PATHS:
+            problems.append(f"attention: must be one of {', '.join(ATTENTION_PATHS)}, got {attention!r}")
         if isinstance(layer, bool) or not isinstance(layer, int):
             problems.append(f"layer: must be an integer (0 = embedding output, -1 = last layer), got {layer!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -147,8 +151,9 @@ class Embedder:
         )
         family, longest, layer_index = self.model.family, self.limits.max_residues, self.model.layer_index
         tokenizer, net = load_encoder(self.model.source, family, where, self.precision, layer_index=layer_index)
+        budget = self.limits.max_tokens_per_batch
         self.encoder = Encoder(
-            tokenizer, net, family, where, longest, window_overlap, tokens_per_pass=self.limits.max_tokens_per_batch
+            tokenizer, net, family, where, longest, window_overlap, tokens_per_pass=budget, attention=attention
         )
         # As in the job: proteins that overflow fp16/bf16 (NaN/inf) are redone in fp32, loaded on first need.
         self.fp32 = None
@@ -156,7 +161,7 @@ class Embedder:
             self.fp32 = Fp32Redo(
                 lambda: Encoder(
                     *load_encoder(self.model.source, family, where, "fp32", layer_index=layer_index), family, where,
-                    longest, window_overlap, self.encoder.per_residue, tokens_per_pass=self.limits.max_tokens_per_batch,
+                    longest, window_overlap, self.encoder.per_residue, tokens_per_pass=budget, attention=attention,
                 )
             )  # fmt: skip
         self.windowed: dict[int, dict] = {}  # of the last embed() call: index → how it was split into windows

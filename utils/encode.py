@@ -42,10 +42,6 @@ class Embedded:
     note: dict[str, Any] | None  # anything done to the protein that the user should know
 
 
-# What `attention` may name: our packed forward with one of utils.attention's kernels, or transformers' forward.
-ATTENTION_PATHS = ("auto", "segments", "flex", "varlen", "transformers")
-
-
 def resolve_precision(precision: str, device: str) -> str:
     if precision == "auto":
         return "fp32" if device == "cpu" else "fp16"
@@ -223,6 +219,14 @@ class Encoder:
         lengths = self._to_device(tokens["lengths"])
         return segment_means(hidden, owner, lengths), hidden
 
+    def _to_host(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return tensor.cpu()
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        host.copy_(tensor, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()
+        return host
+
     def residue_rows(self, hidden: torch.Tensor, tokens: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Per protein, its [L, D] residue rows (views into hidden)."""
         lengths = tokens["lengths"].tolist()
@@ -238,7 +242,7 @@ class Encoder:
     def _embed_whole_batch(self, sequences: list[str], tokens: dict[str, torch.Tensor] | None) -> list[Embedded]:
         tokens = tokens if tokens is not None else self.tokenize(sequences)
         pooled, hidden = self.forward(tokens)
-        pooled = pooled.cpu()  # the one device-to-host copy per batch
+        pooled = self._to_host(pooled)  # the one device-to-host copy per batch
         residues: list[torch.Tensor | None] = [None] * len(sequences)
         if self.per_residue:
             residues = [r.half().cpu() for r in self.residue_rows(hidden, tokens)]

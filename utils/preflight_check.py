@@ -141,7 +141,7 @@ def validate_model(
     try:
         encoder = Encoder(
             tokenizer, net, model.family, order.device, limits.max_residues, order.run.window_overlap,
-            tokens_per_pass=limits.max_tokens_per_batch,
+            tokens_per_pass=limits.max_tokens_per_batch, attention=order.run.attention,
         )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - the job refuses this tokenizer when the model loads
         emit("embeddings", _raise, exc)

@@ -92,7 +92,7 @@ class EmbedActor:
             tokenizer, model = load_encoder(order.model.source, family, order.device, precision, layer_index=layer)
             return Encoder(
                 tokenizer, model, family, order.device, self.limits.max_residues, order.run.window_overlap,
-                tokens_per_pass=self.limits.max_tokens_per_batch,
+                tokens_per_pass=self.limits.max_tokens_per_batch, attention=order.run.attention,
             )  # fmt: skip
 
         self.encoder = encoder_in(order.precision)

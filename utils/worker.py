@@ -183,7 +183,7 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
     def encoder_for(tokenizer: Any, model: torch.nn.Module) -> Encoder:
         return Encoder(
             tokenizer, model, family, order.device, limits.max_residues, order.run.window_overlap,
-            order.run.per_residue, tokens_per_pass=limits.max_tokens_per_batch,
+            order.run.per_residue, tokens_per_pass=limits.max_tokens_per_batch, attention=order.run.attention,
         )  # fmt: skip
 
     encoder = encoder_for(tokenizer, model)
