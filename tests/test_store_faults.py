@@ -22,7 +22,7 @@ from tests.test_faults import FAULT_HOOK
 from utils import job, preflight
 from utils.config import load_config
 from utils.errors import UserError
-from utils.shards import Shard, merged_settings
+from utils.shards import Shard
 from utils.store import ChunkStore, OutputLock
 
 KEY = "esm"
@@ -138,6 +138,8 @@ def test_merge_says_when_no_shard_has_run(checkpoints, tmp_path):
 def test_merge_reads_machine_decided_settings_from_the_chunks(tmp_path):
     """`device: auto` with `precision: auto` is fp16 on the shards' GPU nodes and would be fp32 on a CPU merge node:
     the merge takes the chunks' precision; a setting the config decides (the layer) must still agree."""
+    from utils.shards import merged_settings
+
     expected = {"checkpoint": "hub:abc", "precisions": ["fp32"], "layer": 6, "max_residues": None}
     chunks = {"checkpoint": "hub:abc", "precisions": ["fp16"], "layer": 6, "max_residues": None}
     assert merged_settings(expected, ("precisions",), {"f": (chunks, 3)}) == chunks
