@@ -4,6 +4,7 @@
     python generate_embeddings_t5.py --config config_t5.yaml
     python generate_embeddings_t5.py --config config_t5.yaml --shard 3/8   # one of 8 array tasks (0..7)
     python generate_embeddings_t5.py --config config_t5.yaml --merge       # when all 8 have finished
+    python generate_embeddings_t5.py --config config_t5.yaml --set-aside   # start the shards over with new settings
 
 Plans model × split jobs, runs one worker process per model (or per shard) on its device, merges the workers'
 checkpoint chunks into one file per split and model, in input order, keyed by protein id. Rerun the same command
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from utils import exits
@@ -30,45 +32,79 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--dry-run",
         action="store_true",
         help="check the config and inputs, print the plan (proteins, duplicates, lengths, windows, batches, disk, "
-        "projected time per model) and exit; reads checkpoints' config and tokenizer files only, writes nothing",
+        "projected time per model) and exit; reads checkpoints' config and tokenizer files only, writes nothing; "
+        "with --shard, the plan of that shard",
     )
     array = parser.add_mutually_exclusive_group()
     array.add_argument(
         "--shard",
         metavar="I/N",
         help="embed only shard I of N (0 ≤ I < N) of the unique sequences into the chunk store, e.g. a SLURM array "
-        "task's --shard $SLURM_ARRAY_TASK_ID/N; shards of one job may run at once on one output directory",
+        "task's --shard $SLURM_ARRAY_TASK_ID/N; shards of one job may run at once on one output directory; refuses "
+        "a chunk store of other settings before any work",
     )
     array.add_argument(
         "--merge",
         action="store_true",
-        help="write the final files from the chunk store once every shard has finished; refuses, naming missing "
-        "proteins, if one has not",
+        help="write the final files from the chunk store once every shard has finished (needs no GPU); refuses, "
+        "naming missing proteins and why, if one has not",
     )
-    return parser.parse_args(argv)
+    array.add_argument(
+        "--set-aside",
+        action="store_true",
+        help="move the chunks made with other settings than this config's (and damaged ones) into set_aside/ and "
+        "exit, embedding nothing: shards can then start over with the new settings (a run whose settings match "
+        "set-aside chunks brings them back)",
+    )
+    args = parser.parse_args(_shard_value_attached(sys.argv[1:] if argv is None else argv))
+    if args.dry_run and (args.merge or args.set_aside):
+        parser.error("--dry-run plans a run or a shard (--shard); drop --merge or --set-aside")
+    return args
+
+
+def _shard_value_attached(argv: list[str]) -> list[str]:
+    """`--shard -1/2` → `--shard=-1/2`: argparse takes a value that starts with '-' for an option and says only
+    "expected one argument"; attached, the value reaches parse_shard, which says what is wrong with it."""
+    fixed = list(argv)
+    for i, arg in enumerate(fixed[:-1]):
+        if arg == "--shard" and fixed[i + 1].startswith("-") and not fixed[i + 1].startswith("--"):
+            fixed[i : i + 2] = [f"--shard={fixed[i + 1]}"]
+            break
+    return fixed
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Imported after parsing: --help must not need torch.
     from utils.errors import UserError
-    from utils.job import merge_job, prepare, run_job, start_worker_server
+    from utils.job import merge_job, prepare_inputs, run_job, set_aside_job, start_worker_server
     from utils.shards import parse_shard
 
-    start_worker_server()
+    if not (args.dry_run or args.merge or args.set_aside):
+        start_worker_server()
+    from utils.config import load_config
+    from utils.preflight import check_paths
     from utils.store import OutputLock
 
     try:
         shard = parse_shard(args.shard) if args.shard is not None else None
-        config, splits, models = prepare(args.config)
+        config = load_config(args.config)
         if args.dry_run:
             from utils.dryrun import dry_run
 
-            print("\n".join(dry_run(config, splits, models)))
+            splits, models = prepare_inputs(config, engine=False)
+            print("\n".join(dry_run(config, splits, models, shard=shard)))
             return exits.OK
-        with OutputLock(config.output_dir, shared=shard is not None):
+        # The lock before the input is read: a second run on this output directory fails at once, not after the
+        # FASTA and the checkpoints were read. With the directory unusable, prepare_inputs names that instead.
+        lock = OutputLock(config.output_dir, shared=shard is not None) if not check_paths(config) else nullcontext()
+        with lock:
+            runs_nothing = args.merge or args.set_aside  # on a node without the configured GPU, or without Ray
+            splits, models = prepare_inputs(config, devices=not runs_nothing, engine=not runs_nothing)
             if args.merge:
                 return merge_job(config, splits, models)
+            if args.set_aside:
+                return set_aside_job(config, splits, models)
             return run_job(config, splits, models, shard)
     except UserError as exc:
         for line in exc.lines():

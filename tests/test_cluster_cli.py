@@ -9,6 +9,7 @@ import os
 import random
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,21 +20,81 @@ from utils.output import parquet_path, pt_path, read_parquet
 
 # A stand-in for SLURM's sbatch: the array's tasks run at once (as they would on three nodes), the dependent job
 # after them; each prints what SLURM would, and a failed task fails the stand-in like afterok would hold the merge.
+# A job asking for a GPU (--gres=gpu…) runs on a "GPU node": with FAKE_GPU_NODE_HOOK set, that directory's
+# sitecustomize.py (GPU_NODE_HOOK) goes on its PYTHONPATH; the merge job asks for none and runs on a plain CPU node.
 FAKE_SBATCH = r"""#!/usr/bin/env python3
 import os, re, subprocess, sys
 args = sys.argv[1:]
 wrap = next(a.split("=", 1)[1] for a in args if a.startswith("--wrap="))
 array = next((a.split("=", 1)[1] for a in args if a.startswith("--array=")), None)
+env = dict(os.environ)
+if any(a.startswith("--gres=gpu") for a in args) and os.environ.get("FAKE_GPU_NODE_HOOK"):
+    env["PYTHONPATH"] = os.environ["FAKE_GPU_NODE_HOOK"]
 if array:
     first, last = map(int, re.fullmatch(r"(\d+)-(\d+)", array).groups())
-    tasks = [subprocess.Popen(["bash", "-c", wrap], env={**os.environ, "SLURM_ARRAY_TASK_ID": str(i)})
+    tasks = [subprocess.Popen(["bash", "-c", wrap], env={**env, "SLURM_ARRAY_TASK_ID": str(i)})
              for i in range(first, last + 1)]
     if any(task.wait() for task in tasks):
         sys.exit("an array task failed")
 else:
-    subprocess.run(["bash", "-c", wrap], check=True)
+    subprocess.run(["bash", "-c", wrap], env=env, check=True)
 print(4242)
 """
+# What a GPU node gives a task, on a test machine without a GPU: the config's cuda:0 passes the device check, and the
+# work orders planned for it (precision resolved for cuda:0: fp16 for `auto`) run on the CPU in that precision.
+GPU_NODE_HOOK = """
+import dataclasses, importlib.abc, importlib.util, sys
+
+
+def patch(name, module):
+    if name == "utils.preflight":
+        module.check_devices = lambda config: []
+    else:
+        plan = module.plan_jobs
+
+        def plan_jobs(*args, **kwargs):
+            jobs = plan(*args, **kwargs)
+            for job in jobs:
+                job.orders = [dataclasses.replace(order, device="cpu") for order in job.orders]
+            return jobs
+
+        module.plan_jobs = plan_jobs
+
+
+class Hook(importlib.abc.MetaPathFinder):
+    pending = {"utils.preflight", "utils.job"}
+
+    def find_spec(self, name, path, target=None):
+        if name not in self.pending:
+            return None
+        self.pending.discard(name)
+        spec = importlib.util.find_spec(name)
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            patch(name, module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, Hook())
+"""
+
+
+def slurm_env(tmp_path: Path) -> dict[str, str]:
+    """The stand-in sbatch first on PATH, and this interpreter's `python` (the script calls `python`)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(FAKE_SBATCH)
+    sbatch.chmod(sbatch.stat().st_mode | stat.S_IEXEC)
+    hook = tmp_path / "gpu_node"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(GPU_NODE_HOOK)
+    path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]])
+    return cli_env() | {"PATH": path, "FAKE_GPU_NODE_HOOK": str(hook)}
 
 
 def _proteins() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -76,19 +137,34 @@ def local_run(checkpoints, tmp_path_factory) -> Path:
 
 def test_slurm_array_script_equals_one_local_run(checkpoints, local_run, tmp_path):
     config = _job_dir(tmp_path, checkpoints)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    sbatch = bin_dir / "sbatch"
-    sbatch.write_text(FAKE_SBATCH)
-    sbatch.chmod(sbatch.stat().st_mode | stat.S_IEXEC)
-    env = cli_env() | {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(
         ["bash", str(REPO / "examples" / "slurm_array.sh"), str(config), "3"],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=slurm_env(tmp_path) | {"FAKE_GPU_NODE_HOOK": ""}, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "submitted array 4242 (3 shards)" in result.stdout
     assert_same_embeddings(local_run, tmp_path / "out")
+
+
+def test_slurm_array_for_a_gpu_config_merges_on_a_node_without_gpu(checkpoints, local_run, tmp_path):
+    """config_t5.yaml's `device: 0` and `precision: auto`: the shards (on "GPU nodes") make fp16 chunks; the merge,
+    on a node without a GPU, must neither refuse cuda:0 nor resolve `auto` to fp32 and miss every chunk."""
+    train, test = _proteins()
+    write_fasta(tmp_path / "train.fasta", train)
+    write_fasta(tmp_path / "test.fasta", test)
+    config = write_config(tmp_path, {"esm": {"name": checkpoints["esm2"], "device": 0}})
+    result = subprocess.run(
+        ["bash", str(REPO / "examples" / "slurm_array.sh"), str(config), "2"],
+        env=slurm_env(tmp_path), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    for split in ("train", "test"):
+        found = load_output(pt_path(tmp_path / "out", split, "esm"))
+        expected = load_output(pt_path(local_run, split, "esm"))  # fp32 on CPU
+        assert found["meta"]["precision"] == ["fp16"] and found["meta"]["devices"] == ["cuda:0"]
+        assert found["ids"] == expected["ids"]
+        similarity = torch.nn.functional.cosine_similarity(found["embeddings"].float(), expected["embeddings"].float())
+        assert similarity.min() >= 0.999  # fp16 against fp32
 
 
 def test_merge_before_every_shard_finished_refuses_and_writes_nothing(checkpoints, tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, cli_env, random_protein, run_cli, run_job, write_config, write_fasta
-from utils.report import ProgressLog, read_progress, summarise_worker, write_report
+from utils.report import ProgressLog, progress_path, read_progress, summarise_worker, write_report
 
 MODELS = [
     {"key": "esm1b", "name": "ckpt/esm1b", "model_name": "esm1b", "family": "ESM-1b", "layer": -1,
@@ -32,9 +32,10 @@ def _charts(text: str) -> list[ElementTree.Element]:
     return [ElementTree.fromstring(svg) for svg in re.findall(r"<svg\b.*?</svg>", text, re.S)]
 
 
-def _simulate(log_dir: Path, label: str, chunks: list[tuple[int, int]], end: str | None, reused: int = 0) -> None:
+def _simulate(log_dir: Path, label: str, chunks: list[tuple[int, int]], end: str | None, reused: int = 0) -> Path:
     """A worker's progress records as the worker writes them, with times spread over a few seconds."""
-    progress = ProgressLog(log_dir / f"{label}.log", label=label, model=label, device="cpu")
+    path = progress_path(log_dir / f"{label}.log", "run1")
+    progress = ProgressLog(path, label=label, model=label, device="cpu")
     progress.write("start", precision="fp32", sequences=10, reused=reused, reused_chunks=1 if reused else 0,
                    max_residues=1022)  # fmt: skip
     progress.write("loaded", seconds=0.5)
@@ -44,22 +45,25 @@ def _simulate(log_dir: Path, label: str, chunks: list[tuple[int, int]], end: str
     if end:
         progress.write("end", status=end)
     progress.close()
+    return path
 
 
 def test_report_numbers_and_self_contained_html(tmp_path):
     started = time.time()
     log_dir, out = tmp_path / "logs", tmp_path / "out"
-    stale = log_dir / "old.progress.jsonl"
-    stale.parent.mkdir(parents=True)
-    stale.write_text(json.dumps({"t": started - 100, "event": "start", "label": "old"}) + "\n")
-    _simulate(log_dir, "esm1b", [(4, 800), (4, 1500), (2, 300)], "done", reused=0)
-    _simulate(log_dir, "t5", [(3, 500)], "interrupted", reused=6)
-    _simulate(log_dir, "dead", [(1, 100)], None)
+    other_run = log_dir / "old.run0.progress.jsonl"  # another run's, in the same log_dir
+    other_run.parent.mkdir(parents=True)
+    other_run.write_text(json.dumps({"t": started + 1, "event": "start", "label": "old"}) + "\n")
+    paths = [
+        _simulate(log_dir, "esm1b", [(4, 800), (4, 1500), (2, 300)], "done", reused=0),
+        _simulate(log_dir, "t5", [(3, 500)], "interrupted", reused=6),
+        _simulate(log_dir, "dead", [(1, 100)], None),
+    ]
     (out / "train_embeddings_esm1b.pt").parent.mkdir(parents=True)
     (out / "train_embeddings_esm1b.pt").write_bytes(b"x" * 1000)
     splits = {"train": ["M" * n for n in (10, 50, 300, 1300, 1300)], "test": ["K" * 40, "M" * 10]}
 
-    report = write_report(out, log_dir, Path("config.yaml"), splits, MODELS, started, "interrupted")
+    report = write_report(out, paths, Path("config.yaml"), splits, MODELS, started, "interrupted")
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["status"] == "interrupted"
     assert set(summary["versions"]) >= {"python", "torch", "transformers"}
@@ -68,7 +72,7 @@ def test_report_numbers_and_self_contained_html(tmp_path):
         "lengths": {"min": 10, "p50": 300, "p90": 1300, "p99": 1300, "max": 1300},
     }  # fmt: skip
     workers = {w["label"]: w for w in summary["workers"]}
-    assert set(workers) == {"esm1b", "t5", "dead"}  # the stale file of an earlier run is left out
+    assert set(workers) == {"esm1b", "t5", "dead"}  # the file of another run is left out
     assert workers["esm1b"]["computed"] == 10 and workers["esm1b"]["computed_chunks"] == 3
     assert workers["esm1b"]["residues_computed"] == 2600 and workers["esm1b"]["windowed_lengths"] == [1300]
     assert len(workers["esm1b"]["rate_over_time"]) == 3 and workers["esm1b"]["residues_per_second"] > 0
@@ -92,11 +96,9 @@ def test_report_numbers_and_self_contained_html(tmp_path):
 
 def test_names_in_the_charts_are_escaped(tmp_path):
     started = time.time()
-    _simulate(tmp_path / "logs", "w<&>", [(2, 100), (2, 100)], "done")
+    path = _simulate(tmp_path / "logs", "w<&>", [(2, 100), (2, 100)], "done")
     splits = {"a<&>b": ["M" * 10, "M" * 20], "test": ["K" * 40]}
-    text = write_report(
-        tmp_path / "out", tmp_path / "logs", Path("c.yaml"), splits, MODELS, started, "done"
-    ).read_text()
+    text = write_report(tmp_path / "out", [path], Path("c.yaml"), splits, MODELS, started, "done").read_text()
     charts = _charts(text)
     assert len(charts) == 4
     assert "a<&>b" not in text and "w<&>" not in text
@@ -107,7 +109,7 @@ def test_names_in_the_charts_are_escaped(tmp_path):
 def test_a_run_with_no_progress_still_renders(tmp_path):
     """No worker wrote a record (the run stopped before any started): the length chart alone, no error."""
     splits = {"train": ["M" * 300], "test": []}
-    report = write_report(tmp_path / "out", tmp_path / "logs", Path("c.yaml"), splits, [], time.time(), "failed")
+    report = write_report(tmp_path / "out", [], Path("c.yaml"), splits, [], time.time(), "failed")
     text = report.read_text()
     (lengths,) = _charts(text)
     assert "train: 1 proteins" in "".join(lengths.itertext())
@@ -131,10 +133,9 @@ def test_the_report_does_not_import_a_plotting_library():
 
 def test_a_cut_last_line_keeps_the_records_before_it(tmp_path):
     started = time.time()
-    _simulate(tmp_path, "w", [(2, 100), (2, 100)], None)
-    path = tmp_path / "w.progress.jsonl"
+    path = _simulate(tmp_path, "w", [(2, 100), (2, 100)], None)
     path.write_text(path.read_text() + '{"t": 1, "event": "chu')
-    (events,) = read_progress(tmp_path, started).values()
+    (events,) = read_progress([path]).values()
     worker = summarise_worker(events, started)
     assert worker.computed == 4 and worker.status == "failed"
 
@@ -205,10 +206,9 @@ def test_interrupted_run_reports_what_was_done(checkpoints, tmp_path):
         [sys.executable, str(REPO / "generate_embeddings_t5.py"), "--config", str(config)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    progress = tmp_path / "logs" / "m.progress.jsonl"
     deadline = time.monotonic() + 120
     while process.poll() is None and time.monotonic() < deadline:
-        if progress.exists() and '"chunk"' in progress.read_text():
+        if any('"chunk"' in p.read_text() for p in (tmp_path / "logs").glob("m.*.progress.jsonl")):
             break
         time.sleep(0.02)
     process.send_signal(signal.SIGTERM)

@@ -21,7 +21,15 @@ def test_parse_shard(text, shard):
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("3/3", "must be 0 to 2 for 3"), ("1/0", "0 shard"), ("a/3", "give I/N"), ("1", "give I/N"), ("-1/3", "give I/N")],
+    [
+        ("3/3", "must be 0 to 2 for 3"),
+        ("1/0", "N, the number of shards, must be at least 1"),
+        ("0/0", "N, the number of shards, must be at least 1"),  # not "must be 0 to 0 for 0 shard(s)"
+        ("0/-2", "N, the number of shards, must be at least 1"),
+        ("a/3", "give I/N"),
+        ("1", "give I/N"),
+        ("-1/3", "the shard index must be 0 to 2 for 3"),
+    ],
 )
 def test_parse_shard_refuses(text, message):
     with pytest.raises(UserError, match=message):

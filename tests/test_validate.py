@@ -218,3 +218,18 @@ def test_a_crashing_check_is_a_failed_check():
 
     check = guarded("embeddings", explode)
     assert not check.passed and check.figure == "crashed: ValueError" and check.detail == "weights are NaN"
+
+
+def test_max_residues_below_every_sample_protein_still_validates(checkpoints, tmp_path):
+    """max_residues: 16 (the config's least): every sampled protein goes through windows, so the one-pass fp32
+    reference has nothing to compare; it says so instead of crashing on an empty stack (issue 19, case 8)."""
+    rng = random.Random(16)
+    write_fasta(tmp_path / "train.fasta", [(f"P{i}", random_protein(rng, rng.randint(20, 60))) for i in range(4)])
+    write_fasta(tmp_path / "test.fasta", [("T0", random_protein(rng, 40))])
+    run_params = {"max_residues": 16, "window_overlap": 4}
+    config = write_config(tmp_path, {"esm2": {"name": checkpoints["esm2"]}}, run_params=run_params)
+    result = run_cli("validate_t5_embeddings.py", "--config", str(config), "--num-proteins", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line[:1] in "✓✗" and "fp32 reference" in line]
+    assert line.startswith("✓") and "not applicable" in line
+    assert "ALL VALIDATIONS PASSED" in result.stdout

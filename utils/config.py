@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import difflib
-import importlib.util
 import re
 import reprlib
 from dataclasses import dataclass
@@ -69,6 +68,7 @@ class ModelConfig:
     precision: str
     max_tokens_per_batch: int | None  # None: the run's setting
     layer: int = -1  # hidden state to pool, counted as transformers' hidden_states (0 embeddings, -1 the last)
+    device_auto: bool = False  # device: auto, resolved on this machine: another machine may resolve it otherwise
 
 
 @dataclass(frozen=True)
@@ -427,8 +427,11 @@ def _read_models(check: _Checker, models: dict, run: RunParams) -> tuple[ModelCo
             # The range depends on the checkpoint's depth: utils.preflight checks it once the config.json is read.
             check.add(f"{where}layer", f"must be an integer (0 = embedding output, -1 = last layer), got {layer!r}")
             layer = -1
+        device_auto = any(isinstance(d, str) and d.strip().lower() == "auto" for d in raw_list)
         result.append(
-            ModelConfig(str(key), name, tuple(d for d in devices if d), output_key, precision, budget, layer)
+            ModelConfig(
+                str(key), name, tuple(d for d in devices if d), output_key, precision, budget, layer, device_auto
+            )
         )
     seen: dict[str, str] = {}
     for model in result:
@@ -479,8 +482,6 @@ def load_config(path: Path) -> Config:
     if run.per_residue and "h5" not in output_formats(run.output_format):
         check.add("run_params.per_residue", "per-residue embeddings are written to HDF5; set output_format: h5 or both")
 
-    if run.engine == "ray" and importlib.util.find_spec("ray") is None:
-        check.add("run_params.engine", "engine: ray needs Ray installed: pip install -r requirements_ray.txt")
     if run.per_residue and run.engine == "ray":
         check.add("run_params.per_residue", "per-residue output is not available with engine: ray; use engine: local")
     data_dir = check.path(paths, "data_dir", "paths.", required=False) or Path(".")

@@ -27,6 +27,7 @@ from utils.preflight import ResolvedModel
 
 if TYPE_CHECKING:
     from utils.job import WorkOrder
+    from utils.shards import Shard
 
 # The share of the measured matmul rate the engine's forward passes reach. GPU: 0.07 (ProtT5-XL) to 0.16 (ESM2-3B)
 # on an H100 (benchmarks/results/gpu/*.txt); CPU: 0.59 on 2 cores (benchmarks/results/cpu_throughput.json). Rerun
@@ -174,8 +175,10 @@ def dry_run(
     splits: dict[str, list[Record]],
     models: list[ResolvedModel],
     rate: dict[tuple[str, str], float] | None = None,
+    shard: Shard | None = None,
 ) -> list[str]:
-    """The plan as lines of text. `rate`: (device, precision) → matmul FLOP/s, measured where not given."""
+    """The plan as lines of text. `rate`: (device, precision) → matmul FLOP/s, measured where not given; `shard`
+    (--shard I/N): the plan of that array task alone."""
     from utils.families import tool_model_name
     from utils.job import plan_jobs, unique_sequences
     from utils.preflight import estimate_output_bytes
@@ -185,7 +188,14 @@ def dry_run(
     lines = [f"dry run of {config.path}: nothing is loaded or written", *split_lines(config, splits), "models:"]
     device_seconds: Counter[str] = Counter()
     device_flop_per_residue: Counter[str] = Counter()
-    for job in plan_jobs(config, splits, models):  # the job's own plan: shards, precisions, work orders
+    jobs = plan_jobs(config, splits, models, shard)  # the job's own plan: shards, precisions, work orders
+    if shard is not None and jobs:
+        mine = sum(len(order.sequences) for order in jobs[0].orders)
+        lines.insert(
+            1, f"shard {shard}: {mine:,} of the {len(unique_sequences(splits)):,} unique sequences (the plan below is "
+            "this shard's; the disk line is the whole job's)",
+        )  # fmt: skip
+    for job in jobs:
         model = job.model
         layer = model.layer_index
         layer_text = "last layer" if layer == model.arch.layers else f"hidden state {layer} of {model.arch.layers}"

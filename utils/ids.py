@@ -6,6 +6,10 @@
   labels join on: CAFA's training FASTA has Swiss-Prot headers, its test FASTA bare accessions, GO annotations and
   ProtSpace use the accession.
 
+A header that looks like UniProt's but is not (`SP|…` in upper case, `sp|Q11111` without the entry name, `tr||X`
+with no accession) keeps its first word, and the job says so in one line with the count and an example
+(`uniprot_lookalikes`): such an id will not join with UniProt annotations.
+
 The whole header line stays on the record (`Record.header`) and goes into the outputs, so nothing is lost.
 Ids must be unique within a file after mapping: `sp|P1|A` and `tr|P1|B` (or `sp|P1|A` and a bare `P1`) are refused,
 naming both headers.
@@ -14,7 +18,7 @@ naming both headers.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from utils.errors import UserError
@@ -23,6 +27,10 @@ from utils.fasta import Record, Records, Strings, repeated_ids
 ID_FORMATS = ("first_word", "uniprot")
 # The database tag, the accession, then the entry name: the layout of every UniProtKB FASTA header.
 _UNIPROT_HEADER = re.compile(r"^(?:sp|tr)\|([^|]+)\|")
+
+
+# What a user meant as a UniProt header: a database tag in any case, then a bar.
+_UNIPROT_LIKE = re.compile(r"^(?:sp|tr)\|", re.IGNORECASE)
 
 
 def protein_id(first_word: str, id_format: str) -> str:
@@ -57,3 +65,22 @@ def apply_id_format(records: Sequence[Record], id_format: str, source: str) -> R
     if problems:
         raise UserError(problems)
     return mapped
+
+
+def uniprot_lookalikes(files: Iterable[Records], id_format: str) -> str | None:
+    """Under id_format uniprot: one line counting the headers that start like a UniProt header but are not one (so
+    they kept their first word), with an example; None when there are none (or another id_format)."""
+    if id_format != "uniprot":
+        return None
+    count, example = 0, None
+    for records in files:
+        for first_word in records.ids:
+            if _UNIPROT_LIKE.match(first_word) and not _UNIPROT_HEADER.match(first_word):
+                count += 1
+                example = example or first_word
+    if not count:
+        return None
+    return (
+        f"paths.id_format: uniprot: {count} header(s) start like a UniProt header but are not 'sp|ACC|NAME' or "
+        f"'tr|ACC|NAME' (e.g. {_shown(example or '')}); they keep their first word as the id"
+    )

@@ -30,11 +30,11 @@ from utils import exits
 from utils.config import Config, RunParams, load_config
 from utils.errors import UserError
 from utils.fasta import Records, Strings, read_fasta
-from utils.ids import apply_id_format
+from utils.ids import apply_id_format, uniprot_lookalikes
 from utils.limits import Limits, device_limits
 from utils.malloc import give_back_free_memory
 from utils.preflight import ResolvedModel
-from utils.report import report_run
+from utils.report import progress_path, report_run
 from utils.shards import Shard
 from utils.unique import (
     UniqueSequences,
@@ -62,6 +62,9 @@ def read_splits(config: Config) -> dict[str, Records]:
             problems += exc.problems
     if problems:
         raise UserError(problems)
+    unmapped = uniprot_lookalikes(splits.values(), config.id_format)
+    if unmapped:
+        print(f"note: {unmapped}", file=sys.stderr)
     shared = share_sequences(splits)[0]
     give_back_free_memory()  # the reading's and the deduplication's transient arrays
     return shared
@@ -70,10 +73,21 @@ def read_splits(config: Config) -> dict[str, Records]:
 def prepare(config_path: Path) -> tuple[Config, dict[str, Records], list[ResolvedModel]]:
     """Everything that can fail because of the user's input, before a model loads or a file is written.
     Raises UserError listing every problem found."""
+    config = load_config(config_path)
+    return (config, *prepare_inputs(config))
+
+
+def prepare_inputs(
+    config: Config, devices: bool = True, engine: bool = True
+) -> tuple[dict[str, Records], list[ResolvedModel]]:
+    """prepare's checks of a loaded config: paths, devices (unless `devices` is False: --merge and --set-aside run
+    nothing on them), the engine (unless `engine` is False: nor does --dry-run), the FASTA splits, the models, the
+    disk. Raises UserError listing every problem found."""
     from utils import preflight
 
-    config = load_config(config_path)
-    problems = preflight.check_paths(config) + preflight.check_devices(config)
+    problems = preflight.check_paths(config)
+    problems += preflight.check_devices(config) if devices else []
+    problems += preflight.check_engine(config) if engine else []
     try:
         splits = read_splits(config)
     except UserError as exc:
@@ -86,7 +100,7 @@ def prepare(config_path: Path) -> tuple[Config, dict[str, Records], list[Resolve
     disk = preflight.check_disk(config, splits, models)
     if disk:
         raise UserError(disk)
-    return config, splits, models
+    return splits, models
 
 
 # -- plan -------------------------------------------------------------------------------------------------------------
@@ -122,6 +136,8 @@ class WorkOrder:
     chunk_dir: Path
     log_path: Path
     bar_position: int = 0  # the progress bar's line: the order's lane
+    owns_store: bool = True  # a run over the whole store may set aside chunks it cannot use; a shard (--shard) may not
+    progress_path: Path | None = None  # this run's progress records for the run report (None: no report)
 
     def limits(self, memory_bytes: int | None = None) -> Limits:
         """Batch budgets and the longest one-pass protein on this order's device (utils.limits); `memory_bytes`
@@ -157,10 +173,20 @@ class Job:
         return any(code not in (exits.OK, exits.INTERRUPTED) for code in self.exit_codes)
 
 
+def new_run_id() -> str:
+    """Names this run's progress files: runs that share a log_dir (other configs, other output_dirs) never mix."""
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+
+
 def plan_jobs(
-    config: Config, splits: dict[str, Records], models: list[ResolvedModel], shard: Shard | None = None
+    config: Config,
+    splits: dict[str, Records],
+    models: list[ResolvedModel],
+    shard: Shard | None = None,
+    run_id: str | None = None,
 ) -> list[Job]:
-    """One Job per model; with `shard` (--shard I/N), only the unique sequences whose digest falls in that shard."""
+    """One Job per model; with `shard` (--shard I/N), only the unique sequences whose digest falls in that shard.
+    `run_id`: when given (and the run reports), each order records its progress in a file named by it."""
     from utils import preflight
     from utils.encode import resolve_precision
 
@@ -181,6 +207,9 @@ def plan_jobs(
             sharded = len(devices) > 1
             label = f"{model.config.key}[{part}]" if sharded else model.config.key
             log_name = model.config.output_key + task + (f".shard{part}" if sharded else "")
+            log_path = config.log_dir / f"{log_name}.log"
+            # A shard writes no report, so no progress records either
+            reported = run_id is not None and config.run.report and shard is None
             job.orders.append(
                 WorkOrder(
                     label=label,
@@ -191,7 +220,9 @@ def plan_jobs(
                     sequences=part_unique.sequences,
                     chunk_settings=job.chunk_settings,
                     chunk_dir=job.chunk_dir,
-                    log_path=config.log_dir / f"{log_name}.log",
+                    log_path=log_path,
+                    owns_store=shard is None,
+                    progress_path=progress_path(log_path, run_id) if reported and run_id else None,
                 )
             )
         jobs.append(job)
@@ -435,7 +466,7 @@ def _write_splits(
             "output_key": model.config.output_key,
             "family": model.family.label,
             "dim": model.dim,
-            "precision": sorted({o.precision for o in job.orders}),
+            "precision": job.chunk_settings["precisions"],  # what the chunks were made with (--merge: read there)
             "devices": list(model.config.devices),
             "pooling": f"mean over residue token rows [{model.family.residue_offset}, "
             f"{model.family.residue_offset}+L): no special tokens, no prefix, no padding",
@@ -520,7 +551,8 @@ def run_job(
     `shard`: embed only that shard's sequences into the chunk store and write no final file (`merge_job` does, once
     every shard has finished). `actor_class`: the Ray engine's actor (tests give one that fails on purpose)."""
     splits = shared_splits(splits)
-    jobs = plan_jobs(config, splits, models, shard)
+    jobs = plan_jobs(config, splits, models, shard, run_id=new_run_id())
+    claim_stores(config, jobs, shard)
     if config.run.engine == "ray":
         from utils.ray_engine import EmbedActor, RayRunner
 
@@ -540,6 +572,47 @@ def run_job(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def claim_stores(config: Config, jobs: list[Job], shard: Shard | None) -> None:
+    """Before any work, each model's chunk store is made this run's (utils.store.ChunkStore.claim): a shard refuses
+    a store of other settings (UserError, every model's at once), a run over the whole store takes it; set-aside
+    chunks of these settings come back."""
+    from utils.store import ChunkStore
+
+    reconcile = (
+        f"To finish that job, set those settings back in {config.path}; to start over with these settings, run "
+        f"`python generate_embeddings_t5.py --config {config.path} --set-aside` once (it moves the other chunks to "
+        "set_aside/, and a run of their settings brings them back), then the shards"
+    )
+    problems = []
+    for job in jobs:
+        store = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim)
+        try:
+            notes = store.claim(str(shard) if shard is not None else None, reconcile)
+        except UserError as exc:
+            problems += [f"model {job.model.config.key}: {problem}" for problem in exc.problems]
+            continue
+        for note in notes:
+            print(f"note: model {job.model.config.key}: {note}", file=sys.stderr)
+    if problems:
+        raise UserError(problems)
+
+
+def set_aside_job(config: Config, splits: dict[str, Records], models: list[ResolvedModel]) -> int:
+    """--set-aside: claim every model's store for this config's settings and move the chunks it cannot use (other
+    settings, damaged) into set_aside/, embedding nothing; shards of the new settings can then start."""
+    from utils.store import ChunkStore
+
+    for job in plan_jobs(config, splits, models):
+        store = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim)
+        for note in store.claim(None, ""):
+            print(f"note: model {job.model.config.key}: {note}", file=sys.stderr)
+        done, report = store.done_digests(set_aside=True)
+        for line in report.lines(f"model {job.model.config.key}"):
+            print(f"note: {line}", file=sys.stderr)
+        print(f"model {job.model.config.key}: {len(done)} sequences in chunks of these settings", file=sys.stderr)
+    return exits.OK
 
 
 def release_residues(splits: dict[str, Records], jobs: list[Job]) -> None:
@@ -574,23 +647,33 @@ def report_shard(config: Config, jobs: list[Job], shard: Shard, started: float) 
 
 
 def merge_job(config: Config, splits: dict[str, Records], models: list[ResolvedModel]) -> int:
-    """--merge: the final files from the chunk store that the shards filled. Refuses (UserError: a count and
-    examples per model) before writing anything if any protein has no embedding yet."""
-    from utils.shards import missing_report
+    """--merge: the final files from the chunk store that the shards filled. Needs no device: the settings that the
+    shards' machines decided (utils.preflight.machine_settings) are read from the chunks. Refuses (UserError: per
+    model, why (damaged, other settings, renamed output_key) and a count with examples) before writing anything if
+    any protein has no embedding yet."""
+    from utils.preflight import machine_settings
+    from utils.shards import merged_settings, missing_report, store_problems, stores_of_checkpoint
     from utils.store import ChunkStore
 
     started, started_at = time.perf_counter(), time.time()
     splits = shared_splits(splits)
     jobs = plan_jobs(config, splits, models)
+    used = {model.output_key for model in config.models}
     problems = []
     for job in jobs:
-        done, _ = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim).done_digests()
+        survey = ChunkStore(job.chunk_dir, job.chunk_settings).survey()
+        job.chunk_settings = merged_settings(job.chunk_settings, machine_settings(config, job.model.config), survey)
+        store = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim)
+        done, report = store.done_digests()
         have = np.isin(unique_of(splits).digests, done)
         missing_rows = [(r, np.flatnonzero(~have[r.sequences.index])) for r in splits.values()]
         count = sum(len(rows) for _, rows in missing_rows)
         if count:
+            label = f"model {job.model.config.key}"
+            renamed = stores_of_checkpoint(job.chunk_dir.parent, job.chunk_settings, used)
+            problems += store_problems(label, store, report, renamed, config.path)
             examples = [records.ids[i] for records, rows in missing_rows for i in rows[:10].tolist()]
-            problems.append(missing_report(examples, count, f"model {job.model.config.key}"))
+            problems.append(missing_report(examples, count, label))
         job.exit_codes = [exits.OK] * len(job.orders)
     if problems:
         raise UserError(problems)

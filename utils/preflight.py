@@ -63,6 +63,24 @@ def check_devices(config: Config) -> list[str]:
     return problems
 
 
+def check_engine(config: Config) -> list[str]:
+    """engine: ray needs Ray where the job runs; --merge, --dry-run and --set-aside use no engine and do not ask."""
+    import importlib.util
+
+    if config.run.engine != "ray":
+        return []
+    try:
+        installed = importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):  # a 'ray' in sys.modules without a spec, or one that cannot be imported
+        installed = False
+    if installed:
+        return []
+    return [
+        f"{config.path}: run_params.engine: engine: ray needs Ray installed: pip install -r requirements_ray.txt "
+        "(--merge and --dry-run do not need it)"
+    ]
+
+
 def _directory_problem(key: str, path: Path) -> str | None:
     """Why `path` cannot be used (or created) as a directory this process writes to; None when it can."""
     where = f"paths.{key}: {path}"
@@ -385,6 +403,18 @@ def chunk_settings(config: Config, model: ResolvedModel) -> dict[str, Any]:
         "layer": model.layer_index,  # the hidden state pooled (models.<key>.layer)
         "format": 2,
     }
+
+
+def machine_settings(config: Config, model: ModelConfig) -> tuple[str, ...]:
+    """The keys of chunk_settings that the machine a run lands on decides, not the config: the precision of
+    `precision: auto` on `device: auto`, and an automatic max_residues. --merge, which embeds nothing, reads these
+    from the chunks instead of deciding them for its own machine."""
+    keys = []
+    if model.device_auto and model.precision == "auto":
+        keys.append("precisions")
+    if config.run.max_residues is None:
+        keys.append("max_residues")
+    return tuple(keys)
 
 
 def chunk_dir(config: Config, model: ModelConfig) -> Path:

@@ -155,7 +155,7 @@ class RayRunner:
         from utils.store import ChunkStore, sequence_digest
 
         store = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim)
-        done, set_aside = store.load(set_aside=True)
+        done, set_aside = store.load(set_aside=all(order.owns_store for order in job.orders))  # never in a shard
         for message in set_aside.lines(job.model.config.key):
             print(f"note: {message}", file=sys.stderr)
         sequences = dict.fromkeys(s for order in job.orders for s in order.sequences)

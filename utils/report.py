@@ -2,9 +2,10 @@
 this module, no plotting library; it opens offline) and `{output_dir}/run_summary.json` (the same numbers, plus the
 versions of Python, torch and transformers and each checkpoint's identity).
 
-Workers record their progress as JSON lines in `{log_dir}/{log name}.progress.jsonl` (ProgressLog: one line when
-they start, when the model has loaded, per checkpoint chunk written, and when they end), so the report costs the run
-nothing but a flush per chunk; the main process builds the report once, at the end of the run, interrupted or not.
+Workers record their progress as JSON lines in `{log_dir}/{log name}.{run id}.progress.jsonl` (ProgressLog: one line
+when they start, when the model has loaded, per checkpoint chunk written, and when they end), so the report costs the
+run nothing but a flush per chunk; the main process builds the report once, at the end of the run, interrupted or not,
+from its own workers' files only (runs of other configs may share the log_dir), and then removes them.
 The report shows: residues/s over time per worker, the length histogram per split with the proteins that went
 through windows marked, time per model and device, proteins reused from earlier chunks against computed, and the
 output files written.
@@ -34,41 +35,51 @@ PROGRESS_SUFFIX = ".progress.jsonl"
 HISTOGRAM_BINS = 40
 
 
-def progress_path(log_path: Path) -> Path:
-    """The progress file that belongs beside a worker's log file."""
-    return log_path.with_name(log_path.stem + PROGRESS_SUFFIX)
+def progress_path(log_path: Path, run_id: str) -> Path:
+    """The progress file of one run's worker, beside the worker's log file."""
+    return log_path.with_name(f"{log_path.stem}.{run_id}{PROGRESS_SUFFIX}")
 
 
 class ProgressLog:
     """A worker's progress as JSON lines, one event a line, flushed as written (a killed worker keeps what it had).
-    Each run starts the file afresh."""
+    `path` None: the run writes no report, and nothing is recorded."""
 
-    def __init__(self, log_path: Path, **identity: Any):
-        self.path = progress_path(log_path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = self.path.open("w", encoding="utf-8")
+    def __init__(self, path: Path | None, **identity: Any):
+        self.path = path
+        self.handle = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = path.open("w", encoding="utf-8")
         self.identity = identity
 
     def write(self, event: str, **fields: Any) -> None:
+        if self.handle is None:
+            return
         record = {"t": time.time(), "event": event, **self.identity, **fields}
         self.handle.write(json.dumps(record) + "\n")
         self.handle.flush()
 
     def close(self) -> None:
-        self.handle.close()
+        if self.handle is not None:
+            self.handle.close()
 
 
-def read_progress(log_dir: Path, since: float) -> dict[str, list[dict]]:
-    """Worker label → its events of the run that began at `since` (files left by earlier runs are skipped)."""
+def read_progress(paths: Iterable[Path]) -> dict[str, list[dict]]:
+    """Worker label → its events, from the progress files of one run's workers (a worker that never started has
+    none)."""
     workers: dict[str, list[dict]] = {}
-    for path in sorted(log_dir.glob(f"*{PROGRESS_SUFFIX}")):
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue
         events = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in text.splitlines():
             try:
                 events.append(json.loads(line))
             except json.JSONDecodeError:
                 break  # a line cut by a kill: the events before it stand
-        if events and events[0].get("t", 0) >= since and "label" in events[0]:
+        if events and "label" in events[0]:
             workers[events[0]["label"]] = events
     return workers
 
@@ -652,20 +663,20 @@ Python {v["python"]}, torch {v["torch"]}, transformers {v["transformers"]} (CUDA
 
 def write_report(
     output_dir: Path,
-    log_dir: Path,
+    progress_paths: Iterable[Path],
     config_path: Path,
     splits: dict[str, list[str]],
     models: list[dict[str, Any]],
     started: float,
     exit_status: str,
 ) -> Path:
-    """Collect the workers' progress of the run that began at `started` and write the report and summary (each
-    atomically). `splits`: split → its sequences in input order; `models`: one dict per model (key, name,
-    model_name, family, layer, devices, checkpoint, status). Returns the report's path."""
+    """Collect the progress of the run's workers (`progress_paths`) of the run that began at `started` and write the
+    report and summary (each atomically). `splits`: split → its sequences in input order; `models`: one dict per
+    model (key, name, model_name, family, layer, devices, checkpoint, status). Returns the report's path."""
     from utils.store import atomic_write_bytes
 
     ended = time.time()
-    progress = read_progress(log_dir, started)
+    progress = read_progress(progress_paths)
     workers = [summarise_worker(events, started) for events in progress.values()]
     workers.sort(key=lambda w: (w.device, w.started))
     summary = build_summary(
@@ -706,9 +717,12 @@ def report_run(config: Any, splits: dict[str, Any], jobs: list[Any], started: fl
             "status": state,
         })  # fmt: skip
     sequences = {name: records.sequences for name, records in splits.items()}
+    paths = [order.progress_path for job in jobs for order in job.orders if order.progress_path is not None]
     try:
-        path = write_report(config.output_dir, config.log_dir, config.path, sequences, models, started, status)
+        path = write_report(config.output_dir, paths, config.path, sequences, models, started, status)
     except Exception as exc:  # noqa: BLE001 - the outputs are written; the report is only a picture of the run
         print(f"note: the run report could not be written ({type(exc).__name__}: {exc})", file=sys.stderr)
         return
+    for progress in paths:  # their numbers are in run_summary.json now; one file per run would pile up
+        progress.unlink(missing_ok=True)
     print(f"report: {path}", file=sys.stderr)

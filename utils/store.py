@@ -3,10 +3,15 @@
 Chunks are content-addressed: each holds the digests of the sequences it embedded, the settings that produced them
 (checkpoint identity, family, precision, preparation, long-protein settings) and their fingerprint, and a sha256
 checksum over all of that and the tensors' bytes. A rerun reuses every chunk that passes every check (checksum,
-structure, shape, dtype, finite values) and whose fingerprint matches. Anything else is set aside, never deleted and
-never mixed in: moved into `set_aside/` beside the chunks, named in one note, its proteins recomputed. A damaged or
+structure, shape, dtype, finite values) and whose fingerprint matches. Anything else is never mixed in: a run over
+the whole store sets it aside (moved into `set_aside/` beside the chunks, never deleted, named in one note, its proteins
+recomputed); an array shard (--shard I/N) only skips it, since it may be another shard's work. A damaged or
 unreadable chunk (a flipped bit, a truncated file, a directory where a chunk should be) is told apart from a chunk
 made with other settings, and for those the note names the settings that changed.
+
+One store holds one fingerprint. The first run into it writes the settings to `settings.json` (a shard creates it
+exclusively, so two shards started at once with different settings cannot both start); a shard refuses a store of
+other settings before any work (`claim`). Set-aside chunks whose settings match a run's again are brought back by it.
 A kill -9 at any moment leaves each chunk whole or absent (write to a temporary file, fsync, rename).
 """
 
@@ -31,7 +36,8 @@ from utils.errors import UserError
 CHUNK_SUFFIX = ".chk"
 CHUNK_FORMAT = 2  # 1: no settings, no checksum
 SET_ASIDE = "set_aside"
-_NOTES_LISTED = 10  # damaged chunks named one per line; past this many, counted
+SETTINGS_FILE = "settings.json"  # the store's claim: the fingerprint and settings of the chunks it holds
+NOTES_LISTED = 10  # damaged chunks named one per line; past this many, counted
 
 
 def sequence_digest(sequence: str) -> str:
@@ -134,6 +140,12 @@ def _changed_settings(old: dict[str, Any], new: dict[str, Any]) -> dict[str, str
     return changed
 
 
+def describe_changes(changed: dict[str, str]) -> str:
+    """'precisions: ['bf16'] → ['fp32']; layer: 6 → 4', cut to a line's worth."""
+    what = "; ".join(f"{key}: {change}" for key, change in changed.items()) or "unknown settings"
+    return what if len(what) <= 300 else what[:297] + "..."
+
+
 @dataclass
 class StoredEmbedding:
     pooled: torch.Tensor  # [D] float32
@@ -149,6 +161,7 @@ class SetAside:
     damaged: list[tuple[str, str]] = field(default_factory=list)
     other_settings: int = 0
     changed: dict[str, str] = field(default_factory=dict)
+    moved: bool = True  # set aside; False: only skipped (an array shard leaves other shards' chunks alone)
 
     def __bool__(self) -> bool:
         return bool(self.damaged or self.other_settings)
@@ -156,19 +169,17 @@ class SetAside:
     def lines(self, label: str) -> list[str]:
         """One note per damaged chunk (the first few, then a count) and one for the chunks of other settings."""
         where = self.directory / SET_ASIDE
+        fate = f"moved to {where}" if self.moved else "skipped (left in place for a run without --shard)"
         lines = [
-            f"{label}: chunk {name} is damaged or unreadable ({reason}); moved to {where}, its proteins are redone"
-            for name, reason in self.damaged[:_NOTES_LISTED]
+            f"{label}: chunk {name} is damaged or unreadable ({reason}); {fate}, its proteins are redone"
+            for name, reason in self.damaged[:NOTES_LISTED]
         ]
-        if len(self.damaged) > _NOTES_LISTED:
-            lines.append(f"{label}: {len(self.damaged) - _NOTES_LISTED} more damaged chunk(s) moved to {where}")
+        if len(self.damaged) > NOTES_LISTED:
+            lines.append(f"{label}: {len(self.damaged) - NOTES_LISTED} more damaged chunk(s) {fate}")
         if self.other_settings:
-            what = "; ".join(f"{key}: {change}" for key, change in self.changed.items()) or "unknown settings"
-            if len(what) > 300:
-                what = what[:297] + "..."
             lines.append(
-                f"{label}: {self.other_settings} chunk(s) made with other settings ({what}) were moved to {where}; "
-                "their proteins are redone"
+                f"{label}: {self.other_settings} chunk(s) made with other settings ({describe_changes(self.changed)}) "
+                f"were {fate}; their proteins are redone"
             )
         return lines
 
@@ -220,7 +231,7 @@ class ChunkStore:
         Residue rows are left on disk (residue_rows streams them): all of a job's would not fit in memory.
         """
         found: dict[str, StoredEmbedding] = {}
-        report = SetAside(self.directory)
+        report = SetAside(self.directory, moved=set_aside)
         for chunk in self.trusted(report, set_aside):
             for i, digest in enumerate(chunk["digests"]):
                 found[digest] = StoredEmbedding(chunk["pooled"][i], chunk["notes"].get(digest))
@@ -248,9 +259,107 @@ class ChunkStore:
         without a tensor per protein."""
         from utils.unique import hex_to_digests
 
-        report = SetAside(self.directory)
+        report = SetAside(self.directory, moved=set_aside)
         parts = [hex_to_digests(chunk["digests"]) for chunk in self.trusted(report, set_aside)]
         return np.unique(np.concatenate(parts) if parts else hex_to_digests([])), report
+
+    def survey(self) -> dict[str, tuple[dict[str, Any], int]]:
+        """fingerprint → (settings, number of chunks) of the chunks here, read cheaply (tensors memory-mapped, not
+        checked); a chunk that cannot be read this way is left to the full check."""
+        found: dict[str, tuple[dict[str, Any], int]] = {}
+        for path in self.chunk_files():
+            try:
+                chunk = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                stamp, settings = chunk["fingerprint"], chunk["settings"]
+            except Exception:  # damaged: the full check names it
+                continue
+            if isinstance(stamp, str) and isinstance(settings, dict):
+                found[stamp] = (settings, found.get(stamp, ({}, 0))[1] + 1)
+        return found
+
+    def claimed(self) -> dict[str, Any] | None:
+        """The settings settings.json claims the store for, or None when there is none (or it is unreadable)."""
+        try:
+            claim = json.loads((self.directory / SETTINGS_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        settings = claim.get("settings") if isinstance(claim, dict) else None
+        return settings if isinstance(settings, dict) else None
+
+    def claim(self, shard: str | None, reconcile: str) -> list[str]:
+        """Before any work: make the store this run's. A whole-store run (`shard` None) claims it outright (its
+        workers set aside chunks of other settings); a shard refuses (UserError naming the settings that differ and
+        `reconcile`, the commands that settle it) a store claimed for, or holding chunks of, other settings, and
+        else claims it exclusively, so that of two shards started at once with different settings one refuses.
+        Then brings back set-aside chunks of these settings. Returns notes for the user."""
+        if shard is not None:
+            self._refuse_other_settings(shard, reconcile)
+        record = json.dumps({"fingerprint": self.fingerprint, "settings": self.settings}, default=str).encode()
+        path = self.directory / SETTINGS_FILE
+        if shard is None:
+            atomic_write_bytes(path, record)
+        elif self.claimed() is None:
+            self._create_exclusively(path, record)
+            self._refuse_other_settings(shard, reconcile)  # another shard may have claimed it first
+        restored = self.restore_set_aside()
+        if not restored:
+            return []
+        return [f"{restored} chunk(s) of these settings brought back from {self.directory / SET_ASIDE}"]
+
+    def _refuse_other_settings(self, shard: str, reconcile: str) -> None:
+        claimed = self.claimed()
+        others = {fp: entry for fp, entry in self.survey().items() if fp != self.fingerprint}
+        if claimed is not None and fingerprint(claimed) != self.fingerprint:
+            others.setdefault(fingerprint(claimed), (claimed, 0))
+        if not others:
+            return
+        chunks = sum(count for _, count in others.values())
+        settings = max(others.values(), key=lambda entry: entry[1])[0]
+        held = f"holds {chunks} chunk(s) made" if chunks else "was started by another run"
+        raise UserError(
+            f"--shard {shard}: {self.directory} {held} with other settings "
+            f"({describe_changes(_changed_settings(settings, self.settings))}); a shard adds only to a store of its "
+            f"own settings and sets nothing aside. {reconcile}"
+        )
+
+    @staticmethod
+    def _create_exclusively(path: Path, data: bytes) -> None:
+        """Write `path` only if it does not exist (a hard link publishes the whole file or fails)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def restore_set_aside(self) -> int:
+        """Move chunks of these settings that pass every check back from set_aside/ (e.g. after a change of
+        settings was undone); returns how many. A chunk whose name is taken again stays where it is."""
+        aside = self.directory / SET_ASIDE
+        if not aside.is_dir():
+            return 0
+        restored = 0
+        for path in sorted(aside.iterdir()):
+            name = re.sub(r"(\.chk)\.\d+$", r"\1", path.name)  # set_aside() numbers a name it met before
+            target = self.directory / name
+            if not name.endswith(CHUNK_SUFFIX) or not path.is_file() or target.exists() or target.is_symlink():
+                continue
+            chunk, problem, other = self._read(path)
+            if chunk is None or problem is not None or other:
+                continue
+            try:
+                os.replace(path, target)
+            except FileNotFoundError:  # another shard brought it back first
+                continue
+            restored += 1
+        return restored
 
     def present_digests(self) -> set[str]:
         """Digests in chunks of these settings, read cheaply (tensors memory-mapped, not checked): for estimates."""

@@ -136,7 +136,7 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
     torch.manual_seed(order.run.seed)
     family = order.model.family
     store = ChunkStore(order.chunk_dir, order.chunk_settings, order.model.dim)
-    done, set_aside = store.done_digests(set_aside=True)
+    done, set_aside = store.done_digests(set_aside=order.owns_store)  # a shard leaves other shards' chunks alone
     for message in set_aside.lines(order.label):
         log.warning(message)
         print(f"note: {message}", file=sys.stderr)
@@ -163,7 +163,7 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
             f"note: {order.label}: {reused} sequences reused from earlier chunks, computing the rest", file=sys.stderr
         )
     # For the run report (utils/report.py): one JSON line per event, a flush per chunk.
-    progress = ProgressLog(order.log_path, label=order.label, model=order.model.config.key, device=order.device)
+    progress = ProgressLog(order.progress_path, label=order.label, model=order.model.config.key, device=order.device)
     progress.write(
         "start", precision=order.precision, sequences=len(sequences), reused=reused,
         reused_chunks=len(store.chunk_files()), max_residues=limits.max_residues,

@@ -1,0 +1,249 @@
+"""Faults of the chunk store under array shards, --merge, shared log directories and the CLI (issue 19, cases 1, 4,
+5 and 10): a shard that met another shard's settings set every chunk aside; --merge said "run the shards" whatever
+the cause; two runs sharing a log_dir mixed their reports; the lock came after reading the input; odd --shard values,
+--dry-run with --shard, Ray demanded where it is not used, UniProt-like headers kept without a word. The SLURM script
+for a GPU config, merged on a node without a GPU, is in test_cluster_cli.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import generate_embeddings_t5
+from tests.conftest import REPO, cli_env, random_protein, write_config, write_fasta
+from tests.test_faults import FAULT_HOOK
+from utils import job, preflight
+from utils.config import load_config
+from utils.errors import UserError
+from utils.shards import Shard
+from utils.store import ChunkStore, OutputLock
+
+KEY = "esm"
+RNG = random.Random(19)
+TRAIN = [(f"p{i}", random_protein(RNG, RNG.randint(10, 50))) for i in range(10)]
+TEST = [("t0", random_protein(RNG, 30))]
+RUN_PARAMS = {"batch_size": 2, "save_every_n_batches": 1}  # one chunk per batch: several chunks per shard
+
+
+def _config(directory: Path, checkpoint: Path, run_params: dict | None = None, **model) -> Path:
+    write_fasta(directory / "train.fasta", TRAIN)
+    write_fasta(directory / "test.fasta", TEST)
+    return write_config(directory, {KEY: {"name": checkpoint, **model}}, run_params=RUN_PARAMS | (run_params or {}))
+
+
+def _chunks(directory: Path, key: str = KEY) -> list[str]:
+    return sorted(p.name for p in (directory / "out" / ".chunks" / key).glob("*.chk"))
+
+
+def _merge_problems(config: Path) -> list[str]:
+    loaded = load_config(config)
+    splits, models = job.prepare_inputs(loaded, devices=False)
+    with pytest.raises(UserError) as refused:
+        job.merge_job(loaded, splits, models)
+    return refused.value.problems
+
+
+# -- 1: a shard touches only its own chunks ---------------------------------------------------------------------------
+def test_a_shard_refuses_a_store_of_other_settings_and_moves_nothing(checkpoints, tmp_path, capsys):
+    fp32 = _config(tmp_path, checkpoints["esm2"])
+    assert job.run_job(*job.prepare(fp32), Shard(0, 2)) == 0
+    shard0 = _chunks(tmp_path)
+    assert shard0
+
+    (tmp_path / "other").mkdir()
+    bf16 = _config(tmp_path / "other", checkpoints["esm2"], run_params={"precision": "bf16"})
+    loaded, splits, models = job.prepare(bf16)
+    loaded = dataclasses.replace(loaded, output_dir=tmp_path / "out")  # the same store, other settings
+    with pytest.raises(UserError) as refused:
+        job.run_job(loaded, splits, models, Shard(1, 2))
+    (line,) = refused.value.problems
+    assert line.startswith(f"model {KEY}: --shard 1/2: ") and f"holds {len(shard0)} chunk(s)" in line
+    assert "precisions: ['fp32'] → ['bf16']" in line and "--set-aside" in line
+    assert _chunks(tmp_path) == shard0 and not (tmp_path / "out" / ".chunks" / KEY / "set_aside").exists()
+
+    # Starting over with bf16: --set-aside moves the fp32 chunks away; the fp32 shard is then refused in turn ...
+    assert job.set_aside_job(loaded, splits, models) == 0
+    assert _chunks(tmp_path) == []
+    with pytest.raises(UserError, match="was started by another run with other settings"):
+        job.run_job(*job.prepare(fp32), Shard(1, 2))
+    # ... and back to fp32: --set-aside with that config brings shard 0's chunks back; shard 1 and the merge finish.
+    capsys.readouterr()
+    assert job.set_aside_job(*job.prepare(fp32)) == 0
+    assert f"{len(shard0)} chunk(s) of these settings brought back" in capsys.readouterr().err
+    assert _chunks(tmp_path) == shard0
+    assert job.run_job(*job.prepare(fp32), Shard(1, 2)) == 0
+    assert job.merge_job(*job.prepare(fp32)) == 0
+    assert (tmp_path / "out" / f"train_embeddings_{KEY}.pt").exists()
+
+
+def test_two_shards_started_at_once_with_other_settings(tmp_path):
+    """The first claims the empty store (settings.json, created exclusively); the second refuses before any work."""
+    first, second = ChunkStore(tmp_path, {"precisions": ["fp32"]}), ChunkStore(tmp_path, {"precisions": ["bf16"]})
+    assert first.claim("0/2", "FIX") == []
+    with pytest.raises(UserError, match=r"was started by another run .*\['fp32'\] → \['bf16'\].*FIX"):
+        second.claim("1/2", "FIX")
+    assert first.claim("1/2", "FIX") == []  # the same settings: welcome
+    assert second.claim(None, "") == []  # a run over the whole store takes it
+
+
+# -- 4: --merge needs no device and says why proteins are missing -----------------------------------------------------
+@pytest.fixture(scope="module")
+def whole_run(checkpoints, tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("whole")
+    assert job.run_job(*job.prepare(_config(directory, checkpoints["esm2"]))) == 0
+    return directory
+
+
+def _copy(whole_run: Path, tmp_path: Path, checkpoint: Path, **model) -> Path:
+    shutil.copytree(whole_run / "out" / ".chunks", tmp_path / "out" / ".chunks")
+    return _config(tmp_path, checkpoint, **model)
+
+
+def test_merge_names_a_damaged_chunk(whole_run, checkpoints, tmp_path):
+    config = _copy(whole_run, tmp_path, checkpoints["esm2"])
+    damaged = tmp_path / "out" / ".chunks" / KEY / _chunks(tmp_path)[0]
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    first, missing = _merge_problems(config)
+    assert first.startswith(f"model {KEY}: chunk {damaged} is damaged or unreadable (") and "rerun the shard" in first
+    assert "protein(s) have no embedding yet" in missing
+
+
+def test_merge_names_the_settings_that_differ(whole_run, checkpoints, tmp_path):
+    config = _copy(whole_run, tmp_path, checkpoints["esm2"], precision="bf16")
+    other, missing = _merge_problems(config)
+    assert "chunk(s) in" in other and "made with other settings (precisions: ['fp32'] → ['bf16'])" in other
+    assert "--set-aside" in other and "protein(s) have no embedding yet" in missing
+
+
+def test_merge_spots_a_renamed_output_key(whole_run, checkpoints, tmp_path):
+    config = _copy(whole_run, tmp_path, checkpoints["esm2"], output_key="esm_v2")
+    renamed, missing = _merge_problems(config)
+    assert f"no chunks in {tmp_path / 'out' / '.chunks' / 'esm_v2'}, but" in renamed
+    assert "was its output_key renamed? set output_key back to 'esm'" in renamed
+    assert "protein(s) have no embedding yet" in missing
+
+
+def test_merge_says_when_no_shard_has_run(checkpoints, tmp_path):
+    absent, missing = _merge_problems(_config(tmp_path, checkpoints["esm2"]))
+    assert absent.endswith("no shard has written any yet") and "run the shards that have not finished" in missing
+
+
+def test_merge_reads_machine_decided_settings_from_the_chunks(tmp_path):
+    """`device: auto` with `precision: auto` is fp16 on the shards' GPU nodes and would be fp32 on a CPU merge node:
+    the merge takes the chunks' precision; a setting the config decides (the layer) must still agree."""
+    from utils.shards import merged_settings
+
+    expected = {"checkpoint": "hub:abc", "precisions": ["fp32"], "layer": 6, "max_residues": None}
+    chunks = {"checkpoint": "hub:abc", "precisions": ["fp16"], "layer": 6, "max_residues": None}
+    assert merged_settings(expected, ("precisions",), {"f": (chunks, 3)}) == chunks
+    assert merged_settings(expected, (), {"f": (chunks, 3)}) == expected
+    assert merged_settings(expected, ("precisions",), {"f": ({**chunks, "layer": 5}, 3)}) == expected
+    write_fasta(tmp_path / "train.fasta", TRAIN)
+    config = load_config(write_config(tmp_path, {"a": {"name": "x", "device": "auto"}, "b": {"name": "y"}}))
+    assert [preflight.machine_settings(config, model) for model in config.models] == [
+        ("precisions", "max_residues"),
+        ("max_residues",),
+    ]
+
+
+# -- 5: runs sharing a log_dir; the lock before the input -------------------------------------------------------------
+def test_two_runs_sharing_a_log_dir_keep_their_own_reports(checkpoints, tmp_path):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAULT_HOOK)
+    env = cli_env() | {"PYTHONPATH": str(hook), "TEST_EMBED_SLOW_S": "0.3"}  # the two runs overlap
+    processes = []
+    for name, proteins in (("a", TRAIN), ("b", TRAIN[:4])):
+        directory = tmp_path / name
+        directory.mkdir()
+        write_fasta(directory / "train.fasta", proteins)
+        config = write_config(
+            directory, {KEY: {"name": checkpoints["esm2"]}}, test=None,
+            run_params=RUN_PARAMS | {"report": True}, extra_paths={"log_dir": str(tmp_path / "logs")},
+        )  # fmt: skip
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(REPO / "generate_embeddings_t5.py"), "--config", str(config)],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+        )
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+    for name, proteins in (("a", TRAIN), ("b", TRAIN[:4])):
+        summary = json.loads((tmp_path / name / "out" / "run_summary.json").read_text())
+        (worker,) = summary["workers"]
+        assert (summary["status"], worker["status"], worker["computed"]) == ("done", "done", len(proteins)), name
+    assert not list((tmp_path / "logs").glob("*.progress.jsonl"))  # read into the reports, then removed
+
+
+def test_the_output_lock_comes_before_reading_the_input(tmp_path, capsys):
+    """A second run on a busy output directory fails at once: before the FASTA (here missing) is even looked at."""
+    config = write_config(tmp_path, {KEY: {"name": "nowhere"}}, train="absent.fasta", test=None)
+    with OutputLock(tmp_path / "out"):
+        code = generate_embeddings_t5.main(["--config", str(config)])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "another run (pid" in line and "is writing to this output directory" in line
+
+
+# -- 10: the command line ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("shard", "message"),
+    [("0/0", "N, the number of shards, must be at least 1"), ("-1/2", "the shard index must be 0 to 1 for 2")],
+)
+def test_odd_shard_values_get_one_clear_line(tmp_path, capsys, shard, message):
+    code = generate_embeddings_t5.main(["--config", str(tmp_path / "none.yaml"), "--shard", shard])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and line.startswith(f"error: --shard {shard}: ") and message in line
+
+
+def test_dry_run_plans_the_shard_it_is_given(checkpoints, tmp_path, capsys):
+    config = _config(tmp_path, checkpoints["esm2"])
+    assert generate_embeddings_t5.main(["--config", str(config), "--dry-run", "--shard", "1/2"]) == 0
+    plan = capsys.readouterr().out
+    shard = [line for line in plan.splitlines() if line.startswith("shard 1/2: ")]
+    assert len(shard) == 1 and f"of the {len({s for _, s in TRAIN + TEST})} unique sequences" in shard[0]
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        generate_embeddings_t5.main(["--config", str(config), "--dry-run", "--merge"])
+    assert "drop --merge" in capsys.readouterr().err
+
+
+def test_merge_and_dry_run_do_not_need_ray(checkpoints, tmp_path, monkeypatch):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text("import sys\nsys.modules['ray'] = None  # Ray not installed\n")
+    config = _config(tmp_path, checkpoints["esm2"], run_params={"engine": "ray"})
+    env = cli_env() | {"PYTHONPATH": str(hook)}
+    for flag, code, said in (("--dry-run", 0, "projected wall time"), ("--merge", 2, "no shard has written any yet")):
+        result = subprocess.run(
+            [sys.executable, str(REPO / "generate_embeddings_t5.py"), "--config", str(config), flag],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == code and said in result.stdout + result.stderr, result.stderr
+        assert "Ray" not in result.stderr and "Traceback" not in result.stderr
+    monkeypatch.setitem(sys.modules, "ray", None)
+    (line,) = preflight.check_engine(load_config(config))
+    assert "engine: ray needs Ray installed" in line  # a run that would use it still says so, in one line
+
+
+def test_uniprot_lookalike_headers_are_counted_in_one_note(tmp_path, capsys):
+    records = [("sp|P1|A_HUMAN", "MKV"), ("sp|Q11111", "MKA"), ("SP|Q2|B", "MKC"), ("tr||X", "MKD"), ("P3", "MKE")]
+    write_fasta(tmp_path / "train.fasta", records)
+    config = load_config(write_config(tmp_path, {"m": {"name": "x"}}, test=None, extra_paths={"id_format": "uniprot"}))
+    splits = job.read_splits(config)
+    assert list(splits["train"].ids) == ["P1", "sp|Q11111", "SP|Q2|B", "tr||X", "P3"]
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("note: paths.id_format: uniprot: 3 header(s) start like a UniProt header but are not")
+    assert "e.g. 'sp|Q11111'" in line
