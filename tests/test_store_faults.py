@@ -147,10 +147,25 @@ def test_merge_reads_machine_decided_settings_from_the_chunks(tmp_path):
     assert merged_settings(expected, ("precisions",), {"f": ({**chunks, "layer": 5}, 3)}) == expected
     write_fasta(tmp_path / "train.fasta", TRAIN)
     config = load_config(write_config(tmp_path, {"a": {"name": "x", "device": "auto"}, "b": {"name": "y"}}))
-    assert [preflight.machine_settings(config, model) for model in config.models] == [
-        ("precisions", "max_residues"),
-        ("max_residues",),
-    ]
+    # max_residues: auto is no longer the machine's to decide (item 6): only the precision of auto on auto is
+    assert [preflight.machine_settings(config, model) for model in config.models] == [("precisions",), ()]
+
+
+def test_max_residues_auto_is_resolved_the_same_on_every_machine(checkpoints, tmp_path):
+    """Item 6: shards or a resume on nodes with different memory must not mix whole and windowed proteins. auto
+    resolves to the model's own positional limit or to none, stored in the fingerprint as that value."""
+    write_fasta(tmp_path / "train.fasta", TRAIN)
+    models = {"esm1b": {"name": checkpoints["esm1b"]}, "esm2": {"name": checkpoints["esm2"]}}
+    config = load_config(write_config(tmp_path, models, test=None))
+    resolved = {m.key: preflight.resolve_model(m) for m in config.models}
+    settings = {key: preflight.chunk_settings(config, model) for key, model in resolved.items()}
+    assert settings["esm1b"]["max_residues"] == resolved["esm1b"].arch.max_residues
+    assert settings["esm2"]["max_residues"] is None
+    from utils.limits import device_limits
+
+    for memory in (8 << 30, 512 << 30):  # a laptop and a large node: the same fingerprint, every protein whole
+        limits = device_limits(resolved["esm2"].arch, "cpu", "fp32", memory_bytes=memory)
+        assert limits.max_residues > 35_000
 
 
 # -- 5: runs sharing a log_dir; the lock before the input -------------------------------------------------------------

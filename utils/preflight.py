@@ -397,7 +397,9 @@ def chunk_settings(config: Config, model: ResolvedModel) -> dict[str, Any]:
         "checkpoint": model.identity,
         "family": model.family.name,
         "precisions": sorted({resolve_precision(model.config.precision, d) for d in model.config.devices}),
-        "max_residues": config.run.max_residues,
+        # Resolved here, the same on every machine: auto is the model's own positional limit (ESM-1b) or none. A device
+        # too small for a protein's one pass windows it at run time, and that protein's note says so.
+        "max_residues": config.run.max_residues or model.arch.max_residues,
         "window_overlap": config.run.window_overlap,
         "per_residue": config.run.per_residue,
         "layer": model.layer_index,  # the hidden state pooled (models.<key>.layer)
@@ -407,13 +409,11 @@ def chunk_settings(config: Config, model: ResolvedModel) -> dict[str, Any]:
 
 def machine_settings(config: Config, model: ModelConfig) -> tuple[str, ...]:
     """The keys of chunk_settings that the machine a run lands on decides, not the config: the precision of
-    `precision: auto` on `device: auto`, and an automatic max_residues. --merge, which embeds nothing, reads these
-    from the chunks instead of deciding them for its own machine."""
+    `precision: auto` on `device: auto`. --merge, which embeds nothing, reads these from the chunks instead of
+    deciding them for its own machine."""
     keys = []
     if model.device_auto and model.precision == "auto":
         keys.append("precisions")
-    if config.run.max_residues is None:
-        keys.append("max_residues")
     return tuple(keys)
 
 
