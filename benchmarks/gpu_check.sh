@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check for a lent H100/H200, under 8 minutes: the per-step time limits below add up to 470 s, model
+# One prepared GPU check for a lent H100/H200, under 8 minutes: the per-step time limits below add up to 465 s, model
 # building, compile warm-up and profiling included. The seed's loop against the main job's engine on ProtT5-XL (with
 # batches of up to 128 as a second engine side), ESM2 3B (with a fair-esm-style loop as a second peer) and ESM C 600M,
 # all random weights in the real shapes (no download), synthetic CAFA-like proteins with one 10,000- and one
@@ -53,52 +53,36 @@ step() {  # step NAME SECONDS ARGS...: one throughput.py process
   selected "$name" || return 0
   # shellcheck disable=SC2086  # EXTRA is a list of options
   limited "$name" "$limit" "$PYTHON" benchmarks/throughput.py --device "$DEVICE" "$@" $EXTRA --json "$WORK/$name.json"
+  combine quiet  # results.json stays current: a check cut off from outside keeps every finished model
 }
 
-check() {
-  [ "$DEVICE" = cpu ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-  limited environment 45 "$PYTHON" - "$DEVICE" "$WORK" <<'EOF'
-import sys, torch, transformers
-print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {transformers.__version__}, "
-      f"GPU {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")
-if sys.argv[1] != "cpu" and not torch.cuda.is_available():
-    raise SystemExit("no GPU visible to torch")
-if hasattr(transformers, "EsmcModel"):
-    open(f"{sys.argv[2]}/esmc", "w").close()
-EOF
-  # Stop only when torch sees no GPU; a slow first import (cold disk) is no reason to give up the lent device
-  [ "$(awk '$1 == "environment" {print $2}' "$WORK/codes")" != 1 ] || { echo "== stopped: see stderr.log"; return 1; }
-
-  step prot_t5_xl 200 --arch prot_t5_xl --proteins 2000 --variants current,b128 --profile "$WORK/prot_t5_xl.profile"
-  step esm2_3b 115 --arch esm2_3b --proteins 800 --profile "$WORK/esm2_3b.profile"
-  if [ -e "$WORK/esmc" ]; then
-    step esmc_600m 60 --arch esmc_600m --proteins 2000
-  else
-    echo "== esmc_600m skipped: this transformers has no EsmcModel (the project needs the version in requirements_t5.txt)"
-  fi
-  # The host path alone on this machine's CPU (zero-layer models: tokenization, batching, pooling, chunks, merge)
-  # shellcheck disable=SC2086  # HOST is a list of options
-  selected host && limited host 40 "$PYTHON" benchmarks/host_overhead.py $HOST --json "$OUT/host_overhead.json"
-
-  limited combine 10 "$PYTHON" - "$WORK" "$OUT" <<'EOF'
+combine() {  # combine quiet|table: $WORK's per-model files into $OUT/results.json and profile.txt (then the table)
+  "$PYTHON" - "$WORK" "$OUT" "$1" <<'EOF'
 import json, sys
 from pathlib import Path
 
-work, out = Path(sys.argv[1]), Path(sys.argv[2])
+work, out, table = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "table"
 codes = {}
 for line in (work / "codes").read_text().splitlines():
     name, code, seconds = line.split()
     codes[name] = {"exit": int(code), "seconds": int(seconds)}
-models = {path.stem: json.loads(path.read_text()) for path in sorted(work.glob("*.json"))}
+models = {}
+for path in sorted(work.glob("*.json")):
+    try:
+        models[path.stem] = json.loads(path.read_text())
+    except ValueError as exc:  # cut off while writing
+        print(f"{path.name}: unreadable ({exc})", file=sys.stderr)
 (out / "results.json").write_text(json.dumps({"steps": codes, "models": models}, indent=1, default=str) + "\n")
 profiles = [path.read_text() for path in sorted(work.glob("*.profile"))]
 (out / "profile.txt").write_text("\n".join(profiles) or "no profile was written (see stderr.log)\n")
+if not table:
+    raise SystemExit(0)
 for text in profiles:
     print(text)
 
-def cell(side, key, fmt, scale=1.0):
+def cell(side, key, fmt, scale=None):
     value = side.get(key)
-    return "-" if value is None else fmt.format(value / scale)
+    return "-" if value is None else fmt.format(value / scale if scale else value)
 
 rows = []
 for model, r in models.items():
@@ -127,6 +111,34 @@ for row in [head, *rows]:
     print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
 print("steps (exit code, seconds): " + ", ".join(f"{k} {v['exit']} {v['seconds']} s" for k, v in codes.items()))
 EOF
+}
+
+check() {
+  [ "$DEVICE" = cpu ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  limited environment 30 "$PYTHON" - "$DEVICE" "$WORK" <<'EOF'
+import sys, torch, transformers
+print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {transformers.__version__}, "
+      f"GPU {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")
+if sys.argv[1] != "cpu" and not torch.cuda.is_available():
+    raise SystemExit("no GPU visible to torch")
+if hasattr(transformers, "EsmcModel"):
+    open(f"{sys.argv[2]}/esmc", "w").close()
+EOF
+  # Stop only when torch sees no GPU; a slow first import (cold disk) is no reason to give up the lent device
+  [ "$(awk '$1 == "environment" {print $2}' "$WORK/codes")" != 1 ] || { echo "== stopped: see stderr.log"; return 1; }
+
+  step prot_t5_xl 200 --arch prot_t5_xl --proteins 2000 --variants current,b128 --profile "$WORK/prot_t5_xl.profile"
+  step esm2_3b 105 --arch esm2_3b --proteins 800 --profile "$WORK/esm2_3b.profile"
+  if [ -e "$WORK/esmc" ]; then
+    step esmc_600m 60 --arch esmc_600m --proteins 2000
+  else
+    echo "== esmc_600m skipped: this transformers has no EsmcModel (the project needs the version in requirements_t5.txt)"
+  fi
+  # The host path alone on this machine's CPU (zero-layer models: tokenization, batching, pooling, chunks, merge)
+  # shellcheck disable=SC2086  # HOST is a list of options
+  selected host && limited host 70 "$PYTHON" benchmarks/host_overhead.py $HOST --json "$OUT/host_overhead.json"
+
+  combine table
   echo "== done in ${SECONDS} s"
 }
 

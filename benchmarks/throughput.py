@@ -773,7 +773,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def write_outputs(args: Any, report: dict[str, Any]) -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        partial = args.json.with_suffix(".partial")  # renamed into place: a run killed mid-write leaves the last one
+        partial.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        partial.replace(args.json)
     engine = report.get("engine")
     if args.profile and engine and engine.get("profile"):
         p = engine["profile"]
