@@ -731,7 +731,7 @@ def summarize(report: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from utils.encode import ATTENTION_PATHS
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N")
     parser.add_argument("--arch", choices=sorted(ARCHS), help="default: t5_cpu on CPU, prot_t5_xl on GPU")
     parser.add_argument("--layers", type=int, help="override the layer count (smoke tests of GPU shapes on CPU)")
