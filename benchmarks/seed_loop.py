@@ -34,9 +34,7 @@ class SeedResult:
     skipped_oom: list[int] = field(default_factory=list)  # input indices lost to an out-of-memory batch
 
 
-def load_seed_model(
-    name: str, model_class: str, device: str, attention: str = "eager"
-) -> tuple[Any, torch.nn.Module]:
+def load_seed_model(name: str, model_class: str, device: str, attention: str = "eager") -> tuple[Any, torch.nn.Module]:
     """As the seed did: half precision through from_pretrained on GPU (T5's `wo` stays fp32), fp32 on CPU; eager
     attention as in the seed's days, or `attention="sdpa"`, transformers' default today."""
     import transformers
