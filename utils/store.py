@@ -429,6 +429,8 @@ class OutputLock:
         self.handle: Any = None
 
     def __enter__(self) -> OutputLock:
+        # What the lock itself creates, so that a run refused for its input leaves nothing behind (see __exit__)
+        self.created = [p for p in (self.path, *self.path.parents) if not p.exists()][::-1]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(self.path, "a+")
         try:
@@ -451,6 +453,14 @@ class OutputLock:
             remove_temporary_files(self.path.parent)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None and issubclass(exc_type, UserError):
+            # Refused before any work: bad input leaves the output side as it was, the lock's file and directories
+            # included (removed while still held, so no other run can have taken them meanwhile)
+            for path in reversed(self.created):
+                try:
+                    path.unlink() if path == self.path else path.rmdir()
+                except OSError:
+                    break  # something else is in it now: leave it
         fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()
