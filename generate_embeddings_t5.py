@@ -9,7 +9,7 @@
 Plans model × split jobs, runs one worker process per model (or per shard) on its device, merges the workers'
 checkpoint chunks into one file per split and model, in input order, keyed by protein id. Rerun the same command
 after a crash or Ctrl-C to resume. Exit codes: 0 done, 1 a model failed, 2 bad input, 130 interrupted.
-The engine is utils/job.py; this script only reads the command line.
+The run is utils/running/ (plan.py → local.py → merge.py); this script only reads the command line.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from utils import exits
-from utils.config import describe_config_keys
+from utils.inputs.config import describe_config_keys
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -77,20 +77,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Imported after parsing: --help must not need torch.
     from utils.errors import UserError
-    from utils.job import merge_job, prepare_inputs, run_job, set_aside_job, start_worker_server
-    from utils.shards import parse_shard
+    from utils.running.local import run_job, start_worker_server
+    from utils.running.merge import merge_job, set_aside_job
+    from utils.running.plan import prepare_inputs
+    from utils.running.shards import parse_shard
 
     if not (args.dry_run or args.merge or args.set_aside):
         start_worker_server()
-    from utils.config import load_config
-    from utils.preflight import check_paths
-    from utils.store import OutputLock
+    from utils.checks.preflight import check_paths
+    from utils.inputs.config import load_config
+    from utils.running.store import OutputLock
 
     try:
         shard = parse_shard(args.shard) if args.shard is not None else None
         config = load_config(args.config)
         if args.dry_run:
-            from utils.dryrun import dry_run
+            from utils.checks.dryrun import dry_run
 
             splits, models = prepare_inputs(config, engine=False)
             print("\n".join(dry_run(config, splits, models, shard=shard)))

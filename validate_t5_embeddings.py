@@ -6,10 +6,10 @@
 Reads the config, the FASTA splits and the models exactly as generate_embeddings_t5.py does (same errors, exit 2),
 draws a sample stratified by length that always holds the job's longest protein (deterministic from
 run_params.seed), and embeds it in this process through the job's own code (the worker's limits and batch plan,
-utils.encode.Encoder). Then, per model: load, token layout, embeddings, pooling, batch invariance, agreement with
+utils.engine.encode.Encoder). Then, per model: load, token layout, embeddings, pooling, batch invariance, agreement with
 an fp32 one-at-a-time reference, memory (measured, and projected for the whole job) and throughput; and ProstT5
 against ProtT5 when both are configured. One line per check; the report goes to {log_dir}/validation_report.json.
-Exit codes: 0 every check passed, 1 a check failed, 2 bad input. The check itself is utils/preflight_check.py.
+Exit codes: 0 every check passed, 1 a check failed, 2 bad input. The check itself is utils/checks/preflight_check.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import math
 import sys
 from pathlib import Path
 
-from utils.config import describe_config_keys
+from utils.inputs.config import describe_config_keys
 
 
 def positive_gb(text: str) -> float:
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Imported after parsing: --help must not need torch.
-    from utils.preflight_check import run_preflight_check
+    from utils.checks.preflight_check import run_preflight_check
 
     return run_preflight_check(args.config, args.num_proteins, args.assume_device_memory_gb)
 

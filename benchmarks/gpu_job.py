@@ -385,10 +385,10 @@ def read_steps(path: Path) -> dict[str, dict[str, Any]]:
 
 def flops_per_residue(checkpoint: str, lengths: list[int], max_residues: int, overlap: int = 256) -> float:
     """Forward FLOPs per input residue of one model over the job's unique proteins, windows as the job runs them
-    (utils.families.Architecture.matmul_flops; special tokens left out)."""
+    (utils.engine.families.Architecture.matmul_flops; special tokens left out)."""
     import transformers
 
-    from utils.families import architecture
+    from utils.engine.families import architecture
 
     arch = architecture(transformers.AutoConfig.from_pretrained(checkpoint))
     total = 0.0
@@ -417,10 +417,10 @@ def unique_lengths(data: Path) -> list[int]:
 
 
 def planned_peaks(config_path: Path) -> dict[str, int]:
-    """Worker label → the memory model's estimated peak (utils.limits.heaviest_pass) over the job's own batch plan,
-    on the work order's device, as the worker plans it."""
-    from utils.job import plan_jobs, prepare
-    from utils.limits import heaviest_pass
+    """Worker label → the memory model's estimated peak (utils.engine.limits.heaviest_pass) over the job's own batch
+    plan, on the work order's device, as the worker plans it."""
+    from utils.engine.limits import heaviest_pass
+    from utils.running.plan import plan_jobs, prepare
 
     config, splits, models = prepare(config_path)
     peaks = {}
@@ -458,7 +458,7 @@ def summary_rows(
     for worker in run.get("workers", []):
         model = model_of(worker["label"])
         checks = validation.get("models", {}).get(model, {}).get("checks", {})
-        memory = checks.get("memory", {})  # a check's values sit beside its figure (utils.validation.Check)
+        memory = checks.get("memory", {})  # a check's values sit beside its figure (utils.checks.validation.Check)
         projected = checks.get("throughput", {}).get("projected_seconds")
         computing = worker["residues_computed"] / worker["residues_per_second"] if worker["residues_per_second"] else 0
         mfu = None
@@ -603,7 +603,7 @@ def cmd_summary(args: argparse.Namespace) -> dict[str, Any]:
         f"long {data.get('long', '-')}",
         f"matmul rate {build.get('matmul_rate_flops', 0) / 1e12:.3f} TFLOP/s ({build.get('matmul_rate_kind', '-')});"
         " s (proj.) = measured seconds from model loaded to last chunk (the validator's projection); plan = the "
-        "memory model's peak (utils.limits) over the job's batch plan (the validator's, which it scales to its "
+        "memory model's peak (utils.engine.limits) over the job's batch plan (the validator's, which it scales to its "
         "sample's measured peak, is in summary.json)",
         "",
         table(rows) if rows else "(no run summary: the main command did not finish; see job.log)",

@@ -52,7 +52,8 @@ def write_job(directory: Path, checkpoint: Path, proteins: int, engine: str) -> 
 
 
 def timed_job(config_path: Path) -> float:
-    from utils.job import prepare, run_job
+    from utils.running.local import run_job
+    from utils.running.plan import prepare
 
     config, splits, models = prepare(config_path)
     started = time.perf_counter()
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from tests.tiny_checkpoints import build_esm2
-    from utils.ray_engine import UTILS_DIR
+    from utils.running.ray_engine import UTILS_DIR
 
     n = args.proteins
     with tempfile.TemporaryDirectory(prefix="ray_overhead_") as tmp:

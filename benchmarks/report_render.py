@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""How long the run report's HTML takes to draw (utils.report.render_html, charts included) on a realistic run:
+"""How long the run report's HTML takes to draw (utils.outputs.report.render_html, charts included) on a realistic run:
 500 proteins in two splits (log-normal lengths, a few past the 1,022-residue limit), two workers with 50 chunks each.
 
     python benchmarks/report_render.py
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from utils.report import WorkerSummary, render_html  # noqa: E402
+from utils.outputs.report import WorkerSummary, render_html  # noqa: E402
 
 
 def realistic_input(seed: int = 0) -> tuple[dict, dict[str, list[int]], list[WorkerSummary]]:

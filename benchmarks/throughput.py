@@ -19,12 +19,13 @@ Sides, on the same proteins:
   fair_esm     (ESM2 only; --skip-fair-esm drops it) benchmarks/fair_esm_loop.py: fair-esm's extract.py emulated on
                transformers' EsmModel with sdpa, fp16 on GPU: length-sorted batches of up to 4,096 tokens, truncation
                at 1,022 residues (fair-esm itself is not installed).
-  engine       the engine built as utils.Embedder builds it (utils.preflight.resolve_model, utils.limits.device_limits,
-               utils.encode.load_encoder, Encoder, the fp32 redo of utils.finite), here with --attention passed to
-               Encoder, which Embedder does not expose; then utils.embedder.embed_in_batches, the job's own batch loop
-               (plan batches, tokenize ahead, Encoder.embed, fp32 redo of non-finite proteins), duplicates once. Chunk
-               writes, the final files and the worker process spawn are left out. Every residue is embedded;
-               over-long proteins go to windows, which the result records.
+  engine       the engine built as utils.Embedder builds it (utils.checks.resolve.resolve_model,
+               utils.engine.limits.device_limits, utils.engine.encode.load_encoder, Encoder, the fp32 redo of
+               utils.engine.finite), here with --attention passed to Encoder, which Embedder does not expose; then
+               utils.engine.embedder.embed_in_batches, the job's own batch loop (plan batches, tokenize ahead,
+               Encoder.embed, fp32 redo of non-finite proteins), duplicates once. Chunk writes, the final files and
+               the worker process spawn are left out. Every residue is embedded; over-long proteins go to windows,
+               which the result records.
   engine_sdpa  (--variants current,sdpa) transformers' forward (`attention="transformers"`), T5 loaded with plain
                "sdpa": the engine before its own packed forward.
   engine_b128  (--variants current,b128) the engine with batches of up to 128 proteins (the token budget still
@@ -43,7 +44,7 @@ truncating; the report says how many proteins they cut. MFU = useful FLOPs (matm
 windows as run, no padding) / wall / the dense matmul rate measured in this run (fp16 8192² on GPU, fp32 2048² on
 CPU). Padding: the share of padded tokens in the batches (0 for the engine's packed batches; FlexAttention pads the
 row it attends over to one of a few lengths, reported as `attention_padding_fraction`). fp32 redone: proteins that
-came out non-finite in fp16 and were embedded again in fp32 (utils.finite). --profile PATH profiles a few of the
+came out non-finite in fp16 and were embedded again in fp32 (utils.engine.finite). --profile PATH profiles a few of the
 engine's batches after its timed run (benchmarks/device_profile.py: top device kernels, device idle share).
 On a shared CPU, --rounds N alternates the sides N times and keeps each side's fastest round.
 """
@@ -280,7 +281,7 @@ def baseline_result(
 
 
 def run_seed(checkpoint: Path, arch: str, proteins: list[str], device: str, flops: FlopModel) -> dict[str, Any]:
-    from utils.families import FAMILIES
+    from utils.engine.families import FAMILIES
 
     family = FAMILIES[ARCHS[arch]["family"]]
     memory = PeakMemory(device).start()
@@ -348,7 +349,7 @@ WINDOW_OVERLAP = 256  # run_params.window_overlap's default, as Embedder's
 
 def effective_settings(args: Any, variant: Variant) -> tuple[str, int]:
     """(attention path, max items) a variant runs with: two variants that agree measure the same thing."""
-    from utils.families import FAMILIES
+    from utils.engine.families import FAMILIES
 
     family = FAMILIES[ARCHS[args.arch]["family"]]
     attention = variant.attention or args.attention
@@ -375,7 +376,7 @@ def select_variants(args: Any) -> list[str]:
 
 def protein_flops(flops: FlopModel, length: int, note: dict | None, special_tokens: int) -> float:
     """Useful FLOPs of one protein as the engine ran it: whole, or window by window."""
-    from utils.batching import window_spans
+    from utils.engine.batching import window_spans
 
     spans = [(0, length)]
     if note and "windows" in note:
@@ -388,13 +389,13 @@ def run_engine(
 ) -> dict[str, Any]:
     """The engine as utils.Embedder builds it, with `attention` passed to Encoder; warm-up timed, then the job's
     batch loop over the unique proteins; with --profile (the `current` variant), a few batches profiled afterwards."""
-    from utils.attention import flex_row_length
-    from utils.config import ModelConfig
-    from utils.embedder import embed_in_batches
-    from utils.encode import Encoder, load_encoder, padding_fraction, resolve_precision
-    from utils.finite import Fp32Redo
-    from utils.limits import device_limits
-    from utils.preflight import resolve_model
+    from utils.checks.resolve import resolve_model
+    from utils.engine.attention import flex_row_length
+    from utils.engine.embedder import embed_in_batches
+    from utils.engine.encode import Encoder, load_encoder, padding_fraction, resolve_precision
+    from utils.engine.finite import Fp32Redo
+    from utils.engine.limits import device_limits
+    from utils.inputs.config import ModelConfig
 
     variant = VARIANTS[variant_name]
     attention, max_items = effective_settings(args, variant)
@@ -524,7 +525,8 @@ def run_engine(
         "useful_flops": useful,
         "profile": profile,
         "what_it_does": "as utils.Embedder: resolve_model, device_limits, load_encoder, Encoder(attention=…), fp32 "
-        "redo; utils.embedder.embed_in_batches (the job's batch loop, duplicates once); no chunk writes or files",
+        "redo; utils.engine.embedder.embed_in_batches (the job's batch loop, duplicates once); no chunk writes or "
+        "files",
     }
 
 
@@ -533,7 +535,7 @@ def profile_engine(
 ) -> dict[str, Any]:
     """torch.profiler over `count` batches from the middle of the plan (typical lengths; every row length they need
     was compiled in the timed run), through the same loop (tokenize ahead, embed, fp32 redo)."""
-    from utils.embedder import embed_batches
+    from utils.engine.embedder import embed_batches
 
     first = max(0, len(batches) // 2 - count // 2)
     chosen = batches[first : first + count]
@@ -673,7 +675,7 @@ def summarize(report: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from utils.encode import ATTENTION_PATHS
+    from utils.engine.encode import ATTENTION_PATHS
 
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N")

@@ -21,7 +21,7 @@ import generate_embeddings_t5
 from tests.conftest import load_output, random_protein, run_cli, write_config, write_fasta
 from tests.test_fasta import fasta_texts
 from utils.errors import UserError
-from utils.fasta import read_fasta
+from utils.inputs.fasta import read_fasta
 
 RNG = random.Random(5)
 TRAIN = [(f"sp|P{i:05d}|X_{i}/a:b", random_protein(RNG, RNG.randint(5, 90))) for i in range(10)]

@@ -1,5 +1,5 @@
-"""Pure stages, no model: utils/batching.py (plan_batches, window_spans) and utils/pooling.py (mean over residue
-rows, padding independence, merge_windows). Property tests (hypothesis) over lengths, budgets and windows."""
+"""Pure stages, no model: utils/engine/batching.py (plan_batches, window_spans) and utils/engine/pooling.py (mean over
+residue rows, padding independence, merge_windows). Property tests (hypothesis) over lengths, budgets and windows."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from utils.batching import MAX_PADDING, padded_tokens, plan_batches, window_spans
-from utils.pooling import mean_over_residues, merge_windows, residue_mask, residue_rows
+from utils.engine.batching import MAX_PADDING, padded_tokens, plan_batches, window_spans
+from utils.engine.pooling import mean_over_residues, merge_windows, residue_mask, residue_rows
 
 FAST = settings(max_examples=200, deadline=None)
 

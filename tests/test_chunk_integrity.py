@@ -24,8 +24,9 @@ import torch
 import generate_embeddings_t5
 import validate_t5_embeddings
 from tests.conftest import load_output, random_protein, run_cli, write_config, write_fasta
-from utils import job, preflight
-from utils.store import ChunkStore, chunk_checksum
+from utils.checks import preflight, resolve
+from utils.running import plan
+from utils.running.store import ChunkStore, chunk_checksum
 
 KEY = "esm"
 RNG = random.Random(21)
@@ -130,7 +131,7 @@ def test_damaged_and_malformed_chunks_are_set_aside_named_and_redone(first_run):
 
 def test_resume_that_fits_is_not_refused_by_the_disk_check(first_run, monkeypatch):
     directory, config, _ = first_run
-    config_, splits, models = job.prepare(config)
+    config_, splits, models = plan.prepare(config)
     fresh = preflight.estimate_output_bytes(config_, splits, models)
     usage = shutil.disk_usage(directory)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=fresh - 1))
@@ -181,20 +182,20 @@ def test_identity_is_cached_and_reads_the_hub_snapshot_commit(checkpoints, tmp_p
     checkpoint = tmp_path / "ckpt"
     shutil.copytree(checkpoints["esm2"], checkpoint)
     hashed = []
-    real = preflight._file_sha256
-    monkeypatch.setattr(preflight, "_file_sha256", lambda path: hashed.append(path.name) or real(path))
-    first = preflight.content_identity(checkpoint)
+    real = resolve._file_sha256
+    monkeypatch.setattr(resolve, "_file_sha256", lambda path: hashed.append(path.name) or real(path))
+    first = resolve.content_identity(checkpoint)
     assert "model.safetensors" in hashed
     hashed.clear()
-    assert preflight.content_identity(Path(f"{tmp_path}/./ckpt")) == first and hashed == []  # cached: no re-hash
+    assert resolve.content_identity(Path(f"{tmp_path}/./ckpt")) == first and hashed == []  # cached: no re-hash
     os.utime(checkpoint / "config.json")
-    assert preflight.content_identity(checkpoint) == first and hashed == ["config.json"]
+    assert resolve.content_identity(checkpoint) == first and hashed == ["config.json"]
     (checkpoint / "README.md").write_text("notes")
-    assert preflight.content_identity(checkpoint) == first
+    assert resolve.content_identity(checkpoint) == first
 
     snapshot = tmp_path / "hub" / "models--org--tiny" / "snapshots" / "0123456789abcdef"
     shutil.copytree(checkpoints["esm2"], snapshot)
-    assert preflight.content_identity(snapshot) == "hub:0123456789abcdef"
+    assert resolve.content_identity(snapshot) == "hub:0123456789abcdef"
 
 
 # -- 3: two outputs on one file name, through both commands -----------------------------------------------------------
@@ -221,7 +222,7 @@ def test_colliding_output_names_are_refused_by_the_job_and_the_preflight_check(c
 
 def test_store_reads_nothing_untrusted(tmp_path):
     """Unit level: a chunk written by the store passes; each kind of damage is reported, never raised."""
-    from utils.encode import Embedded
+    from utils.engine.encode import Embedded
 
     settings = {"checkpoint": "sha256:0", "per_residue": False}
     store = ChunkStore(tmp_path, settings, dim=4)

@@ -1,5 +1,5 @@
 """--help on both commands: works without torch, and lists every config key with its default from the same table
-the config validator reads (utils.config.CONFIG_KEYS), which the README's config table must match."""
+the config validator reads (utils.inputs.config.CONFIG_KEYS), which the README's config table must match."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from utils.config import _MODEL_KEYS, _PATH_KEYS, _RUN_KEYS, CONFIG_KEYS, RunParams
+from utils.inputs.config import _MODEL_KEYS, _PATH_KEYS, _RUN_KEYS, CONFIG_KEYS, RunParams
 
 BLOCK_TORCH = "import runpy, sys; sys.modules['torch'] = None; sys.argv = [sys.argv[1], '--help']; "
 BLOCK_TORCH += "runpy.run_path(sys.argv[0], run_name='__main__')"

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, cli_env, load_output, random_protein, run_cli, write_config, write_fasta
-from utils.output import parquet_path, pt_path, read_parquet
+from utils.outputs.writers import parquet_path, pt_path, read_parquet
 
 # A stand-in for SLURM's sbatch: the array's tasks run at once (as they would on three nodes), the dependent job
 # after them; each prints what SLURM would, and a failed task fails the stand-in like afterok would hold the merge.
@@ -47,7 +47,7 @@ import dataclasses, importlib.abc, importlib.util, sys
 
 
 def patch(name, module):
-    if name == "utils.preflight":
+    if name == "utils.checks.preflight":
         module.check_devices = lambda config: []
     else:
         plan = module.plan_jobs
@@ -62,7 +62,7 @@ def patch(name, module):
 
 
 class Hook(importlib.abc.MetaPathFinder):
-    pending = {"utils.preflight", "utils.job"}
+    pending = {"utils.checks.preflight", "utils.running.plan"}
 
     def find_spec(self, name, path, target=None):
         if name not in self.pending:

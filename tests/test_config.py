@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
-from utils import preflight
-from utils.config import load_config, normalise_device
+from utils.checks import preflight, resolve
 from utils.errors import UserError
-from utils.fasta import Record
+from utils.inputs.config import load_config, normalise_device
+from utils.inputs.fasta import Record
 
 
 def _base(tmp_path: Path) -> dict:
@@ -237,13 +237,13 @@ def test_output_and_log_dir_must_be_directories(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-def _resolved(dim: int) -> preflight.ResolvedModel:
-    from utils.config import ModelConfig
-    from utils.families import PROT_T5, Architecture
+def _resolved(dim: int) -> resolve.ResolvedModel:
+    from utils.engine.families import PROT_T5, Architecture
+    from utils.inputs.config import ModelConfig
 
     arch = Architecture(dim, 24, 32, 16384, 1_200_000_000, True, None)
     model = ModelConfig("prot_t5_xl", "x", ("cpu",), "prot_t5_xl", "auto", None)
-    return preflight.ResolvedModel(model, "x", PROT_T5, arch, "sha256:0")
+    return resolve.ResolvedModel(model, "x", PROT_T5, arch, "sha256:0")
 
 
 def test_disk_too_small_is_refused(tmp_path, monkeypatch):
@@ -276,7 +276,7 @@ def _model_config(tmp_path: Path, name: str):
 
 def test_uncached_hub_id_says_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    _, problems = preflight.resolve_models(_model_config(tmp_path, "no-such-org/no-such-model-7f3a"))
+    _, problems = resolve.resolve_models(_model_config(tmp_path, "no-such-org/no-such-model-7f3a"))
     assert len(problems) == 1, problems
     assert problems[0].startswith("models.prot_t5_xl.name: no-such-org/no-such-model-7f3a is not a local directory")
     assert "offline (HF_HUB_OFFLINE is set)" in problems[0] and "local checkpoint directory" in problems[0]
@@ -294,7 +294,7 @@ def test_bad_local_checkpoint_is_named(tmp_path, make, says):
     directory = tmp_path / "ckpt"
     directory.mkdir()
     name = str(make(directory))
-    _, problems = preflight.resolve_models(_model_config(tmp_path, name))
+    _, problems = resolve.resolve_models(_model_config(tmp_path, name))
     assert len(problems) == 1 and problems[0].startswith(f"models.prot_t5_xl.name: {name} ") and says in problems[0]
 
 
@@ -302,12 +302,12 @@ def test_unreadable_checkpoint_is_named(tmp_path, checkpoints):
     directory = tmp_path / "broken"
     shutil.copytree(checkpoints["prot_t5"], directory)
     (directory / "config.json").write_text('{"model_type": "t5", "d_model": ')
-    _, problems = preflight.resolve_models(_model_config(tmp_path, str(directory)))
+    _, problems = resolve.resolve_models(_model_config(tmp_path, str(directory)))
     assert len(problems) == 1 and "models.prot_t5_xl.name: " in problems[0] and "could not be read" in problems[0]
 
 
 def test_good_checkpoint_resolves(tmp_path, checkpoints):
-    resolved, problems = preflight.resolve_models(_model_config(tmp_path, str(checkpoints["prost_t5"])))
+    resolved, problems = resolve.resolve_models(_model_config(tmp_path, str(checkpoints["prost_t5"])))
     assert problems == [] and resolved[0].family.name == "prost_t5" and resolved[0].dim == 32
 
 

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from tests.conftest import REPO, random_protein, run_cli, write_config, write_fasta
-from utils.families import Architecture, architecture
+from utils.engine.families import Architecture, architecture
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_flop_model_counts_weights_and_attention():
 def test_shipped_config_balances_the_two_gpus():
     """config_t5.yaml: ProtT5-XL on GPU 0, ProstT5 on GPU 1 (the user's plan), ESM2-3B over both, ESM-1b on 0 and
     ESM C on 1: by 2 FLOPs per weight per residue, 6.55 against 6.39 GFLOP per residue, as its comments say."""
-    from utils.config import load_config
+    from utils.inputs.config import load_config
 
     config = load_config(REPO / "config_t5.yaml")
     per_gpu: dict[str, float] = {}
@@ -128,8 +128,8 @@ def test_shipped_config_balances_the_two_gpus():
 def test_projection_is_flops_over_rate_times_mfu(tmp_path, checkpoints):
     """In-process, with the matmul rate given: the work is the FLOP model summed over the proteins' tokens, and the
     projected time that work over rate × the assumed CPU utilisation."""
-    from utils.dryrun import ASSUMED_MFU, dry_run
-    from utils.job import prepare
+    from utils.checks.dryrun import ASSUMED_MFU, dry_run
+    from utils.running.plan import prepare
 
     lengths = [5, 50, 300, 700]
     write_fasta(tmp_path / "train.fasta", [(f"p{i}", "M" * n) for i, n in enumerate(lengths)])

@@ -15,8 +15,8 @@ import torch
 
 from tests.conftest import REPO, load_output, random_protein, run_job
 from utils.errors import UserError
-from utils.output import h5_name
-from utils.store import sequence_digest
+from utils.outputs.writers import h5_name
+from utils.running.store import sequence_digest
 
 RUN_PARAMS = {  # small windows and budgets, so that the comparison covers windows and several batches
     "batch_size": 4,
@@ -69,10 +69,11 @@ def cli_and_embedder(request, checkpoints, tmp_path_factory):
 
 def _job_chunk_vectors(directory) -> dict[str, torch.Tensor]:
     """sequence digest → the float32 vector the job stored in its chunks (before the float16 final file)."""
-    from utils import job, preflight
-    from utils.store import ChunkStore
+    from utils.checks import preflight
+    from utils.running import plan
+    from utils.running.store import ChunkStore
 
-    config, _, models = job.prepare(directory / "config_t5.yaml")
+    config, _, models = plan.prepare(directory / "config_t5.yaml")
     model = models[0]
     store = ChunkStore(preflight.chunk_dir(config, model.config), preflight.chunk_settings(config, model), model.dim)
     found, _ = store.load()

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tests.conftest import Reference, cosine, load_output, random_protein, run_job
-from utils.encode import Encoder, load_encoder
-from utils.families import PROT_T5
+from utils.engine.encode import Encoder, load_encoder
+from utils.engine.families import PROT_T5
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,7 @@ def test_cli_duplicates_get_identical_rows_within_and_across_splits(cli_run):
 def test_t5_padding_folded_by_addition_gives_the_same_attention_bits_as_transformers_where(dtype):
     from transformers.integrations.sdpa_attention import create_position_bias_mask
 
-    from utils.transformers_attention import position_bias_mask
+    from utils.engine.transformers_attention import position_bias_mask
 
     generator = torch.Generator().manual_seed(0)
     batch, heads, tokens = 4, 8, 50
@@ -229,7 +229,7 @@ def test_t5_padding_folded_by_addition_gives_the_same_attention_bits_as_transfor
 
 
 def test_sliced_position_bias_equals_transformers_bias_at_every_length(checkpoints):
-    from utils.transformers_attention import SlicedPositionBias
+    from utils.engine.transformers_attention import SlicedPositionBias
 
     _, model = load_encoder(str(checkpoints["prot_t5"]), PROT_T5, "cpu", "fp32")
     sliced = [

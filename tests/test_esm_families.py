@@ -197,7 +197,7 @@ def _config(name: str):
     ],
 )
 def test_real_checkpoint_facts(name, family, dim, params_billion, max_residues):
-    from utils.families import architecture, detect_family
+    from utils.engine.families import architecture, detect_family
 
     config = _config(name)
     assert detect_family(config, {}, name).name == family
@@ -211,7 +211,7 @@ def test_esm_and_esmc_token_layout(checkpoints):
     """<cls>=0 residues <eos>=2 in both vocabularies; the residues sit at [1, L+1) and X B U Z O are tokens."""
     import transformers
 
-    from utils.families import ESM2, ESMC
+    from utils.engine.families import ESM2, ESMC
 
     for layout, family in (("esm2", ESM2), ("esm1b", ESM2), ("esmc", ESMC)):
         tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoints[layout])

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from utils.errors import MAX_LISTED, UserError
-from utils.fasta import ALPHABET, Record, parse_fasta, read_fasta
+from utils.inputs.fasta import ALPHABET, Record, parse_fasta, read_fasta
 
 CLEAN = [("sp|P12345|ABC_HUMAN", "MKVLAAGIVX"), ("chr1:100-200/+", "ACDEFGHIKLMNPQRSTVWYUOBZ"), ("x", "M")]
 CLEAN_TEXT = "".join(f">{rec_id}\n{sequence}\n" for rec_id, sequence in CLEAN)

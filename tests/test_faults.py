@@ -33,7 +33,7 @@ from tests.conftest import (
     write_config,
     write_fasta,
 )
-from utils.store import OutputLock
+from utils.running.store import OutputLock
 
 FAULT_HOOK = """
 import os, sys, time
@@ -57,7 +57,7 @@ if FAIL_AFTER or SLOW:
 
     class Hook(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path, target=None):
-            if name != "utils.encode":
+            if name != "utils.engine.encode":
                 return None
             sys.meta_path.remove(self)
             spec = importlib.util.find_spec(name)

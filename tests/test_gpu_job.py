@@ -18,8 +18,8 @@ from tests.conftest import REPO
 
 
 def test_cafa_like_fasta_pair(tmp_path):
-    from utils.fasta import read_fasta
-    from utils.ids import apply_id_format
+    from utils.inputs.fasta import read_fasta
+    from utils.inputs.ids import apply_id_format
 
     counts = gpu_job.cafa_like_fasta(tmp_path, 40, 0.25, 300, [900, 1200], seed=3)
     train = apply_id_format(read_fasta(tmp_path / "train_sequences.fasta"), "uniprot", "train")

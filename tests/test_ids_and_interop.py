@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import load_output, random_protein, run_cli, write_config, write_fasta
-from utils.config import load_config
+from utils.engine.families import ESM2, ESMC, PROT_T5, TOOL_MODEL_NAMES, Architecture, tool_model_name
 from utils.errors import UserError
-from utils.families import ESM2, ESMC, PROT_T5, TOOL_MODEL_NAMES, Architecture, tool_model_name
-from utils.fasta import parse_fasta
-from utils.ids import apply_id_format, protein_id
+from utils.inputs.config import load_config
+from utils.inputs.fasta import parse_fasta
+from utils.inputs.ids import apply_id_format, protein_id
 
 # CAFA's training FASTA (Swiss-Prot headers with descriptions), its test FASTA (bare accessions), TrEMBL, isoforms,
 # and headers that are not UniProt's.
@@ -211,7 +211,7 @@ def test_parquet_keeps_headers_as_a_column(tmp_path):
     import pyarrow.parquet as pq
     import torch
 
-    from utils.output import ParquetWriter
+    from utils.outputs.writers import ParquetWriter
 
     headers = ["sp|P1|A_HUMAN first", "P2", "tr|Q3|B third"]
     path = tmp_path / "x.parquet"

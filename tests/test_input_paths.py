@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from utils import preflight
-from utils.config import load_config
+from utils.checks import preflight, resolve
 from utils.errors import UserError
-from utils.fasta import read_fasta
+from utils.inputs.config import load_config
+from utils.inputs.fasta import read_fasta
 
 
 def _base(tmp_path: Path) -> dict:
@@ -112,7 +112,8 @@ def test_billion_laughs_alias_bomb_is_refused_quickly(tmp_path):
     text = "\n".join(levels) + "\n" + yaml.safe_dump(config, sort_keys=False).replace("batch_size: 8", "batch_size: *i")
     path = _write(tmp_path, text)
     probe = (
-        "from pathlib import Path; from utils.config import load_config; load_config(Path(__import__('sys').argv[1]))"
+        "from pathlib import Path; from utils.inputs.config import load_config; "
+        "load_config(Path(__import__('sys').argv[1]))"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe, str(path)], cwd=REPO, capture_output=True, text=True, timeout=60
@@ -213,8 +214,8 @@ def test_truncated_safetensors_is_found_before_loading(checkpoints, tmp_path):
     config = _base(tmp_path)
     config["models"]["prot_t5_xl"]["name"] = str(checkpoint)
     loaded = load_config(_write(tmp_path, config))
-    assert preflight.resolve_models(loaded)[1] == []
+    assert resolve.resolve_models(loaded)[1] == []
     weights.write_bytes(data[: len(data) - 1000])
-    resolved, problems = preflight.resolve_models(loaded)
+    resolved, problems = resolve.resolve_models(loaded)
     assert resolved == [] and len(problems) == 1, problems
     assert "model.safetensors: is truncated" in problems[0] and "download it again" in problems[0]

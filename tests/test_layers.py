@@ -19,10 +19,10 @@ from tests.conftest import (
     write_config,
     write_fasta,
 )
-from utils.config import load_config
-from utils.encode import Encoder, load_encoder
+from utils.engine.encode import Encoder, load_encoder
+from utils.engine.families import FAMILIES, hidden_state_index
 from utils.errors import UserError
-from utils.families import FAMILIES, hidden_state_index
+from utils.inputs.config import load_config
 
 LAYOUTS = ("prot_t5", "prost_t5", "esm2", "esm1b", "esmc")
 TINY_LAYERS = 2  # every tiny checkpoint has two transformer layers: hidden states 0, 1, 2
@@ -91,7 +91,7 @@ def test_layers_past_the_one_asked_for_are_dropped(checkpoints):
 
 
 def test_config_layer_type_and_range(tmp_path, checkpoints):
-    from utils.preflight import resolve_model
+    from utils.checks.resolve import resolve_model
 
     write_fasta(tmp_path / "train.fasta", [("a", "MKV")])
     write_fasta(tmp_path / "test.fasta", [("b", "MKV")])

@@ -1,10 +1,10 @@
-"""Device policy (utils/limits.py): pure, no model. Full length wherever one pass fits the device; windows only for
-memory, the model's own limit (ESM-1b) or an explicit max_residues; batches sized by memory, attention included."""
+"""Device policy (utils/engine/limits.py): pure, no model. Full length wherever one pass fits the device; windows only
+for memory, the model's own limit (ESM-1b) or an explicit max_residues; batches sized by memory, attention included."""
 
 from __future__ import annotations
 
-from utils.families import Architecture
-from utils.limits import device_limits, estimate_peak_bytes, heaviest_pass
+from utils.engine.families import Architecture
+from utils.engine.limits import device_limits, estimate_peak_bytes, heaviest_pass
 
 PROT_T5_XL = Architecture(1024, 24, 32, 16384, 1_208_000_000, True, None)
 ESM2_3B = Architecture(2560, 36, 40, 10240, 2_830_000_000, False, None)
@@ -20,8 +20,8 @@ def test_t5_on_cpu_runs_full_length_when_memory_allows():
 
 
 def test_t5_on_gpu_is_limited_by_memory_linearly():
-    # Attention never builds T × T (utils.attention): the longest CAFA protein (35,000 residues) fits an A6000 in one
-    # pass, where the padded engine's quadratic bias ran out of memory at 10,000 on an H100.
+    # Attention never builds T × T (utils.engine.attention): the longest CAFA protein (35,000 residues) fits an A6000 in
+    # one pass, where the padded engine's quadratic bias ran out of memory at 10,000 on an H100.
     h100 = device_limits(PROT_T5_XL, "cuda:0", "fp16", memory_bytes=80 * GIB)
     a6000 = device_limits(PROT_T5_XL, "cuda:0", "fp16", memory_bytes=48 * GIB)
     small = device_limits(PROT_T5_XL, "cuda:0", "fp16", memory_bytes=4 * GIB)

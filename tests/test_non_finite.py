@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from tests.conftest import cosine, load_output, random_protein, run_cli, write_config, write_fasta
-from utils.encode import Embedded
-from utils.finite import Fp32Redo, NonFiniteError, redo_non_finite
+from utils.engine.encode import Embedded
+from utils.engine.finite import Fp32Redo, NonFiniteError, redo_non_finite
 
 RNG = random.Random(8)
 TRAIN = [(f"p{i}", random_protein(RNG, RNG.randint(8, 40))) for i in range(6)]

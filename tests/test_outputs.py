@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import REPO, load_output, random_protein, run_cli, write_config, write_fasta
-from utils.output import (
+from utils.outputs.writers import (
     concatenate,
     h5_id,
     h5_name,
@@ -53,10 +53,11 @@ def _models(checkpoints, keys) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def outputs_run(checkpoints, tmp_path_factory):
     """One run of the main job (prepare → run: workers, merge, concatenation), in this process so that one model can
-    be given the device list [cpu, cpu], which utils.config refuses as a user setting: two shards of one model
+    be given the device list [cpu, cpu], which utils.inputs.config refuses as a user setting: two shards of one model
     on one machine, planned and merged exactly as [cuda:0, cuda:1] would be."""
-    from utils.job import prepare, run_job
-    from utils.store import OutputLock
+    from utils.running.local import run_job
+    from utils.running.plan import prepare
+    from utils.running.store import OutputLock
 
     directory = tmp_path_factory.mktemp("outputs_run")
     train, test = _proteins()
@@ -242,7 +243,7 @@ SHIPPED_MODELS = {
 
 
 def test_shipped_config_loads_with_the_users_layout():
-    from utils.config import load_config
+    from utils.inputs.config import load_config
 
     config = load_config(REPO / "config_t5.yaml")
     assert config.splits == {"train": Path("data/train_sequences.fasta"), "test": Path("data/testsuperset.fasta")}
@@ -255,7 +256,7 @@ def test_shipped_config_loads_with_the_users_layout():
 
 
 def test_shipped_config_commented_settings_are_valid_when_uncommented(tmp_path):
-    from utils.config import RunParams, load_config
+    from utils.inputs.config import RunParams, load_config
 
     lines = (REPO / "config_t5.yaml").read_text().splitlines()
     uncommented = []

@@ -1,4 +1,5 @@
-"""Our packed forward (utils/encoders.py, utils/attention.py) against transformers' forward, the reference.
+"""Our packed forward (utils/engine/encoders.py, utils/engine/attention.py) against transformers' forward, the
+reference.
 
 Every family on packed batches that mix short and long proteins (chosen across FlexAttention's 128-token blocks),
 a protein's vector independent of its neighbours in the row, the FlexAttention block mask against the dense
@@ -20,9 +21,9 @@ import pytest
 import torch
 
 from tests.conftest import REPO, random_protein
-from utils.attention import PackedLayout, flex_plan
-from utils.encode import Encoder, load_encoder
-from utils.families import FAMILIES
+from utils.engine.attention import PackedLayout, flex_plan
+from utils.engine.encode import Encoder, load_encoder
+from utils.engine.families import FAMILIES
 
 FAMILY_NAMES = ("prot_t5", "prost_t5", "esm2", "esm1b", "esmc")
 LENGTHS = [300, 1, 127, 128, 129, 7, 540, 33]  # across 128-token blocks, a one-residue protein, one > 512 tokens
@@ -65,7 +66,7 @@ def test_packed_batch_equals_transformers_one_protein_at_a_time(loaded, name):
     # The flex kernel (uncompiled here: same arithmetic, T² memory) on the same packed row
     flex = _encoder(loaded, name, "segments")
     flex.kernel = "flex"
-    import utils.attention as attention
+    import utils.engine.attention as attention
 
     compiled = attention.compiled_flex
     attention.compiled_flex = lambda: __import__("torch.nn.attention.flex_attention", fromlist=["_"]).flex_attention
@@ -173,8 +174,8 @@ LONG_T5 = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     from pathlib import Path
     from tests.tiny_checkpoints import build_prot_t5
-    from utils.encode import Encoder, load_encoder
-    from utils.families import PROT_T5
+    from utils.engine.encode import Encoder, load_encoder
+    from utils.engine.families import PROT_T5
 
     torch.set_num_threads(2)
     shape = {"d_model": 512, "num_heads": 8, "d_kv": 64, "d_ff": 1024, "num_layers": 1}

@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from tests.conftest import load_output, random_protein, run_job, write_config
-from utils import output
-from utils.config import load_config, output_formats
 from utils.errors import UserError
-from utils.output import ParquetWriter, parquet_path, pt_path, read_parquet
+from utils.inputs.config import load_config, output_formats
+from utils.outputs import writers
+from utils.outputs.writers import ParquetWriter, parquet_path, pt_path, read_parquet
 
 
 def test_writer_streams_row_groups_and_reads_back(tmp_path, monkeypatch):
-    monkeypatch.setattr(output, "PARQUET_ROWS_PER_GROUP", 4)
+    monkeypatch.setattr(writers, "PARQUET_ROWS_PER_GROUP", 4)
     path = tmp_path / "x.parquet"
     vectors = torch.randn(11, 6)
     ids = [f"p{i}" for i in range(11)]

@@ -21,11 +21,11 @@ import pytest
 import torch
 
 from tests.conftest import REPO, cli_env, load_output, random_protein, run_cli, write_config, write_fasta
-from utils.output import parquet_path, pt_path, read_parquet
+from utils.outputs.writers import parquet_path, pt_path, read_parquet
 
 ray = pytest.importorskip("ray")
 
-from utils.ray_engine import EmbedActor  # noqa: E402  (after the skip: the module needs Ray)
+from utils.running.ray_engine import EmbedActor  # noqa: E402  (after the skip: the module needs Ray)
 
 
 class ExitOnceActor(EmbedActor):
@@ -137,7 +137,8 @@ def test_ray_engine_through_the_cli_equals_local(checkpoints, local_run, ray_add
 
 
 def test_actor_that_exits_mid_run_loses_and_duplicates_nothing(checkpoints, local_run, ray_address, tmp_path):
-    from utils.job import prepare, run_job
+    from utils.running.local import run_job
+    from utils.running.plan import prepare
 
     config, splits, models = prepare(_job(tmp_path, checkpoints, "ray"))
     assert run_job(config, splits, models, actor_class=ExitOnceActor) == 0
@@ -152,7 +153,8 @@ import ray
 ray.init(runtime_env={{"env_vars": {{"PYTHONPATH": {str(REPO)!r}}}}}, log_to_driver=False)
 from tests.test_ray import SlowActor
 from pathlib import Path
-from utils.job import prepare, run_job
+from utils.running.local import run_job
+from utils.running.plan import prepare
 config, splits, models = prepare(Path(sys.argv[sys.argv.index("--config") + 1]))
 sys.exit(run_job(config, splits, models, actor_class=SlowActor))
 """

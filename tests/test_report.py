@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, cli_env, random_protein, run_cli, run_job, write_config, write_fasta
-from utils.report import ProgressLog, progress_path, read_progress, summarise_worker, write_report
+from utils.outputs.report import ProgressLog, progress_path, read_progress, summarise_worker, write_report
 
 MODELS = [
     {"key": "esm1b", "name": "ckpt/esm1b", "model_name": "esm1b", "family": "ESM-1b", "layer": -1,
@@ -119,7 +119,7 @@ def test_a_run_with_no_progress_still_renders(tmp_path):
 
 def test_the_report_does_not_import_a_plotting_library():
     code = (
-        "import sys; from utils.report import WorkerSummary, chart_lengths, chart_rates, chart_reuse, chart_timeline\n"
+        "import sys; from utils.outputs.report import WorkerSummary, chart_lengths, chart_rates, chart_reuse, chart_timeline\n"
         "w = WorkerSummary('w', 'm', 'cpu', ended=5.0, loaded=1.0, rate=[(2.0, 10.0), (3.0, 12.0)], computed=4)\n"
         "charts = [chart_lengths({'s': [5, 50, 500]}, {'m': 100}), chart_rates([w]), chart_timeline([w]),"
         " chart_reuse([w])]\n"

@@ -88,11 +88,11 @@ PATCHES = {}
 if os.environ.get("TEST_START_EMFILE"):
     _patch_start()
 if os.environ.get("TEST_MARKER") or os.environ.get("TEST_BLOCK_EMBED") or os.environ.get("TEST_EMBED_SLOW_S"):
-    PATCHES["utils.encode"] = _patch_encode
+    PATCHES["utils.engine.encode"] = _patch_encode
 if os.environ.get("TEST_CHUNK_ENOSPC_AFTER"):
-    PATCHES["utils.store"] = _patch_store
+    PATCHES["utils.running.store"] = _patch_store
 if os.environ.get("TEST_MERGE_MARKER") or os.environ.get("TEST_MERGE_ENOSPC"):
-    PATCHES["utils.output"] = _patch_output
+    PATCHES["utils.outputs.writers"] = _patch_output
 
 if PATCHES:
     import importlib.abc, importlib.util
@@ -320,7 +320,7 @@ def test_killed_worker_is_reported_on_its_own_line_and_in_its_log(checkpoints, t
 
 
 def test_stop_grace_is_a_config_key(tmp_path):
-    from utils.config import load_config
+    from utils.inputs.config import load_config
 
     path = tmp_path / "c.yaml"
     config = {"paths": {"raw_train_sequences": "x.fa", "output_dir": "out"}, "models": {"m": {"name": "x/y"}}}

@@ -19,11 +19,12 @@ import pytest
 import generate_embeddings_t5
 from tests.conftest import REPO, cli_env, random_protein, write_config, write_fasta
 from tests.test_faults import FAULT_HOOK
-from utils import job, preflight
-from utils.config import load_config
+from utils.checks import preflight, resolve
 from utils.errors import UserError
-from utils.shards import Shard
-from utils.store import ChunkStore, OutputLock
+from utils.inputs.config import load_config
+from utils.running import local, merge, plan
+from utils.running.shards import Shard
+from utils.running.store import ChunkStore, OutputLock
 
 KEY = "esm"
 RNG = random.Random(19)
@@ -44,42 +45,42 @@ def _chunks(directory: Path, key: str = KEY) -> list[str]:
 
 def _merge_problems(config: Path) -> list[str]:
     loaded = load_config(config)
-    splits, models = job.prepare_inputs(loaded, devices=False)
+    splits, models = plan.prepare_inputs(loaded, devices=False)
     with pytest.raises(UserError) as refused:
-        job.merge_job(loaded, splits, models)
+        merge.merge_job(loaded, splits, models)
     return refused.value.problems
 
 
 # -- 1: a shard touches only its own chunks ---------------------------------------------------------------------------
 def test_a_shard_refuses_a_store_of_other_settings_and_moves_nothing(checkpoints, tmp_path, capsys):
     fp32 = _config(tmp_path, checkpoints["esm2"])
-    assert job.run_job(*job.prepare(fp32), Shard(0, 2)) == 0
+    assert local.run_job(*plan.prepare(fp32), Shard(0, 2)) == 0
     shard0 = _chunks(tmp_path)
     assert shard0
 
     (tmp_path / "other").mkdir()
     bf16 = _config(tmp_path / "other", checkpoints["esm2"], run_params={"precision": "bf16"})
-    loaded, splits, models = job.prepare(bf16)
+    loaded, splits, models = plan.prepare(bf16)
     loaded = dataclasses.replace(loaded, output_dir=tmp_path / "out")  # the same store, other settings
     with pytest.raises(UserError) as refused:
-        job.run_job(loaded, splits, models, Shard(1, 2))
+        local.run_job(loaded, splits, models, Shard(1, 2))
     (line,) = refused.value.problems
     assert line.startswith(f"model {KEY}: --shard 1/2: ") and f"holds {len(shard0)} chunk(s)" in line
     assert "precisions: ['fp32'] → ['bf16']" in line and "--set-aside" in line
     assert _chunks(tmp_path) == shard0 and not (tmp_path / "out" / ".chunks" / KEY / "set_aside").exists()
 
     # Starting over with bf16: --set-aside moves the fp32 chunks away; the fp32 shard is then refused in turn ...
-    assert job.set_aside_job(loaded, splits, models) == 0
+    assert merge.set_aside_job(loaded, splits, models) == 0
     assert _chunks(tmp_path) == []
     with pytest.raises(UserError, match="was started by another run with other settings"):
-        job.run_job(*job.prepare(fp32), Shard(1, 2))
+        local.run_job(*plan.prepare(fp32), Shard(1, 2))
     # ... and back to fp32: --set-aside with that config brings shard 0's chunks back; shard 1 and the merge finish.
     capsys.readouterr()
-    assert job.set_aside_job(*job.prepare(fp32)) == 0
+    assert merge.set_aside_job(*plan.prepare(fp32)) == 0
     assert f"{len(shard0)} chunk(s) of these settings brought back" in capsys.readouterr().err
     assert _chunks(tmp_path) == shard0
-    assert job.run_job(*job.prepare(fp32), Shard(1, 2)) == 0
-    assert job.merge_job(*job.prepare(fp32)) == 0
+    assert local.run_job(*plan.prepare(fp32), Shard(1, 2)) == 0
+    assert merge.merge_job(*plan.prepare(fp32)) == 0
     assert (tmp_path / "out" / f"train_embeddings_{KEY}.pt").exists()
 
 
@@ -97,7 +98,7 @@ def test_two_shards_started_at_once_with_other_settings(tmp_path):
 @pytest.fixture(scope="module")
 def whole_run(checkpoints, tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("whole")
-    assert job.run_job(*job.prepare(_config(directory, checkpoints["esm2"]))) == 0
+    assert local.run_job(*plan.prepare(_config(directory, checkpoints["esm2"]))) == 0
     return directory
 
 
@@ -138,7 +139,7 @@ def test_merge_says_when_no_shard_has_run(checkpoints, tmp_path):
 def test_merge_reads_machine_decided_settings_from_the_chunks(tmp_path):
     """`device: auto` with `precision: auto` is fp16 on the shards' GPU nodes and would be fp32 on a CPU merge node:
     the merge takes the chunks' precision; a setting the config decides (the layer) must still agree."""
-    from utils.shards import merged_settings
+    from utils.running.shards import merged_settings
 
     expected = {"checkpoint": "hub:abc", "precisions": ["fp32"], "layer": 6, "max_residues": None}
     chunks = {"checkpoint": "hub:abc", "precisions": ["fp16"], "layer": 6, "max_residues": None}
@@ -157,11 +158,11 @@ def test_max_residues_auto_is_resolved_the_same_on_every_machine(checkpoints, tm
     write_fasta(tmp_path / "train.fasta", TRAIN)
     models = {"esm1b": {"name": checkpoints["esm1b"]}, "esm2": {"name": checkpoints["esm2"]}}
     config = load_config(write_config(tmp_path, models, test=None))
-    resolved = {m.key: preflight.resolve_model(m) for m in config.models}
+    resolved = {m.key: resolve.resolve_model(m) for m in config.models}
     settings = {key: preflight.chunk_settings(config, model) for key, model in resolved.items()}
     assert settings["esm1b"]["max_residues"] == resolved["esm1b"].arch.max_residues
     assert settings["esm2"]["max_residues"] is None
-    from utils.limits import device_limits
+    from utils.engine.limits import device_limits
 
     for memory in (8 << 30, 512 << 30):  # a laptop and a large node: the same fingerprint, every protein whole
         limits = device_limits(resolved["esm2"].arch, "cpu", "fp32", memory_bytes=memory)
@@ -257,7 +258,7 @@ def test_uniprot_lookalike_headers_are_counted_in_one_note(tmp_path, capsys):
     records = [("sp|P1|A_HUMAN", "MKV"), ("sp|Q11111", "MKA"), ("SP|Q2|B", "MKC"), ("tr||X", "MKD"), ("P3", "MKE")]
     write_fasta(tmp_path / "train.fasta", records)
     config = load_config(write_config(tmp_path, {"m": {"name": "x"}}, test=None, extra_paths={"id_format": "uniprot"}))
-    splits = job.read_splits(config)
+    splits = plan.read_splits(config)
     assert list(splits["train"].ids) == ["P1", "sp|Q11111", "SP|Q2|B", "tr||X", "P3"]
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("note: paths.id_format: uniprot: 3 header(s) start like a UniProt header but are not")

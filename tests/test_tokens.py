@@ -1,4 +1,4 @@
-"""Token lookup tables (utils/tokens.py) against transformers' own tokenizers, for all five families' real
+"""Token lookup tables (utils/engine/tokens.py) against transformers' own tokenizers, for all five families' real
 tokenizer files: byte-identical ids and masks for any protein, and refusal of a tokenizer whose layout differs."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from utils.families import ESM1B, ESM2, ESMC, PROST_T5, PROT_T5
-from utils.tokens import TokenLayoutError, build_table
+from utils.engine.families import ESM1B, ESM2, ESMC, PROST_T5, PROT_T5
+from utils.engine.tokens import TokenLayoutError, build_table
 
 FAMILIES = {"prot_t5": PROT_T5, "prost_t5": PROST_T5, "esm2": ESM2, "esm1b": ESM1B, "esmc": ESMC}
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY" + "XUZOB" * 3  # the rare letters weighted up: they are where layouts differ

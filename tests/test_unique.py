@@ -1,4 +1,5 @@
-"""Packed records and the unique-sequence stage: utils.fasta.Strings/Records, utils.unique, the merge's index."""
+"""Packed records and the unique-sequence stage: utils.inputs.fasta.Strings/Records, utils.inputs.unique, the merge's
+index."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from utils.fasta import Record, Records, Strings, parse_fasta, read_fasta
-from utils.store import ChunkStore, sequence_digest
-from utils.unique import digest_hex, share_sequences, shared_splits, split_digests, unique_of
+from utils.inputs.fasta import Record, Records, Strings, parse_fasta, read_fasta
+from utils.inputs.unique import digest_hex, share_sequences, shared_splits, split_digests, unique_of
+from utils.running.store import ChunkStore, sequence_digest
 
 
 @settings(max_examples=60, deadline=None)
@@ -72,8 +73,8 @@ def test_lists_of_records_are_accepted_where_records_are():
 
 
 def test_unique_vectors_scatter_by_unique_index_mark_missing_and_keep_what_load_keeps(tmp_path):
-    from utils.encode import Embedded
-    from utils.gather import UniqueVectors
+    from utils.engine.encode import Embedded
+    from utils.outputs.gather import UniqueVectors
 
     store = ChunkStore(tmp_path, {"s": 1}, dim=2)
 

@@ -9,8 +9,8 @@ import random
 import pytest
 
 from tests.conftest import random_protein, run_cli, write_config, write_fasta
-from utils.families import PROT_T5
-from utils.validation import Check, checkpoint_kind, guarded, newly_initialised, project_peak, stratified_sample
+from utils.checks.validation import Check, checkpoint_kind, guarded, newly_initialised, project_peak, stratified_sample
+from utils.engine.families import PROT_T5
 
 LONGEST = 300
 CHECKS = {
@@ -159,8 +159,8 @@ def test_stratified_sample_is_deterministic_spread_and_keeps_the_longest():
 
 
 def test_projection_uses_windows_for_proteins_beyond_max_residues():
-    from utils.families import Architecture
-    from utils.limits import device_limits
+    from utils.engine.families import Architecture
+    from utils.engine.limits import device_limits
 
     arch = Architecture(hidden=32, layers=2, heads=4, ffn=64, params=20_000, position_bias=True, max_residues=None)
 
@@ -195,7 +195,7 @@ def test_load_report_missing_weights_and_checkpoint_kind():
 def test_guards_report_a_job_that_lets_unk_through(checkpoints, monkeypatch):
     import transformers
 
-    from utils import validation
+    from utils.checks import validation
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoints["prot_t5"])
     assert validation.silent_unknown_guards(tokenizer, PROT_T5) == []

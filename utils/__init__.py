@@ -1,7 +1,7 @@
 """The embedding library behind generate_embeddings_t5.py and validate_t5_embeddings.py.
 
-`from utils import Embedder` gives the Python API (utils/embedder.py). Importing `utils` itself loads nothing heavy:
-the scripts read their command line (and answer --help) before torch is imported.
+`from utils import Embedder` gives the Python API (utils/engine/embedder.py). Importing `utils` itself loads nothing
+heavy: the scripts read their command line (and answer --help) before torch is imported.
 """
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from utils.embedder import Embedder
+    from utils.engine.embedder import Embedder
 
 __all__ = ["Embedder"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "Embedder":
-        from utils.embedder import Embedder
+        from utils.engine.embedder import Embedder
 
         return Embedder
     raise AttributeError(f"module 'utils' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """`--dry-run`: what a config means before anything runs. Reads the config, the FASTA files and each checkpoint's
 config and tokenizer files (no weights), plans exactly as the job would (the same unique sequences, shards, device
-limits from utils.limits and batch plan), and prints: proteins, unique sequences and duplicates, residues and length
-percentiles per split; per model and device the proteins that will go through windows and why, the batches under
+limits from utils.engine.limits and batch plan), and prints: proteins, unique sequences and duplicates, residues and
+length percentiles per split; per model and device the proteins that will go through windows and why, the batches under
 the token budget, and the projected time; the disk the outputs and chunks need. Nothing is loaded or written.
 
 Projected time = forward FLOPs / (the device's matmul rate × an assumed model FLOP utilisation):
@@ -21,13 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from utils.config import Config
-from utils.fasta import Record
-from utils.preflight import ResolvedModel
+from utils.checks.resolve import ResolvedModel
+from utils.inputs.config import Config
+from utils.inputs.fasta import Record
 
 if TYPE_CHECKING:
-    from utils.job import WorkOrder
-    from utils.shards import Shard
+    from utils.running.plan import WorkOrder
+    from utils.running.shards import Shard
 
 # The share of the measured matmul rate the engine's forward passes reach. GPU: 0.07 (ProtT5-XL) to 0.16 (ESM2-3B)
 # on an H100 (benchmarks/results/gpu/*.txt); CPU: 0.59 on 2 cores (benchmarks/results/cpu_throughput.json). Rerun
@@ -97,20 +97,22 @@ def window_reason(model: ResolvedModel, config: Config, max_residues: int, memor
         return f"longer than run_params.max_residues ({max_residues:,})"
     if model.arch.max_residues is not None and max_residues == model.arch.max_residues:
         return f"longer than the {max_residues:,} residues the model's learned positions reach"
-    return f"one pass past {max_residues:,} residues would not fit {memory_bytes / 2**30:.0f} GiB (utils/limits.py)"
+    return (
+        f"one pass past {max_residues:,} residues would not fit {memory_bytes / 2**30:.0f} GiB (utils/engine/limits.py)"
+    )
 
 
 def plan_order(config: Config, order: WorkOrder) -> OrderPlan:
-    """What the worker of `order` will do: its device limits (utils.limits, as the worker asks them), batch plan,
+    """What the worker of `order` will do: its device limits (utils.engine.limits, as the worker asks them), batch plan,
     windows and forward FLOPs."""
-    from utils.batching import window_spans
+    from utils.engine.batching import window_spans
 
     model = order.model
     limits = order.limits()
     special = model.family.special_tokens
     lengths = [len(s) for s in order.sequences]
     batches = limits.plan_batches(lengths, special)
-    overlap = min(config.run.window_overlap, limits.max_residues // 4)  # as utils.encode.Encoder.embed_windows
+    overlap = min(config.run.window_overlap, limits.max_residues // 4)  # as utils.engine.encode.Encoder.embed_windows
     windowed, flops = [], 0.0
     for n in lengths:
         spans = window_spans(n, limits.max_residues, overlap) if n > limits.max_residues else [(0, n)]
@@ -179,9 +181,9 @@ def dry_run(
 ) -> list[str]:
     """The plan as lines of text. `rate`: (device, precision) → matmul FLOP/s, measured where not given; `shard`
     (--shard I/N): the plan of that array task alone."""
-    from utils.families import tool_model_name
-    from utils.job import plan_jobs, unique_sequences
-    from utils.preflight import estimate_output_bytes
+    from utils.checks.preflight import estimate_output_bytes
+    from utils.engine.families import tool_model_name
+    from utils.running.plan import plan_jobs, unique_sequences
 
     rates = dict(rate or {})
     total_residues = sum(len(s) for s in unique_sequences(splits))

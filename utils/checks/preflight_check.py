@@ -1,12 +1,12 @@
 """The pre-flight check behind validate_t5_embeddings.py: every model of a config on a sample of the job's proteins.
 
-Reads the config, the FASTA splits and the models exactly as the job does (utils.job.prepare: same errors, exit 2),
-draws a sample stratified by length that always holds the job's longest protein (deterministic from
+Reads the config, the FASTA splits and the models exactly as the job does (utils.running.plan.prepare: same errors, exit
+2), draws a sample stratified by length that always holds the job's longest protein (deterministic from
 run_params.seed), and embeds it in this process through the job's own code (the work order's limits, the embedding
-loop of utils.embedder, utils.encode.Encoder). Then, per model, the checks of utils.validation: load, token layout,
-embeddings, pooling, batch invariance, agreement with an fp32 one-at-a-time reference, memory (measured, and
-projected for the whole job) and throughput; and ProstT5 against ProtT5 when both are configured. One line per check;
-the report goes to {log_dir}/validation_report.json.
+loop of utils.engine.embedder, utils.engine.encode.Encoder). Then, per model, the checks of utils.checks.validation:
+load, token layout, embeddings, pooling, batch invariance, agreement with an fp32 one-at-a-time reference, memory
+(measured, and projected for the whole job) and throughput; and ProstT5 against ProtT5 when both are configured. One
+line per check; the report goes to {log_dir}/validation_report.json.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from pathlib import Path
 import torch
 
 from utils import exits
-from utils import validation as v
-from utils.embedder import embed_in_batches
-from utils.encode import Encoder, load_encoder
+from utils.checks import validation as v
+from utils.checks.validation import TOLERANCES, Check, check_cross_model, guarded, stratified_sample
+from utils.engine.embedder import embed_in_batches
+from utils.engine.encode import Encoder, load_encoder
+from utils.engine.limits import Limits, device_memory_bytes
 from utils.errors import UserError
-from utils.job import Job, plan_jobs, prepare, unique_sequences
-from utils.limits import Limits, device_memory_bytes
-from utils.validation import TOLERANCES, Check, check_cross_model, guarded, stratified_sample
+from utils.running.plan import Job, plan_jobs, prepare, unique_sequences
 
 NAME_WIDTH = 16
 
@@ -89,7 +89,7 @@ def quiet_transformers() -> None:
 
 
 def embed_sample(encoder: Encoder, sample: list[str], limits: Limits) -> tuple[torch.Tensor, float, int]:
-    """Embed the sample as a worker would (utils.embedder's loop) → (vectors, seconds, windowed)."""
+    """Embed the sample as a worker would (utils.engine.embedder's loop) → (vectors, seconds, windowed)."""
 
     encoder.embed([min(sample, key=len)])  # warm-up (kernels, allocator) outside the timing
     started = time.perf_counter()

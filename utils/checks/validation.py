@@ -1,8 +1,8 @@
 """Pre-flight checks of one model on a sample of the job's proteins, through the job's own code path.
 
 Each check returns a `Check` (passed, the measured figure, a detail line). The sample is embedded exactly as a
-worker would embed it (utils.limits, utils.embedder.embed_in_batches, utils.encode.Encoder.embed); the
-checks then recompute what they test independently (own slicing of last_hidden_state, own vocabulary goldens,
+worker would embed it (utils.engine.limits, utils.engine.embedder.embed_in_batches, utils.engine.encode.Encoder.embed);
+the checks then recompute what they test independently (own slicing of last_hidden_state, own vocabulary goldens,
 an unpadded one-protein-at-a-time reference) so that a fault in the pipeline shows instead of agreeing with itself.
 """
 
@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from utils.encode import Encoder
-from utils.families import Architecture, Family
-from utils.limits import Limits, heaviest_pass
-from utils.tokens import TokenLayoutError, build_table
+from utils.engine.encode import Encoder
+from utils.engine.families import Architecture, Family
+from utils.engine.limits import Limits, heaviest_pass
+from utils.engine.tokens import TokenLayoutError, build_table
 
-# Every residue letter a FASTA may carry (utils.fasta.ALPHABET), in a fixed order for reports.
+# Every residue letter a FASTA may carry (utils.inputs.fasta.ALPHABET), in a fixed order for reports.
 ALL_RESIDUES = "ACDEFGHIKLMNPQRSTVWYXBZUO"
 
 
@@ -184,7 +184,8 @@ def check_load(
 # -- token layout -------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TokenGolden:
-    """The real hub vocabularies (the published tokenizer files' ids), written out independently of utils.families."""
+    """The real hub vocabularies (the published tokenizer files' ids), written out independently of
+    utils.engine.families."""
 
     leading: tuple[tuple[str, int], ...]  # tokens before the first residue
     trailing: tuple[tuple[str, int], ...]  # tokens after the last residue
@@ -260,7 +261,7 @@ def silent_unknown_guards(tokenizer: Any, family: Family) -> list[str]:
     """Text without the separator, or in lower case, must never become <unk> silently: wherever the tokenizer
     gives <unk> for it, the job's token table must refuse that layout; lower case must not reach it at all (FASTA
     reader)."""
-    from utils.fasta import parse_fasta
+    from utils.inputs.fasta import parse_fasta
 
     problems = []
     if parse_fasta(">guard\nmkt\n", "guard")[0].sequence != "MKT":
@@ -366,7 +367,8 @@ def check_batch_invariance(encoder: Encoder, sequences: list[str], tolerance: To
 
 @torch.inference_mode()
 def reference_vector(tokenizer: Any, model: torch.nn.Module, family: Family, sequence: str) -> torch.Tensor:
-    """Unpadded, alone, no attention mask, own slicing, float64 mean: independent of Encoder and utils.pooling."""
+    """Unpadded, alone, no attention mask, own slicing, float64 mean: independent of Encoder and
+    utils.engine.pooling."""
     device = next(model.parameters()).device
     ids = tokenizer(family.model_text(sequence), return_tensors="pt")["input_ids"].to(device)
     hidden = model(input_ids=ids).last_hidden_state[0].double()
@@ -412,8 +414,8 @@ class Projection:
 def project_peak(
     limits: Limits, arch: Architecture, precision: str, lengths: Sequence[int], family: Family, window_overlap: int
 ) -> Projection:
-    """The job's batch plan over its lengths (utils.limits, as the worker plans it), and the estimated peak of its
-    heaviest forward pass."""
+    """The job's batch plan over its lengths (utils.engine.limits, as the worker plans it), and the estimated peak of
+    its heaviest forward pass."""
     peak, items, tokens = heaviest_pass(limits, arch, precision, lengths, family.special_tokens, window_overlap)
     longest = max(lengths)
     max_residues = limits.max_residues

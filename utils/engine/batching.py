@@ -56,7 +56,7 @@ def plan_batch_bounds(
     """plan_batches as (indices longest first, batch boundaries into them): batch k is order[bounds[k]:bounds[k+1]].
     Packed, for a worker with millions of proteins: 8 bytes a protein instead of a list entry and an int object.
 
-    With `packed`, the batch's proteins are laid end to end with no padding (utils.tokens.TokenTable.pack) and
+    With `packed`, the batch's proteins are laid end to end with no padding (utils.engine.tokens.TokenTable.pack) and
     attention stays within each protein: the budget counts the sum of their tokens, and neither the square budget
     nor the padding cap applies."""
     negated = np.negative(np.asarray(lengths, dtype=np.int64))  # a new array: the caller's is untouched

@@ -1,10 +1,10 @@
 """The one embedding loop, and the Python API built on it.
 
-    plan batches (utils.batching) → tokenize the next batch on the encoder's prefetch thread → Encoder.embed
+    plan batches (utils.engine.batching) → tokenize the next batch on the encoder's prefetch thread → Encoder.embed
     → one result per sequence, in the caller's order
 
-The worker (utils/worker.py) wraps chunks and resume around `embed_batches`; the pre-flight check, the benchmarks
-and `Embedder` call `embed_in_batches`.
+The worker (utils/running/worker.py) wraps chunks and resume around `embed_batches`; the pre-flight check, the
+benchmarks and `Embedder` call `embed_in_batches`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from utils.encode import Embedded, Encoder
-    from utils.finite import Fp32Redo
-    from utils.limits import Limits
+    from utils.engine.encode import Embedded, Encoder
+    from utils.engine.finite import Fp32Redo
+    from utils.engine.limits import Limits
 
 
 def embed_batches(
@@ -29,10 +29,10 @@ def embed_batches(
     """(batch, one Embedded per index in it) for each batch in turn; the next batch is tokenized on a CPU thread
     while the device runs the current one. Stop iterating at any batch boundary (the worker does on a signal).
 
-    With `precision` (the encoder's), every batch is checked for NaN/inf (utils.finite): non-finite proteins are
+    With `precision` (the encoder's), every batch is checked for NaN/inf (utils.engine.finite): non-finite proteins are
     redone by `fp32`, or, without it (already fp32), raise NonFiniteError. Without it, the caller sees them as they
     are (the pre-flight check reports them)."""
-    from utils.finite import redo_non_finite
+    from utils.engine.finite import redo_non_finite
 
     if not batches:
         return
@@ -99,12 +99,13 @@ class Embedder:
         layer: int = -1,
         attention: str = "auto",
     ):
-        from utils.config import ATTENTION_PATHS, PRECISIONS, Config, ModelConfig, RunParams, normalise_device
-        from utils.encode import Encoder, load_encoder, resolve_precision
+        from utils.checks.preflight import check_devices
+        from utils.checks.resolve import resolve_model
+        from utils.engine.encode import Encoder, load_encoder, resolve_precision
+        from utils.engine.finite import Fp32Redo
+        from utils.engine.limits import device_limits
         from utils.errors import UserError
-        from utils.finite import Fp32Redo
-        from utils.limits import device_limits
-        from utils.preflight import check_devices, resolve_model
+        from utils.inputs.config import ATTENTION_PATHS, PRECISIONS, Config, ModelConfig, RunParams, normalise_device
 
         where = normalise_device(device)
         problems = []
@@ -180,7 +181,7 @@ class Embedder:
         import numpy as np
 
         from utils.errors import UserError
-        from utils.fasta import parse_fasta
+        from utils.inputs.fasta import parse_fasta
 
         if isinstance(sequences, str):
             raise TypeError("embed() takes a list of sequences; for one protein, pass [sequence]")

@@ -1,10 +1,10 @@
 """Tokenizer + encoder on one device: sequences → per-protein vectors (and, on request, residue rows).
 
-A batch is packed (utils.tokens.TokenTable.pack: every protein's tokens end to end, no padding) and runs through our
-own forward pass over the checkpoint's weights (utils.encoders) with attention that stays within each protein
-(utils.attention); pooling is a segment sum on the device and one device-to-host copy per batch. transformers'
-padded forward is the fallback (`attention="transformers"`, or a layout utils.encoders does not know); `Encoder.path`
-says which ran, and the worker logs it.
+A batch is packed (utils.engine.tokens.TokenTable.pack: every protein's tokens end to end, no padding) and runs through
+our own forward pass over the checkpoint's weights (utils.engine.encoders) with attention that stays within each protein
+(utils.engine.attention); pooling is a segment sum on the device and one device-to-host copy per batch. transformers'
+padded forward is the fallback (`attention="transformers"`, or a layout utils.engine.encoders does not know);
+`Encoder.path` says which ran, and the worker logs it.
 
 fp16 on GPU for the whole encoder (T5's `wo` layers included, which transformers would otherwise keep in fp32),
 fp32 on CPU. Out of memory (the device's, or the CPU allocator's) splits the batch and retries, down to one protein;
@@ -20,14 +20,14 @@ from typing import Any
 
 import torch
 
-from utils.attention import PackedAttention, PackedLayout, varlen_available
-from utils.batching import padded_tokens, window_spans
-from utils.encoders import build_forward, relative_bias
+from utils.engine.attention import PackedAttention, PackedLayout, varlen_available
+from utils.engine.batching import padded_tokens, window_spans
+from utils.engine.encoders import build_forward, relative_bias
+from utils.engine.families import Family
+from utils.engine.pooling import mean_over_residues, merge_windows, residue_rows, segment_means
+from utils.engine.tokens import TokenLayoutError, build_table
+from utils.engine.transformers_attention import CUSTOM_ATTENTION, PREPARE_MODEL
 from utils.errors import ModelError
-from utils.families import Family
-from utils.pooling import mean_over_residues, merge_windows, residue_rows, segment_means
-from utils.tokens import TokenLayoutError, build_table
-from utils.transformers_attention import CUSTOM_ATTENTION, PREPARE_MODEL
 
 __all__ = ["Embedded", "Encoder", "ModelError", "TokenLayoutError", "load_encoder"]
 
@@ -49,7 +49,7 @@ def resolve_precision(precision: str, device: str) -> str:
 
 
 def keep_layers(model: torch.nn.Module, family: Family, index: int) -> None:
-    """Cut the encoder so that its output is `hidden_states[index]` of the whole model (utils.families.
+    """Cut the encoder so that its output is `hidden_states[index]` of the whole model (utils.engine.families.
     hidden_state_index): the first `index` layers run, the final norm only if all of them do. Layers past the one
     asked for are neither computed nor kept in memory."""
     parent_name, _, stack_name = family.layer_stack.rpartition(".")

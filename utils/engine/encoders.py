@@ -2,10 +2,10 @@
 
 transformers' modules are loaded as always (from_pretrained, the layer cut, the precision); these functions read
 their parameters by the checkpoint's own names and run the same arithmetic on packed rows (no padding, positions
-restarting at every protein), with the attention of utils.attention. transformers' forward stays the reference
+restarting at every protein), with the attention of utils.engine.attention. transformers' forward stays the reference
 (tests/test_packed_forward.py compares every family and layer against it) and the fallback (`build_forward` returns
 None for a layout it does not know). Deliberate differences: no per-sublayer inf clamp in fp16 T5 (an overflow shows
-as a non-finite vector, which the fp32 redo of utils.finite catches and records), and ESM's rotary tables are
+as a non-finite vector, which the fp32 redo of utils.engine.finite catches and records), and ESM's rotary tables are
 computed in float32.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from utils.attention import PackedAttention, RelativeBias
+from utils.engine.attention import PackedAttention, RelativeBias
 
 # One forward: (ids [N], in-protein positions [N], attention for this batch) → hidden [N, D]
 Forward = Callable[[torch.Tensor, torch.Tensor, PackedAttention], torch.Tensor]
@@ -168,7 +168,7 @@ def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return ACT2FN[name]
 
 
-# By utils.families.Family.forward
+# By utils.engine.families.Family.forward
 FORWARDS: dict[str, type] = {"t5": T5Forward, "esm": EsmForward, "esmc": EsmcForward}
 
 

@@ -24,14 +24,17 @@ class Family:
     residue_offset: int  # token index of the first residue
     special_tokens: int  # tokens besides residues (prefix and end markers)
     model_class: str  # transformers class that loads the encoder alone
-    attention: str = "sdpa_key_padding"  # attention implementation to load with (utils/encode.py registers these)
+    attention: str = (
+        "sdpa_key_padding"  # attention implementation to load with (utils/engine/encode.py registers these)
+    )
     licence: str = ""
     # Where the loaded encoder keeps its transformer layers (a ModuleList) and the norm applied after the last one:
-    # a `models.<key>.layer` other than the last keeps only the layers up to it and drops that norm (utils/encode.py).
-    # Left out of the repr, which the resume fingerprint hashes: chunks made before these fields existed stay valid.
+    # a `models.<key>.layer` other than the last keeps only the layers up to it and drops that norm
+    # (utils/engine/encode.py). Left out of the repr, which the resume fingerprint hashes: chunks made before these
+    # fields existed stay valid.
     layer_stack: str = field(default="encoder.layer", repr=False)
     final_norm: str = field(default="encoder.emb_layer_norm_after", repr=False)
-    # Our packed forward pass over the checkpoint's weights (utils.encoders.FORWARDS); out of the repr as above.
+    # Our packed forward pass over the checkpoint's weights (utils.engine.encoders.FORWARDS); out of the repr as above.
     forward: str = field(default="esm", repr=False)
 
     def model_text(self, sequence: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from utils.encode import Embedded, ModelError
+from utils.engine.encode import Embedded, ModelError
 
 
 class NonFiniteError(ModelError):

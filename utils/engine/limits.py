@@ -1,15 +1,16 @@
 """Device policy in one place: how many tokens a batch may hold, how long a protein one pass may take, and the
 memory model both come from. The worker, the Python API, the pre-flight check and the dry run all ask here.
 
-Batches are packed (utils.tokens.TokenTable.pack): every protein's tokens end to end, no padding, and attention
-stays within each protein without ever building a T × T tensor for the batch (utils.attention). So memory is linear
+Batches are packed (utils.engine.tokens.TokenTable.pack): every protein's tokens end to end, no padding, and attention
+stays within each protein without ever building a T × T tensor for the batch (utils.engine.attention). So memory is
+linear
 in the batch's tokens. Memory model (a deliberate over-estimate, per forward pass over `tokens` packed tokens):
   weights              parameters × bytes per value
   activations          tokens × bytes × (8 × hidden + 2 × ffn): the residual stream, q/k/v/out, the feed-forward's
                        inner width and the float32 pooling block
   attention workspace  ATTENTION_WORKSPACE_BYTES × 2: T5's position bias for one block of queries and its scores
-                       (utils.attention.segments_attention); FlexAttention and FlashAttention keep O(T) state, inside
-                       the activations' term
+                       (utils.engine.attention.segments_attention); FlexAttention and FlashAttention keep O(T) state,
+                       inside the activations' term
 A batch fits when weights + its activations + the workspace fit 80 % of the device. The longest protein one pass
 takes follows from the same model: hundreds of thousands of residues on a GPU, so `max_residues: auto` leaves every
 real protein whole (windows remain for ESM-1b's 1,022 positions, an explicit max_residues, and a device far too
@@ -25,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.attention import ATTENTION_WORKSPACE_BYTES
-from utils.batching import batch_views, plan_batch_bounds, window_spans
-from utils.families import Architecture
+from utils.engine.attention import ATTENTION_WORKSPACE_BYTES
+from utils.engine.batching import batch_views, plan_batch_bounds, window_spans
+from utils.engine.families import Architecture
 
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 # On CPU, bigger batches only add cache misses, smaller ones add per-batch host work: in paired runs of
@@ -57,7 +58,8 @@ class Limits:
     def plan_batch_bounds(
         self, lengths: Sequence[int] | np.ndarray, special_tokens: int
     ) -> tuple[np.ndarray, list[int]]:
-        """plan_batches packed: (indices longest first, batch boundaries), see utils.batching.plan_batch_bounds."""
+        """plan_batches packed: (indices longest first, batch boundaries), see
+        utils.engine.batching.plan_batch_bounds."""
         clipped = np.minimum(np.asarray(lengths, dtype=np.int64), self.max_residues)
         return plan_batch_bounds(clipped, self.max_tokens_per_batch, self.batch_size, special_tokens, packed=True)
 
@@ -137,7 +139,7 @@ def heaviest_pass(
     """(estimated peak bytes, proteins, tokens) of the heaviest forward pass the batch plan over `lengths` makes.
 
     A protein longer than max_residues runs as windows of max_residues residues, packed into passes of at most the
-    token budget (utils.encode.Encoder.embed_windows); the batch's other proteins run together.
+    token budget (utils.engine.encode.Encoder.embed_windows); the batch's other proteins run together.
     """
     dtype_bytes = DTYPE_BYTES[precision]
     window = limits.max_residues

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.engine.families import Family
 from utils.errors import ModelError
-from utils.families import Family
-from utils.fasta import ALPHABET
+from utils.inputs.fasta import ALPHABET
 
 _LETTERS = "".join(sorted(ALPHABET))
 _NOT_A_RESIDUE = -1

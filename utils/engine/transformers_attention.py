@@ -1,9 +1,9 @@
 """transformers' own forward, made cheaper: the attention implementations the reference and fallback path loads with.
 
-The packed forward of utils.encoders is what runs; transformers' forward is what tests compare it against, and what
-runs where ours cannot (`attention: transformers`, or a checkpoint layout utils.encoders does not know). For that
-path these registrations keep the padding mask at batch × 1 × 1 × T instead of batch × T × T, and T5's bias built once
-per forward pass instead of once per layer.
+The packed forward of utils.engine.encoders is what runs; transformers' forward is what tests compare it against, and
+what runs where ours cannot (`attention: transformers`, or a checkpoint layout utils.engine.encoders does not know). For
+that path these registrations keep the padding mask at batch × 1 × 1 × T instead of batch × T × T, and T5's bias built
+once per forward pass instead of once per layer.
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ CUSTOM_ATTENTION = {
     "sdpa_key_padding": register_sdpa_key_padding,
 }
 
-# The most memory the kept T5 position bias may take (utils.encode.SlicedPositionBias): a few per cent of a device.
+# The most memory the kept T5 position bias may take (utils.engine.encode.SlicedPositionBias): a few per cent of a
+# device.
 POSITION_BIAS_KEPT_BYTES = 128 << 20
 
 

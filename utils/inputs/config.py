@@ -17,12 +17,12 @@ from typing import Any
 import yaml
 
 from utils.errors import UserError
-from utils.ids import ID_FORMATS
-from utils.paths import input_file_problem
+from utils.inputs.ids import ID_FORMATS
+from utils.inputs.paths import input_file_problem
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 ENGINES = ("local", "ray")
-# Our packed forward with one of utils.attention's kernels (auto picks per device), or transformers' own forward
+# Our packed forward with one of utils.engine.attention's kernels (auto picks per device), or transformers' own forward
 ATTENTION_PATHS = ("auto", "segments", "flex", "varlen", "transformers")
 # output_format names → the files they write; a YAML list names single formats.
 FORMATS = {
@@ -84,9 +84,11 @@ class RunParams:
     output_format: str = "pt"  # one of OUTPUT_FORMATS, or single formats joined by ',' (given as a YAML list)
     per_residue: bool = False
     stop_grace_s: int = 30  # after Ctrl-C / SIGTERM, seconds a worker may take to stop before it is killed
-    engine: str = "local"  # local: worker processes on this machine; ray: a Ray Data actor pool (utils/ray_engine.py)
-    report: bool = True  # run_report.html and run_summary.json at the end of the run (utils/report.py)
-    attention: str = "auto"  # the forward pass and attention kernel (utils/encode.py ATTENTION_PATHS)
+    engine: str = (
+        "local"  # local: worker processes on this machine; ray: a Ray Data actor pool (utils/running/ray_engine.py)
+    )
+    report: bool = True  # run_report.html and run_summary.json at the end of the run (utils/outputs/report.py)
+    attention: str = "auto"  # the forward pass and attention kernel (utils/engine/encode.py ATTENTION_PATHS)
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ class Config:
     log_dir: Path
     run: RunParams
     models: tuple[ModelConfig, ...]
-    id_format: str = "first_word"  # how a FASTA header becomes a protein id (utils/ids.py)
+    id_format: str = "first_word"  # how a FASTA header becomes a protein id (utils/inputs/ids.py)
 
 
 @dataclass(frozen=True)
@@ -424,7 +426,8 @@ def _read_models(check: _Checker, models: dict, run: RunParams) -> tuple[ModelCo
         budget = check.positive_int(spec, "max_tokens_per_batch", where, run.max_tokens_per_batch, 16, auto=True)
         layer = spec.get("layer", -1)
         if isinstance(layer, bool) or not isinstance(layer, int):
-            # The range depends on the checkpoint's depth: utils.preflight checks it once the config.json is read.
+            # The range depends on the checkpoint's depth: utils.checks.preflight checks it once the config.json is
+            # read.
             check.add(f"{where}layer", f"must be an integer (0 = embedding output, -1 = last layer), got {layer!r}")
             layer = -1
         device_auto = any(isinstance(d, str) and d.strip().lower() == "auto" for d in raw_list)

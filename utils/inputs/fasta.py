@@ -30,7 +30,7 @@ from typing import Any, overload
 import numpy as np
 
 from utils.errors import UserError
-from utils.paths import input_file_problem
+from utils.inputs.paths import input_file_problem
 
 # The 20 standard amino acids plus the ambiguity/rare codes every supported family has in its vocabulary.
 ALPHABET = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")
@@ -210,7 +210,7 @@ class Records(Sequence[Record]):
 
 
 def sequence_lengths(sequences: Sequence[str]) -> np.ndarray:
-    """Residues per protein, int64, of any column of sequences; packed ones (Strings, utils.unique's
+    """Residues per protein, int64, of any column of sequences; packed ones (Strings, utils.inputs.unique's
     SharedSequences) give theirs without making a string each."""
     if hasattr(sequences, "byte_lengths"):
         return sequences.byte_lengths()

@@ -1,6 +1,6 @@
 """Protein ids from FASTA headers, as the config's `paths.id_format` asks (a pure mapping over parsed records).
 
-- `first_word` (default): the header's first word, verbatim (what utils/fasta.py already gives).
+- `first_word` (default): the header's first word, verbatim (what utils/inputs/fasta.py already gives).
 - `uniprot`: UniProt headers `sp|ACC|NAME …` and `tr|ACC|NAME …` give `ACC` (isoforms keep their suffix:
   `sp|P12345-2|…` → `P12345-2`); any other header, a bare accession included, keeps its first word. This is what
   labels join on: CAFA's training FASTA has Swiss-Prot headers, its test FASTA bare accessions, GO annotations and
@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from utils.errors import UserError
-from utils.fasta import Record, Records, Strings, repeated_ids
+from utils.inputs.fasta import Record, Records, Strings, repeated_ids
 
 ID_FORMATS = ("first_word", "uniprot")
 # The database tag, the accession, then the entry name: the layout of every UniProtKB FASTA header.

@@ -6,7 +6,7 @@ residues), and the job works with the unique set from then on: the plan shards i
 it, the merge finds each protein's vector by its sequence's digest. All of it is packed arrays, so memory grows by
 a few bytes per protein beyond the residues themselves.
 
-Digests are the sha1 of the sequence's ASCII letters: the chunk store's keys (utils.store.sequence_digest, hex).
+Digests are the sha1 of the sequence's ASCII letters: the chunk store's keys (utils.running.store.sequence_digest, hex).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import overload
 
 import numpy as np
 
-from utils.fasta import Records, Strings, StringsBuilder
+from utils.inputs.fasta import Records, Strings, StringsBuilder
 
 DIGEST = np.dtype("S20")  # sha1, raw bytes
 
@@ -150,7 +150,8 @@ def unique_of(splits: dict[str, Records]) -> UniqueSequences:
 
 
 def shared_splits(splits: dict[str, Sequence]) -> dict[str, Records]:
-    """The splits as Records sharing one UniqueSequences: unchanged when they already do (utils.job.read_splits)."""
+    """The splits as Records sharing one UniqueSequences: unchanged when they already do
+    (utils.running.plan.read_splits)."""
     if shared_unique(splits) is not None:
         return splits  # type: ignore[return-value]
     return share_sequences({name: Records.of(records) for name, records in splits.items()})[0]

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.output import RowView
-from utils.store import ChunkStore, SetAside
-from utils.unique import UniqueSequences, hex_to_digests
+from utils.inputs.unique import UniqueSequences, hex_to_digests
+from utils.outputs.writers import RowView
+from utils.running.store import ChunkStore, SetAside
 
 
 @dataclass

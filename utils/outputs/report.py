@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from utils.fasta import sequence_lengths
+from utils.inputs.fasta import sequence_lengths
 
 REPORT_NAME = "run_report.html"
 SUMMARY_NAME = "run_summary.json"
@@ -108,7 +108,7 @@ class WorkerSummary:
     peak_memory_kind: str = ""
     out_of_memory_retries: int = 0  # batches that ran out of memory and were split (or went to windows)
     max_residues: int = 0
-    forward: str = ""  # which forward pass and attention kernel ran (utils.encode.Encoder.path)
+    forward: str = ""  # which forward pass and attention kernel ran (utils.engine.encode.Encoder.path)
     rate: list[tuple[float, float]] = field(default_factory=list)  # (seconds since the run began, residues/s)
 
     computing_seconds: float = 0.0  # from the model loaded to the last chunk written
@@ -167,7 +167,7 @@ def nearest_rank(sorted_values: Sequence[int], q: float) -> int:
 
 
 def unique_count(sequences: Sequence[str]) -> int:
-    from utils.unique import SharedSequences
+    from utils.inputs.unique import SharedSequences
 
     if isinstance(sequences, SharedSequences):  # positions in the job's unique set: no string each
         return len(np.unique(sequences.index))
@@ -673,7 +673,7 @@ def write_report(
     """Collect the progress of the run's workers (`progress_paths`) of the run that began at `started` and write the
     report and summary (each atomically). `splits`: split → its sequences in input order; `models`: one dict per
     model (key, name, model_name, family, layer, devices, checkpoint, status). Returns the report's path."""
-    from utils.store import atomic_write_bytes
+    from utils.running.store import atomic_write_bytes
 
     ended = time.time()
     progress = read_progress(progress_paths)
@@ -698,9 +698,9 @@ def write_report(
 
 
 def report_run(config: Any, splits: dict[str, Any], jobs: list[Any], started: float, status: str) -> None:
-    """The job's last step (utils.job.run_job): the report of the run that began at `started`, for whatever was
-    done. A report that cannot be written is a note, never a failure of the run."""
-    from utils.families import tool_model_name
+    """The job's last step (utils.running.local.run_job): the report of the run that began at `started`, for whatever
+    was done. A report that cannot be written is a note, never a failure of the run."""
+    from utils.engine.families import tool_model_name
 
     models = []
     for job in jobs:

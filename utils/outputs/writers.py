@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from utils.config import output_formats
-from utils.store import atomic_torch_save, publish
+from utils.inputs.config import output_formats
+from utils.running.store import atomic_torch_save, publish
 
 CONCAT_KEY = "concat"
 # meta["headers"] is one entry per protein, aligned with ids: in HDF5 it goes to each dataset (a file attribute that
@@ -96,7 +96,7 @@ def h5_id(name: str) -> str:
 
 class RowView:
     """Rows [N, D] that the writers which can stream (Parquet, HDF5) take a block at a time, and the others (.pt,
-    the concatenation) whole. utils.gather.DiskRows reads them from the merge's scratch file."""
+    the concatenation) whole. utils.outputs.gather.DiskRows reads them from the merge's scratch file."""
 
     rows: Any  # one entry per protein
 
@@ -285,7 +285,8 @@ def write_h5(
     meta: dict[str, Any],
     **extra: Any,
 ) -> None:
-    """Per-protein vectors into `path` (per-residue rows are streamed from the chunks: utils.job.write_residue_rows)."""
+    """Per-protein vectors into `path` (per-residue rows are streamed from the chunks:
+    utils.running.merge.write_residue_rows)."""
     with H5Writer(path, {**meta, **extra}) as writer:
         for start in range(0, len(ids), PARQUET_ROWS_PER_GROUP):
             end = min(start + PARQUET_ROWS_PER_GROUP, len(ids))

@@ -34,10 +34,10 @@ from utils import exits
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from utils.job import Job, WorkOrder
+    from utils.running.plan import Job, WorkOrder
 
-UTILS_DIR = Path(__file__).resolve().parent
-_RAISED = re.compile(r"^[\w.]*(Error|Exception)\b.*: ")  # "utils.encode.ModelError: …", "FileNotFoundError: …"
+UTILS_DIR = Path(__file__).resolve().parent.parent  # the whole `utils` package travels to the actors
+_RAISED = re.compile(r"^[\w.]*(Error|Exception)\b.*: ")  # "utils.engine.encode.ModelError: …", "FileNotFoundError: …"
 
 
 def connect() -> None:
@@ -78,11 +78,11 @@ def rows_per_block(order: WorkOrder) -> int:
 
 class EmbedActor:
     """One model on one device (Ray assigns the GPU), loaded once; each call embeds one block of rows exactly as
-    the local worker embeds its sequences (utils.embedder.embed_in_batches) and returns one row per protein."""
+    the local worker embeds its sequences (utils.engine.embedder.embed_in_batches) and returns one row per protein."""
 
     def __init__(self, order: WorkOrder):
-        from utils.encode import Encoder, load_encoder
-        from utils.finite import Fp32Redo
+        from utils.engine.encode import Encoder, load_encoder
+        from utils.engine.finite import Fp32Redo
 
         self.order = order
         self.limits = order.limits()
@@ -103,7 +103,7 @@ class EmbedActor:
         import pyarrow as pa
         import torch
 
-        from utils.embedder import embed_in_batches
+        from utils.engine.embedder import embed_in_batches
 
         sequences = block.column("sequence").to_pylist()
         embedded = embed_in_batches(
@@ -151,8 +151,8 @@ class RayRunner:
         import ray.data
         import torch
 
-        from utils.encode import Embedded
-        from utils.store import ChunkStore, sequence_digest
+        from utils.engine.encode import Embedded
+        from utils.running.store import ChunkStore, sequence_digest
 
         store = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim)
         done, set_aside = store.load(set_aside=all(order.owns_store for order in job.orders))  # never in a shard

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from utils.errors import UserError
 
 if TYPE_CHECKING:
-    from utils.store import ChunkStore, SetAside
+    from utils.running.store import ChunkStore, SetAside
 
 _SHARD = re.compile(r"^\s*(-?\d+)\s*/\s*(-?\d+)\s*$")
 # Digest digits read as the shard number: 60 bits, so `% N` is uniform for any N a cluster could run.
@@ -39,7 +39,7 @@ class Shard:
 
 
 def shard_of(digest: str, count: int) -> int:
-    """The shard (0 … count-1) of a sequence, from its hex digest (utils.store.sequence_digest)."""
+    """The shard (0 … count-1) of a sequence, from its hex digest (utils.running.store.sequence_digest)."""
     return int(digest[:_DIGITS], 16) % count
 
 
@@ -78,7 +78,7 @@ def merged_settings(
 ) -> dict[str, Any]:
     """The settings --merge reads a store with: those of the store's chunks (the most common, `survey` as
     ChunkStore.survey gives it) when they agree with the config's `expected` on every setting but `machine_keys`
-    (utils.preflight.machine_settings: what the shards' machines decided); else the config's own."""
+    (utils.checks.preflight.machine_settings: what the shards' machines decided); else the config's own."""
     keys = set(expected)
     agreeing = [
         (count, settings)
@@ -91,7 +91,7 @@ def merged_settings(
 def stores_of_checkpoint(chunks_root: Path, settings: dict[str, Any], used: Collection[str]) -> list[Path]:
     """Chunk directories under `chunks_root` that no configured model uses but that hold chunks of the same
     checkpoint and layer as `settings`: where a model's chunks went before its output_key was renamed."""
-    from utils.store import ChunkStore
+    from utils.running.store import ChunkStore
 
     found = []
     for directory in sorted(chunks_root.iterdir()) if chunks_root.is_dir() else []:
@@ -109,7 +109,7 @@ def store_problems(
 ) -> list[str]:
     """Why a model's proteins are missing from its store, one line per cause, the fix in each: no chunk at all
     (perhaps the output_key was renamed), a damaged chunk (named), chunks of other settings (the settings named)."""
-    from utils.store import NOTES_LISTED, describe_changes
+    from utils.running.store import NOTES_LISTED, describe_changes
 
     lines = []
     if not store.chunk_files():

@@ -254,10 +254,10 @@ class ChunkStore:
             yield chunk
 
     def done_digests(self, set_aside: bool = False) -> tuple[np.ndarray, SetAside]:
-        """Digests (utils.unique.DIGEST, sorted) of the sequences in trusted chunks of these settings, and what was
-        not trusted (moved into set_aside/ when `set_aside`): a worker's view of what a previous run finished,
+        """Digests (utils.inputs.unique.DIGEST, sorted) of the sequences in trusted chunks of these settings, and what
+        was not trusted (moved into set_aside/ when `set_aside`): a worker's view of what a previous run finished,
         without a tensor per protein."""
-        from utils.unique import hex_to_digests
+        from utils.inputs.unique import hex_to_digests
 
         report = SetAside(self.directory, moved=set_aside)
         parts = [hex_to_digests(chunk["digests"]) for chunk in self.trusted(report, set_aside)]

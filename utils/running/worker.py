@@ -1,6 +1,6 @@
 """One worker process: one work order (a model, or one shard of it, on one device), in checkpoint chunks.
 
-The worker loads its model once, plans length-sorted batches over all its sequences (utils.embedder), skips the
+The worker loads its model once, plans length-sorted batches over all its sequences (utils.engine.embedder), skips the
 chunks a previous run finished, and writes each new chunk atomically. SIGTERM / Ctrl-C: the current batch finishes,
 the finished batches of the current chunk are written, and the worker exits with exits.INTERRUPTED.
 """
@@ -23,16 +23,16 @@ import numpy as np
 import torch
 
 from utils import exits
-from utils.batching import batch_views, chunked
-from utils.embedder import embed_batches
-from utils.encode import Encoder, ModelError, load_encoder
-from utils.fasta import sequence_lengths
-from utils.finite import Fp32Redo
-from utils.job import WorkOrder
+from utils.engine.batching import batch_views, chunked
+from utils.engine.embedder import embed_batches
+from utils.engine.encode import Encoder, ModelError, load_encoder
+from utils.engine.finite import Fp32Redo
+from utils.inputs.fasta import sequence_lengths
+from utils.inputs.unique import digests_of
 from utils.malloc import give_back_free_memory
-from utils.report import ProgressLog
-from utils.store import ChunkStore, sequence_digest
-from utils.unique import digests_of
+from utils.outputs.report import ProgressLog
+from utils.running.plan import WorkOrder
+from utils.running.store import ChunkStore, sequence_digest
 
 
 def _die_with_main(main_pid: int) -> None:
@@ -141,7 +141,7 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
         log.warning(message)
         print(f"note: {message}", file=sys.stderr)
 
-    # Packed (utils.fasta.Strings, numpy): a proteome's order costs bytes per protein, not objects per protein
+    # Packed (utils.inputs.fasta.Strings, numpy): a proteome's order costs bytes per protein, not objects per protein
     sequences = order.sequences
     # Digests of every sequence only when earlier chunks exist; new chunks hash their own sequences as they go
     is_done = np.isin(digests_of(sequences), done) if len(done) else np.zeros(len(sequences), dtype=bool)
@@ -162,7 +162,7 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
         print(
             f"note: {order.label}: {reused} sequences reused from earlier chunks, computing the rest", file=sys.stderr
         )
-    # For the run report (utils/report.py): one JSON line per event, a flush per chunk.
+    # For the run report (utils/outputs/report.py): one JSON line per event, a flush per chunk.
     progress = ProgressLog(order.progress_path, label=order.label, model=order.model.config.key, device=order.device)
     progress.write(
         "start", precision=order.precision, sequences=len(sequences), reused=reused,

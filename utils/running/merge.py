@@ -1,0 +1,308 @@
+"""Merge: a finished model's chunks → one final file per split (and format), in input order, keyed by protein id.
+
+    finish_jobs(config, splits, jobs, ...)   # after run_job's workers: merge each finished model, report, exit code
+    merge_job(config, splits, models)        # --merge: the same from the chunks that --shard tasks filled
+    set_aside_job(config, splits, models)    # --set-aside: move the chunks of other settings aside, embed nothing
+
+Each split's rows are gathered from the chunk store a block at a time (utils/outputs/gather.py) and written by
+utils/outputs/writers.py; every file is put in place whole (a signal stops the merge between two files).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from utils import exits
+from utils.checks.resolve import ResolvedModel
+from utils.errors import UserError
+from utils.inputs.config import Config
+from utils.inputs.fasta import Records
+from utils.inputs.unique import UniqueSequences, digest_hex, hex_to_digests, shared_splits, unique_of
+from utils.outputs.report import report_run
+from utils.running.plan import Job, plan_jobs
+
+if TYPE_CHECKING:
+    from utils.outputs.gather import UniqueVectors
+    from utils.running.store import ChunkStore
+
+
+class Interrupted(Exception):
+    """A stop request seen between two final files of the merge."""
+
+
+# -- chunks → files
+# ------------------------------------------------------------------------------------------------------------
+def merge_outputs(
+    config: Config, splits: dict[str, Records], job: Job, stopping: threading.Event | None = None
+) -> tuple[list[str], dict]:
+    """A finished model's chunks → one final file per split, in input order. Raises Interrupted, between two
+    files, once `stopping` is set: every file already in place is whole.
+
+    Returns (one summary line per file, {split: float16 [N, D]}), the latter for the concatenated file."""
+    from utils.outputs.gather import UniqueVectors, scratch_path
+    from utils.running.store import ChunkStore
+
+    model = job.model
+    splits = shared_splits(splits)
+    unique = unique_of(splits)
+    store = ChunkStore(job.chunk_dir, job.chunk_settings, model.dim)
+    scratch = scratch_path(store)
+    try:
+        # The vectors laid out by unique index on disk; each split's rows are gathered from there a block at a time
+        vectors = UniqueVectors.scatter(store, unique, scratch)
+        return _write_splits(config, splits, job, store, unique, vectors, stopping)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def _write_splits(
+    config: Config,
+    splits: dict[str, Records],
+    job: Job,
+    store: ChunkStore,
+    unique: UniqueSequences,
+    vectors: UniqueVectors,
+    stopping: threading.Event | None,
+) -> tuple[list[str], dict]:
+    from utils.engine.families import tool_model_name
+    from utils.outputs.writers import h5_path, residues_h5_path, write_outputs
+
+    model = job.model
+    noted_unique = np.flatnonzero(np.isin(unique.digests, hex_to_digests(list(vectors.notes))))
+    lines, merged = [], {}
+    for split, records in splits.items():
+        if stopping is not None and stopping.is_set():
+            raise Interrupted
+        positions = records.sequences.index  # type: ignore[attr-defined]  # shared_splits made them SharedSequences
+        missing = np.flatnonzero(~vectors.filled[positions])
+        if len(missing):
+            example = records.ids[int(missing[0])]
+            raise RuntimeError(f"model {model.config.key}: {len(missing)} protein(s) have no embedding, e.g. {example}")
+        noted = np.flatnonzero(np.isin(positions, noted_unique)).tolist()
+        notes = {records.ids[i]: vectors.notes[unique.hex_digest(int(positions[i]))] for i in noted}
+        embeddings = vectors.rows(positions)
+        windowed = {i: {k: v for k, v in n.items() if k != "redone"} for i, n in notes.items() if "windows" in n}
+        redone = {i: n["redone"] for i, n in notes.items() if "redone" in n}
+        meta = {
+            "model": model.config.name,
+            # ProtSpace's name for the model (protspace prepare needs it), with the layer when not the last
+            "model_name": tool_model_name(model.family, model.arch, model.layer_index),
+            "layer": model.layer_index,  # the hidden state pooled: 0 embeddings … layers (the last, after its norm)
+            "layers": model.arch.layers,
+            "model_key": model.config.key,
+            "output_key": model.config.output_key,
+            "family": model.family.label,
+            "dim": model.dim,
+            "precision": job.chunk_settings["precisions"],  # what the chunks were made with (--merge: read there)
+            "devices": list(model.config.devices),
+            "pooling": f"mean over residue token rows [{model.family.residue_offset}, "
+            f"{model.family.residue_offset}+L): no special tokens, no prefix, no padding",
+            # longer proteins go to windows (None: none by setting; a device too small still windows, noted per protein)
+            "max_residues": job.chunk_settings["max_residues"],
+            "windowed": windowed,
+            "redone_in_fp32": redone,  # id → why (non-finite in fp16/bf16)
+            "split": split,
+            "checkpoint": model.identity,
+            "headers": records.headers,  # aligned with ids; in HDF5 each dataset's "header" attribute
+        }
+        if model.family.licence:
+            meta["licence"] = model.family.licence
+        key = model.config.output_key
+        write_outputs(config.output_dir, split, key, records.ids, embeddings, meta, config.run.output_format)
+        if config.run.per_residue:
+            write_residue_rows(store, records, residues_h5_path(h5_path(config.output_dir, split, key)), meta)
+        if config.run.concatenate:
+            merged[split] = embeddings.whole()
+        note = f", {len(windowed)} embedded in windows (see meta['windowed'])" if windowed else ""
+        note += f", {len(redone)} redone in fp32 (see meta['redone_in_fp32'])" if redone else ""
+        lines.append(f"{split} {model.config.output_key}: {len(records)} proteins × {model.dim}{note}")
+    return lines, merged
+
+
+def write_residue_rows(store: ChunkStore, records: Records, path: Path, meta: dict) -> None:
+    """Per-residue rows streamed chunk by chunk, since a whole job's would not fit in memory. The datasets are
+    created empty in input order first, so the file still lists proteins in input order."""
+    from utils.inputs.unique import split_digests
+    from utils.outputs.writers import H5Writer
+
+    ids_by_digest: dict[str, list[str]] = {}
+    with H5Writer(path, {**meta, "rows": "residue rows only, [L, D] float16 per protein"}) as writer:
+        lengths = records.lengths().tolist()
+        for protein_id, length, digest in zip(records.ids, lengths, split_digests(records).tolist(), strict=True):
+            writer.reserve(protein_id, (length, meta["dim"]))
+            ids_by_digest.setdefault(digest_hex(digest), []).append(protein_id)
+        for digest, rows in store.residue_rows():
+            for protein_id in ids_by_digest.pop(digest, ()):
+                writer.fill(protein_id, rows)
+        if ids_by_digest:  # raised inside the block, so no incomplete file is put in place
+            raise RuntimeError(f"{path.name}: residue rows missing for {len(ids_by_digest)} sequence(s)")
+
+
+def write_concatenated(
+    config: Config, splits: dict[str, Records], jobs: list[Job], merged: dict[str, dict]
+) -> list[str]:
+    """All models side by side, in config order, from the matrices merge_outputs returned (`merged`: output_key →
+    split → [N, D]); works for every output format."""
+    from utils.engine.families import tool_model_name
+    from utils.outputs.writers import CONCAT_KEY, concatenate, write_outputs
+
+    lines = []
+    for split, records in splits.items():
+        keys = [job.model.config.output_key for job in jobs]
+        embeddings, columns = concatenate([(key, merged[key][split]) for key in keys])
+        meta = {
+            "model_name": "+".join(tool_model_name(j.model.family, j.model.arch, j.model.layer_index) for j in jobs),
+            "models": [job.model.config.name for job in jobs],
+            "output_keys": keys,
+            "families": [job.model.family.label for job in jobs],
+            "split": split,
+            "headers": records.headers,
+        }
+        ids = records.ids
+        write_outputs(
+            config.output_dir, split, CONCAT_KEY, ids, embeddings, meta, config.run.output_format, columns=columns
+        )
+        lines.append(f"{split} concat: {len(ids)} proteins × {embeddings.shape[1]}")
+    return lines
+
+
+def set_aside_job(config: Config, splits: dict[str, Records], models: list[ResolvedModel]) -> int:
+    """--set-aside: claim every model's store for this config's settings and move the chunks it cannot use (other
+    settings, damaged) into set_aside/, embedding nothing; shards of the new settings can then start."""
+    from utils.running.store import ChunkStore
+
+    for job in plan_jobs(config, splits, models):
+        store = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim)
+        for note in store.claim(None, ""):
+            print(f"note: model {job.model.config.key}: {note}", file=sys.stderr)
+        done, report = store.done_digests(set_aside=True)
+        for line in report.lines(f"model {job.model.config.key}"):
+            print(f"note: {line}", file=sys.stderr)
+        print(f"model {job.model.config.key}: {len(done)} sequences in chunks of these settings", file=sys.stderr)
+    return exits.OK
+
+
+def merge_job(config: Config, splits: dict[str, Records], models: list[ResolvedModel]) -> int:
+    """--merge: the final files from the chunk store that the shards filled. Needs no device: the settings that the
+    shards' machines decided (utils.checks.preflight.machine_settings) are read from the chunks. Refuses (UserError: per
+    model, why (damaged, other settings, renamed output_key) and a count with examples) before writing anything if
+    any protein has no embedding yet."""
+    from utils.checks.preflight import machine_settings
+    from utils.running.shards import merged_settings, missing_report, store_problems, stores_of_checkpoint
+    from utils.running.store import ChunkStore
+
+    started, started_at = time.perf_counter(), time.time()
+    splits = shared_splits(splits)
+    jobs = plan_jobs(config, splits, models)
+    used = {model.output_key for model in config.models}
+    problems = []
+    for job in jobs:
+        survey = ChunkStore(job.chunk_dir, job.chunk_settings).survey()
+        job.chunk_settings = merged_settings(job.chunk_settings, machine_settings(config, job.model.config), survey)
+        store = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim)
+        done, report = store.done_digests()
+        have = np.isin(unique_of(splits).digests, done)
+        missing_rows = [(r, np.flatnonzero(~have[r.sequences.index])) for r in splits.values()]
+        count = sum(len(rows) for _, rows in missing_rows)
+        if count:
+            label = f"model {job.model.config.key}"
+            renamed = stores_of_checkpoint(job.chunk_dir.parent, job.chunk_settings, used)
+            problems += store_problems(label, store, report, renamed, config.path)
+            examples = [records.ids[i] for records, rows in missing_rows for i in rows[:10].tolist()]
+            problems.append(missing_report(examples, count, label))
+        job.exit_codes = [exits.OK] * len(job.orders)
+    if problems:
+        raise UserError(problems)
+    stopping = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stopping.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return finish_jobs(config, splits, jobs, started, started_at, stopping)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def finish_jobs(
+    config: Config,
+    splits: dict[str, Records],
+    jobs: list[Job],
+    started: float,
+    started_at: float,
+    stopping: threading.Event | None = None,
+) -> int:
+    """Merge every finished model (and the concatenation when all finished), report, and return the exit code.
+    `started`: perf_counter at the start; `started_at`: wall-clock time, from which the run report reads progress;
+    `stopping`: set by a signal, which stops the merge between two files (each file in place is whole)."""
+    failed = [job for job in jobs if job.failed]
+    if failed:
+        print(file=sys.stderr)  # a dead worker's progress bar may have left its line open
+    try:
+        summary = merge_finished(config, splits, jobs, stopping or threading.Event())
+    except Interrupted:
+        if config.run.report:
+            report_run(config, splits, jobs, started_at, "interrupted")
+        print("interrupted: the final files in place are whole, finished chunks are kept; rerun the same "
+              "command to resume", file=sys.stderr)  # fmt: skip
+        return exits.INTERRUPTED
+    except OSError as exc:  # ENOSPC and the like, from h5py or torch.save: the chunks are all there
+        where = exc.filename or config.output_dir
+        print(
+            f"error: writing the final files in {where}: {exc.strerror or exc}; free some space (or fix the "
+            "directory) and rerun the same command to resume: finished chunks are kept",
+            file=sys.stderr,
+        )
+        return exits.FAILED
+    for line in summary:
+        say(f"wrote {line}")
+    for job in failed:
+        for problem in job.problems:
+            print(f"error: model {problem}", file=sys.stderr)
+        print(
+            f"error: model {job.model.config.key} failed; see {config.log_dir}/{job.model.config.output_key}*.log",
+            file=sys.stderr,
+        )
+    interrupted = not failed and not all(job.finished for job in jobs)
+    if config.run.report:
+        report_run(config, splits, jobs, started_at, "failed" if failed else "interrupted" if interrupted else "done")
+    if interrupted:
+        print("interrupted: finished chunks are kept; rerun the same command to resume", file=sys.stderr)
+        return exits.INTERRUPTED
+    if failed:
+        return exits.FAILED
+    print(f"done in {time.perf_counter() - started:.1f} s; outputs in {config.output_dir}", file=sys.stderr)
+    return exits.OK
+
+
+def merge_finished(config: Config, splits: dict[str, Records], jobs: list[Job], stopping: threading.Event) -> list[str]:
+    """Final files of every finished model (and the concatenated file when all finished) → summary lines."""
+    summary, merged = [], {}
+    for job in jobs:
+        if job.finished:
+            lines, embeddings = merge_outputs(config, splits, job, stopping)
+            summary += lines
+            if config.run.concatenate:
+                merged[job.model.config.output_key] = embeddings
+    if config.run.concatenate and all(job.finished for job in jobs):
+        if stopping.is_set():
+            raise Interrupted
+        summary += write_concatenated(config, splits, jobs, merged)
+    return summary
+
+
+def say(line: str) -> None:
+    """A line on stdout that may be closed (`| head`): the files are written, so that is no error. Python's docs:
+    point stdout at /dev/null so the interpreter's final flush does not raise again."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
