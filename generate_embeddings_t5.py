@@ -20,7 +20,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from utils import exits
-from utils.inputs.config import describe_config_keys
+from utils.inputs.keys import describe_config_keys
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -19,7 +19,7 @@ import math
 import sys
 from pathlib import Path
 
-from utils.inputs.config import describe_config_keys
+from utils.inputs.keys import describe_config_keys
 
 
 def positive_gb(text: str) -> float:

@@ -395,7 +395,7 @@ def run_engine(
     from utils.engine.encode import Encoder, load_encoder, padding_fraction, resolve_precision
     from utils.engine.finite import Fp32Redo
     from utils.engine.limits import device_limits
-    from utils.inputs.config import ModelConfig
+    from utils.inputs.keys import ModelConfig
 
     variant = VARIANTS[variant_name]
     attention, max_items = effective_settings(args, variant)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from utils.inputs.config import _MODEL_KEYS, _PATH_KEYS, _RUN_KEYS, CONFIG_KEYS, RunParams
+from utils.inputs.keys import CONFIG_KEYS, MODEL_KEYS, PATH_KEYS, RUN_KEYS, RunParams
 
 BLOCK_TORCH = "import runpy, sys; sys.modules['torch'] = None; sys.argv = [sys.argv[1], '--help']; "
 BLOCK_TORCH += "runpy.run_path(sys.argv[0], run_name='__main__')"
@@ -28,9 +28,9 @@ def test_help_needs_no_torch_and_lists_every_key_with_its_default(script):
 
 
 def test_the_validator_knows_exactly_the_keys_of_the_table():
-    assert set(_RUN_KEYS) == set(RunParams.__dataclass_fields__)
-    dotted = {f"paths.{k}" for k in _PATH_KEYS} | {f"run_params.{k}" for k in _RUN_KEYS}
-    dotted |= {f"models.<key>.{k}" for k in _MODEL_KEYS}
+    assert set(RUN_KEYS) == set(RunParams.__dataclass_fields__)
+    dotted = {f"paths.{k}" for k in PATH_KEYS} | {f"run_params.{k}" for k in RUN_KEYS}
+    dotted |= {f"models.<key>.{k}" for k in MODEL_KEYS}
     assert dotted == {key.key for key in CONFIG_KEYS}
     assert next(k for k in CONFIG_KEYS if k.key == "run_params.batch_size").default == str(RunParams().batch_size)
 

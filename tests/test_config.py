@@ -13,8 +13,9 @@ import yaml
 
 from utils.checks import preflight, resolve
 from utils.errors import UserError
-from utils.inputs.config import load_config, normalise_device
+from utils.inputs.config import load_config
 from utils.inputs.fasta import Record
+from utils.inputs.keys import normalise_device
 
 
 def _base(tmp_path: Path) -> dict:
@@ -239,7 +240,7 @@ def test_output_and_log_dir_must_be_directories(tmp_path):
 
 def _resolved(dim: int) -> resolve.ResolvedModel:
     from utils.engine.families import PROT_T5, Architecture
-    from utils.inputs.config import ModelConfig
+    from utils.inputs.keys import ModelConfig
 
     arch = Architecture(dim, 24, 32, 16384, 1_200_000_000, True, None)
     model = ModelConfig("prot_t5_xl", "x", ("cpu",), "prot_t5_xl", "auto", None)

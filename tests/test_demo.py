@@ -8,7 +8,8 @@ import pytest
 
 from tests.conftest import REPO, write_config, write_fasta
 from utils.checks.resolve import HUB_ID
-from utils.inputs.config import load_config, normalise_device
+from utils.inputs.config import load_config
+from utils.inputs.keys import normalise_device
 
 
 def test_demo_config_names_bundled_files_and_hub_models(monkeypatch):

@@ -256,7 +256,8 @@ def test_shipped_config_loads_with_the_users_layout():
 
 
 def test_shipped_config_commented_settings_are_valid_when_uncommented(tmp_path):
-    from utils.inputs.config import RunParams, load_config
+    from utils.inputs.config import load_config
+    from utils.inputs.keys import RunParams
 
     lines = (REPO / "config_t5.yaml").read_text().splitlines()
     uncommented = []

@@ -15,7 +15,8 @@ import torch
 
 from tests.conftest import load_output, random_protein, run_job, write_config
 from utils.errors import UserError
-from utils.inputs.config import load_config, output_formats
+from utils.inputs.config import load_config
+from utils.inputs.keys import output_formats
 from utils.outputs import writers
 from utils.outputs.writers import ParquetWriter, parquet_path, pt_path, read_parquet
 

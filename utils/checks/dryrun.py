@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from utils.checks.resolve import ResolvedModel
-from utils.inputs.config import Config
 from utils.inputs.fasta import Record
+from utils.inputs.keys import Config
 
 if TYPE_CHECKING:
     from utils.running.plan import WorkOrder

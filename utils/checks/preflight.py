@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from utils.checks.resolve import ResolvedModel
-from utils.inputs.config import Config, ModelConfig, output_formats
 from utils.inputs.fasta import Records
+from utils.inputs.keys import Config, ModelConfig, output_formats
 
 
 def check_devices(config: Config) -> list[str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from utils.engine.families import Architecture, Family, architecture, detect_family, hidden_state_index
 from utils.errors import UserError
-from utils.inputs.config import Config, ModelConfig
+from utils.inputs.keys import Config, ModelConfig
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,6 @@ class ResolvedModel:
         index = hidden_state_index(self.config.layer, self.arch.layers)
         assert index is not None
         return index
-
 
 
 # What from_pretrained loads weights from; a directory without any of them is not a usable checkpoint.

@@ -105,7 +105,7 @@ class Embedder:
         from utils.engine.finite import Fp32Redo
         from utils.engine.limits import device_limits
         from utils.errors import UserError
-        from utils.inputs.config import ATTENTION_PATHS, PRECISIONS, Config, ModelConfig, RunParams, normalise_device
+        from utils.inputs.keys import ATTENTION_PATHS, PRECISIONS, Config, ModelConfig, RunParams, normalise_device
 
         where = normalise_device(device)
         problems = []

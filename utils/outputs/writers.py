@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from utils.inputs.config import output_formats
+from utils.inputs.keys import output_formats
 from utils.running.store import atomic_torch_save, publish
 
 CONCAT_KEY = "concat"

@@ -23,8 +23,8 @@ import numpy as np
 from utils import exits
 from utils.checks.resolve import ResolvedModel
 from utils.errors import UserError
-from utils.inputs.config import Config
 from utils.inputs.fasta import Records
+from utils.inputs.keys import Config
 from utils.inputs.unique import UniqueSequences, digest_hex, hex_to_digests, shared_splits, unique_of
 from utils.outputs.report import report_run
 from utils.running.plan import Job, plan_jobs

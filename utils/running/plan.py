@@ -24,9 +24,10 @@ from utils import exits
 from utils.checks.resolve import ResolvedModel
 from utils.engine.limits import Limits, device_limits
 from utils.errors import UserError
-from utils.inputs.config import Config, RunParams, load_config
+from utils.inputs.config import load_config
 from utils.inputs.fasta import Records, read_fasta
 from utils.inputs.ids import apply_id_format, uniprot_lookalikes
+from utils.inputs.keys import Config, RunParams
 from utils.inputs.unique import digest_hex, share_sequences, unique_of
 from utils.malloc import give_back_free_memory
 from utils.outputs.report import progress_path
