@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.dry_run or args.merge or args.set_aside):
         start_worker_server()
     from utils.checks.preflight import check_paths
+    from utils.files import OutputLock
     from utils.inputs.config import load_config
-    from utils.running.store import OutputLock
 
     try:
         shard = parse_shard(args.shard) if args.shard is not None else None

@@ -33,7 +33,7 @@ from tests.conftest import (
     write_config,
     write_fasta,
 )
-from utils.running.store import OutputLock
+from utils.files import OutputLock
 
 FAULT_HOOK = """
 import os, sys, time

@@ -55,9 +55,9 @@ def outputs_run(checkpoints, tmp_path_factory):
     """One run of the main job (prepare → run: workers, merge, concatenation), in this process so that one model can
     be given the device list [cpu, cpu], which utils.inputs.config refuses as a user setting: two shards of one model
     on one machine, planned and merged exactly as [cuda:0, cuda:1] would be."""
+    from utils.files import OutputLock
     from utils.running.local import run_job
     from utils.running.plan import prepare
-    from utils.running.store import OutputLock
 
     directory = tmp_path_factory.mktemp("outputs_run")
     train, test = _proteins()

@@ -90,7 +90,7 @@ if os.environ.get("TEST_START_EMFILE"):
 if os.environ.get("TEST_MARKER") or os.environ.get("TEST_BLOCK_EMBED") or os.environ.get("TEST_EMBED_SLOW_S"):
     PATCHES["utils.engine.encode"] = _patch_encode
 if os.environ.get("TEST_CHUNK_ENOSPC_AFTER"):
-    PATCHES["utils.running.store"] = _patch_store
+    PATCHES["utils.files"] = _patch_store  # every chunk is written through utils.files.atomic_write_bytes
 if os.environ.get("TEST_MERGE_MARKER") or os.environ.get("TEST_MERGE_ENOSPC"):
     PATCHES["utils.outputs.writers"] = _patch_output
 

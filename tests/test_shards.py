@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from utils.errors import UserError
+from utils.files import OutputLock
 from utils.running.shards import Shard, missing_report, parse_shard, shard_of
-from utils.running.store import OutputLock, sequence_digest
+from utils.running.store import sequence_digest
 
 
 @pytest.mark.parametrize(("text", "shard"), [("0/3", Shard(0, 3)), ("2/3", Shard(2, 3)), (" 0 / 1 ", Shard(0, 1))])

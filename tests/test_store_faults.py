@@ -21,10 +21,11 @@ from tests.conftest import REPO, cli_env, random_protein, write_config, write_fa
 from tests.test_faults import FAULT_HOOK
 from utils.checks import preflight, resolve
 from utils.errors import UserError
+from utils.files import OutputLock
 from utils.inputs.config import load_config
 from utils.running import local, merge, plan
 from utils.running.shards import Shard
-from utils.running.store import ChunkStore, OutputLock
+from utils.running.store import ChunkStore
 
 KEY = "esm"
 RNG = random.Random(19)

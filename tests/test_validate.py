@@ -9,7 +9,8 @@ import random
 import pytest
 
 from tests.conftest import random_protein, run_cli, write_config, write_fasta
-from utils.checks.validation import Check, checkpoint_kind, guarded, newly_initialised, project_peak, stratified_sample
+from utils.checks.encoder_checks import project_peak
+from utils.checks.validation import Check, checkpoint_kind, guarded, newly_initialised, stratified_sample
 from utils.engine.families import PROT_T5
 
 LONGEST = 300

@@ -25,7 +25,20 @@ import torch
 
 from utils import exits
 from utils.checks import validation as v
-from utils.checks.validation import TOLERANCES, Check, check_cross_model, guarded, stratified_sample
+from utils.checks.encoder_checks import (
+    Projection,
+    check_batch_invariance,
+    check_cross_model,
+    check_embeddings,
+    check_memory,
+    check_pooling,
+    check_reference,
+    check_throughput,
+    measured_peak_bytes,
+    project_peak,
+    reference_vector,
+)
+from utils.checks.validation import TOLERANCES, Check, guarded, stratified_sample
 from utils.engine.embedder import embed_in_batches
 from utils.engine.encode import Encoder, load_encoder
 from utils.engine.limits import Limits, device_memory_bytes
@@ -151,30 +164,30 @@ def validate_model(
     try:
         try:
             vectors, sample_seconds, windowed = embed_sample(encoder, sample, limits)
-            measured = v.measured_peak_bytes(device)  # weights + the sample's batches, as the job would run them
+            measured = measured_peak_bytes(device)  # weights + the sample's batches, as the job would run them
         except Exception as exc:  # noqa: BLE001
             emit("embeddings", _raise, exc)
             vectors = None
             report.skipped += ["memory", "throughput", "fp32 reference"]
         if vectors is not None:
             report.vectors = dict(zip(sample, vectors, strict=True))
-            emit("embeddings", v.check_embeddings, vectors, model.dim, windowed)
+            emit("embeddings", check_embeddings, vectors, model.dim, windowed)
 
         # Proteins the job embeds in one pass; for invariance, eight that fit one batch under the token budget.
         within = sorted((s for s in sample if len(s) <= limits.max_residues), key=len)
         short = [s for s in within if len(s) <= 512] or within
-        emit("pooling clean", v.check_pooling, encoder, v.spread(short, 4))
+        emit("pooling clean", check_pooling, encoder, v.spread(short, 4))
         fit = [s for s in within if 8 * (len(s) + model.family.special_tokens) <= limits.max_tokens_per_batch]
         subset = v.spread(fit if len(fit) >= 2 else within, 8)
         tolerance = v.TOLERANCES[order.precision]
-        emit("batch invariance", v.check_batch_invariance, encoder, subset, tolerance, order.run.seed)
+        emit("batch invariance", check_batch_invariance, encoder, subset, tolerance, order.run.seed)
 
         if vectors is not None:
             capacity = int(assumed_gb * 1e9) if assumed_gb is not None else device_memory_bytes(order.device)
             emit("memory", _memory, model, order, limits, measured, sample, job_lengths, capacity)
             where = f"{order.device} ({order.precision})"
             residues = sum(len(s) for s in sample)
-            emit("throughput", v.check_throughput, residues, sample_seconds, sum(job_lengths), len(job.orders), where)
+            emit("throughput", check_throughput, residues, sample_seconds, sum(job_lengths), len(job.orders), where)
             emit("fp32 reference", _reference, encoder, order, model, subset, report.vectors)
     finally:
         encoder.close()
@@ -192,12 +205,12 @@ def _raise(exc: Exception) -> Check:
 def _memory(
     model, order, limits, measured: tuple[int, str], sample: list[str], job_lengths: list[int], capacity: int
 ) -> Check:
-    def project(lengths: list[int]) -> v.Projection:
-        return v.project_peak(limits, model.arch, order.precision, lengths, model.family, order.run.window_overlap)
+    def project(lengths: list[int]) -> Projection:
+        return project_peak(limits, model.arch, order.precision, lengths, model.family, order.run.window_overlap)
 
     sample_estimate = project([len(s) for s in sample]).peak_bytes
     peak, what = measured
-    return v.check_memory(peak, what, sample_estimate, project(job_lengths), capacity, torch.device(order.device))
+    return check_memory(peak, what, sample_estimate, project(job_lengths), capacity, torch.device(order.device))
 
 
 def _reference(encoder, order, model, sequences: list[str], job_vectors: dict) -> Check:
@@ -216,8 +229,8 @@ def _reference(encoder, order, model, sequences: list[str], job_vectors: dict) -
         where = order.device if fits else "cpu"
         tokenizer, net = load_encoder(model.source, model.family, where, "fp32", layer_index=model.layer_index)
     job = torch.stack([job_vectors[s] for s in sequences])
-    reference = torch.stack([v.reference_vector(tokenizer, net, model.family, s) for s in sequences])
-    return v.check_reference(job, reference, order.precision, where)
+    reference = torch.stack([reference_vector(tokenizer, net, model.family, s) for s in sequences])
+    return check_reference(job, reference, order.precision, where)
 
 
 def cross_model_checks(reports: list[ModelReport], families: dict[str, str], show: Callable) -> None:

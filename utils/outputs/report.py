@@ -673,7 +673,7 @@ def write_report(
     """Collect the progress of the run's workers (`progress_paths`) of the run that began at `started` and write the
     report and summary (each atomically). `splits`: split → its sequences in input order; `models`: one dict per
     model (key, name, model_name, family, layer, devices, checkpoint, status). Returns the report's path."""
-    from utils.running.store import atomic_write_bytes
+    from utils.files import atomic_write_bytes
 
     ended = time.time()
     progress = read_progress(progress_paths)

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
+from utils.files import atomic_torch_save, publish
 from utils.inputs.keys import output_formats
-from utils.running.store import atomic_torch_save, publish
 
 CONCAT_KEY = "concat"
 # meta["headers"] is one entry per protein, aligned with ids: in HDF5 it goes to each dataset (a file attribute that

@@ -17,9 +17,7 @@ A kill -9 at any moment leaves each chunk whole or absent (write to a temporary 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import io
 import json
 import os
 import re
@@ -32,6 +30,7 @@ import numpy as np
 import torch
 
 from utils.errors import UserError
+from utils.files import atomic_torch_save, atomic_write_bytes
 
 CHUNK_SUFFIX = ".chk"
 CHUNK_FORMAT = 2  # 1: no settings, no checksum
@@ -50,40 +49,6 @@ def _canonical(value: Any) -> str:
 
 def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(_canonical(settings).encode()).hexdigest()[:32]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers (and crashes) see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        publish(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def publish(tmp: Path, path: Path) -> None:
-    """Put a finished temporary file in place: fsync it, rename it over `path`, fsync the directory. Every writer
-    of a final file or chunk ends here, so a kill -9 leaves the old file or the whole new one."""
-    descriptor = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
@@ -397,70 +362,3 @@ class ChunkStore:
             self.set_aside(path)
         atomic_torch_save(chunk, path)
         return path
-
-
-_TEMPORARY = re.compile(r"^\..+\.tmp-\d+$")  # atomic_write_bytes' and H5Writer's names: .{name}.tmp-{pid}
-
-
-def remove_temporary_files(output_dir: Path) -> list[Path]:
-    """Temporary files a killed run left behind (in the output directory and the chunk directories); only call this
-    holding the exclusive lock, when no other writer can be using them. Returns what was removed."""
-    removed = []
-    for directory in [output_dir, *sorted((output_dir / ".chunks").glob("*"))]:
-        if not directory.is_dir() or directory.is_symlink():
-            continue
-        for path in directory.iterdir():
-            if _TEMPORARY.match(path.name) and (path.is_file() or path.is_symlink()):
-                path.unlink(missing_ok=True)
-                removed.append(path)
-    return removed
-
-
-class OutputLock:
-    """One run per output directory. flock is released by the kernel when the holder dies, even by kill -9.
-
-    `shared`: array shards (--shard I/N) of one job write into one directory at once, each its own chunks; they
-    share the lock with each other, and exclude a whole run or the --merge that writes the final files.
-    """
-
-    def __init__(self, output_dir: Path, shared: bool = False):
-        self.path = output_dir / ".lock"
-        self.shared = shared
-        self.handle: Any = None
-
-    def __enter__(self) -> OutputLock:
-        # What the lock itself creates, so that a run refused for its input leaves nothing behind (see __exit__)
-        self.created = [p for p in (self.path, *self.path.parents) if not p.exists()][::-1]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "a+")
-        try:
-            fcntl.flock(self.handle, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.seek(0)
-            other = self.handle.read().strip()
-            self.handle.close()
-            who = f"another run (pid {other})" if other else "shard runs (--shard)"
-            raise UserError(
-                f"{self.path.parent}: {who} is writing to this output directory; "
-                "wait for it to finish, or set paths.output_dir to another directory"
-            ) from None
-        self.handle.seek(0)
-        self.handle.truncate()
-        if not self.shared:  # shards leave the file empty: a blocked run then knows it waits for shards
-            self.handle.write(str(os.getpid()))
-        self.handle.flush()
-        if not self.shared:  # alone in the directory: no temporary file here can belong to a live writer
-            remove_temporary_files(self.path.parent)
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        if exc_type is not None and issubclass(exc_type, UserError):
-            # Refused before any work: bad input leaves the output side as it was, the lock's file and directories
-            # included (removed while still held, so no other run can have taken them meanwhile)
-            for path in reversed(self.created):
-                try:
-                    path.unlink() if path == self.path else path.rmdir()
-                except OSError:
-                    break  # something else is in it now: leave it
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
