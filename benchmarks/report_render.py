@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""How long the run report's HTML takes to draw (utils.outputs.report.render_html, charts included) on a realistic run:
-500 proteins in two splits (log-normal lengths, a few past the 1,022-residue limit), two workers with 50 chunks each.
+"""How long the run report's HTML takes to draw (utils.outputs.report_html.render_html, matplotlib's charts
+included) on a realistic run: 500 proteins in two splits (log-normal lengths, a few past the 1,022-residue limit),
+two workers with 50 chunks each.
 
     python benchmarks/report_render.py
 
@@ -20,7 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from utils.outputs.report import WorkerSummary, render_html  # noqa: E402
+from utils.outputs.progress import WorkerSummary  # noqa: E402
+from utils.outputs.report_html import render_html  # noqa: E402
 
 
 def realistic_input(seed: int = 0) -> tuple[dict, dict[str, list[int]], list[WorkerSummary]]:
@@ -52,12 +54,12 @@ def realistic_input(seed: int = 0) -> tuple[dict, dict[str, list[int]], list[Wor
 def main() -> None:
     summary, split_lengths, workers = realistic_input()
     began = time.perf_counter()
-    text = render_html(summary, split_lengths, workers)
+    text = render_html(summary, split_lengths, workers, "run_summary.json")
     first = time.perf_counter() - began
     again = []
     for _ in range(5):
         began = time.perf_counter()
-        render_html(summary, split_lengths, workers)
+        render_html(summary, split_lengths, workers, "run_summary.json")
         again.append(time.perf_counter() - began)
     print(f"render_html: first call {first * 1e3:.1f} ms, then median {statistics.median(again) * 1e3:.1f} ms "
           f"({len(text):,} characters of HTML)")  # fmt: skip

@@ -1,6 +1,6 @@
-"""The run report from workers' progress records: numbers in run_summary.json, a self-contained HTML file (charts as
-inline SVG, nothing fetched), interrupted and failed workers told apart; and through the real CLI on the offline
-checkpoints, a first run and a resumed run."""
+"""The run report from workers' progress records: numbers in run_summary.json, a self-contained HTML file (charts
+drawn by matplotlib as inline SVG, nothing fetched), interrupted and failed workers told apart; and through the real
+CLI on the offline checkpoints, a first run and a resumed run."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, cli_env, random_protein, run_cli, run_job, write_config, write_fasta
-from utils.outputs.report import ProgressLog, progress_path, read_progress, summarise_worker, write_report
+from utils.outputs.progress import ProgressLog, progress_path, read_progress, summarise_worker
+from utils.outputs.report import write_report
 
 MODELS = [
     {"key": "esm1b", "name": "ckpt/esm1b", "model_name": "esm1b", "family": "ESM-1b", "layer": -1,
@@ -117,14 +118,18 @@ def test_a_run_with_no_progress_still_renders(tmp_path):
     assert json.loads((tmp_path / "out" / "run_summary.json").read_text())["workers"] == []
 
 
-def test_the_report_does_not_import_a_plotting_library():
+def test_the_report_does_not_import_a_plotting_library_at_start_up():
+    """matplotlib is imported when the report's charts are drawn, at the end of a run, never when the command or a
+    worker starts (they import the report's modules for the progress records)."""
     code = (
-        "import sys; from utils.outputs.report import WorkerSummary, chart_lengths, chart_rates, chart_reuse, chart_timeline\n"
+        "import sys; import utils.running.local, utils.running.worker, utils.outputs.report\n"
+        "from utils.outputs.progress import WorkerSummary\n"
+        "from utils.outputs.report_html import chart_lengths, chart_rates, chart_reuse, chart_timeline\n"
+        "print(sorted({name.split('.')[0] for name in sys.modules} & {'matplotlib', 'PIL'}))\n"
         "w = WorkerSummary('w', 'm', 'cpu', ended=5.0, loaded=1.0, rate=[(2.0, 10.0), (3.0, 12.0)], computed=4)\n"
         "charts = [chart_lengths({'s': [5, 50, 500]}, {'m': 100}), chart_rates([w]), chart_timeline([w]),"
         " chart_reuse([w])]\n"
         "assert all(chart and chart.startswith('<svg') for chart in charts)\n"
-        "print(sorted({name.split('.')[0] for name in sys.modules} & {'matplotlib', 'PIL'}))"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

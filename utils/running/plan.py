@@ -30,7 +30,7 @@ from utils.inputs.ids import apply_id_format, uniprot_lookalikes
 from utils.inputs.keys import Config, RunParams
 from utils.inputs.unique import digest_hex, share_sequences, unique_of
 from utils.malloc import give_back_free_memory
-from utils.outputs.report import progress_path
+from utils.outputs.progress import progress_path
 from utils.running.shards import Shard
 
 

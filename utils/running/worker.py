@@ -30,7 +30,7 @@ from utils.engine.finite import Fp32Redo
 from utils.inputs.fasta import sequence_lengths
 from utils.inputs.unique import digests_of
 from utils.malloc import give_back_free_memory
-from utils.outputs.report import ProgressLog
+from utils.outputs.progress import ProgressLog
 from utils.running.plan import WorkOrder
 from utils.running.store import ChunkStore, sequence_digest
 

@@ -1,0 +1,142 @@
+"""Workers' progress records: what the run report is drawn from.
+
+Each worker writes JSON lines to `{log_dir}/{log name}.{run id}.progress.jsonl` (ProgressLog: one line when it
+starts, when the model has loaded, per checkpoint chunk written, and when it ends), so recording costs the run nothing
+but a flush per chunk. At the end of the run, read_progress and summarise_worker turn one run's files into a
+WorkerSummary per worker (utils/outputs/report.py writes the report from them).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROGRESS_SUFFIX = ".progress.jsonl"
+
+
+def progress_path(log_path: Path, run_id: str) -> Path:
+    """The progress file of one run's worker, beside the worker's log file."""
+    return log_path.with_name(f"{log_path.stem}.{run_id}{PROGRESS_SUFFIX}")
+
+
+class ProgressLog:
+    """A worker's progress as JSON lines, one event a line, flushed as written (a killed worker keeps what it had).
+    `path` None: the run writes no report, and nothing is recorded."""
+
+    def __init__(self, path: Path | None, **identity: Any):
+        self.path = path
+        self.handle = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = path.open("w", encoding="utf-8")
+        self.identity = identity
+
+    def write(self, event: str, **fields: Any) -> None:
+        if self.handle is None:
+            return
+        record = {"t": time.time(), "event": event, **self.identity, **fields}
+        self.handle.write(json.dumps(record) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+def read_progress(paths: Iterable[Path]) -> dict[str, list[dict]]:
+    """Worker label → its events, from the progress files of one run's workers (a worker that never started has
+    none)."""
+    workers: dict[str, list[dict]] = {}
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        events = []
+        for line in text.splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut by a kill: the events before it stand
+        if events and "label" in events[0]:
+            workers[events[0]["label"]] = events
+    return workers
+
+
+# -- per worker --------------------------------------------------------------------------------------------------------
+@dataclass
+class WorkerSummary:
+    label: str
+    model: str
+    device: str
+    precision: str = ""
+    status: str = "running"  # done, interrupted, failed (no end event: the worker died)
+    started: float = 0.0  # seconds since the run began
+    ended: float = 0.0
+    loaded: float = 0.0  # seconds since the run began when the model was ready
+    load_seconds: float = 0.0
+    sequences: int = 0
+    reused: int = 0  # unique sequences found in earlier chunks
+    reused_chunks: int = 0
+    computed: int = 0  # unique sequences embedded in this run
+    computed_chunks: int = 0
+    residues: int = 0
+    windowed: list[int] = field(default_factory=list)  # lengths of the proteins embedded in windows in this run
+    redone_in_fp32: int = 0  # proteins non-finite in fp16/bf16, embedded again in fp32
+    peak_memory_bytes: int = 0  # GPU: the allocator's peak in the worker; CPU: the worker's peak RSS
+    peak_memory_kind: str = ""
+    out_of_memory_retries: int = 0  # batches that ran out of memory and were split (or went to windows)
+    max_residues: int = 0
+    forward: str = ""  # which forward pass and attention kernel ran (utils.engine.encode.Encoder.path)
+    rate: list[tuple[float, float]] = field(default_factory=list)  # (seconds since the run began, residues/s)
+
+    computing_seconds: float = 0.0  # from the model loaded to the last chunk written
+
+    @property
+    def residues_per_second(self) -> float:
+        return self.residues / self.computing_seconds if self.computing_seconds > 0 else 0.0
+
+
+def summarise_worker(events: list[dict], run_started: float) -> WorkerSummary:
+    first = events[0]
+    worker = WorkerSummary(first["label"], first.get("model", ""), first.get("device", ""))
+    previous = loaded = first["t"]
+    for event in events:
+        kind, at = event["event"], event["t"]
+        worker.ended = at - run_started
+        if kind == "start":
+            worker.started = worker.loaded = at - run_started
+            worker.precision = event.get("precision", "")
+            worker.sequences = event.get("sequences", 0)
+            worker.reused = event.get("reused", 0)
+            worker.reused_chunks = event.get("reused_chunks", 0)
+            worker.max_residues = event.get("max_residues", 0)
+        elif kind == "loaded":
+            worker.load_seconds = event.get("seconds", 0.0)
+            worker.loaded = at - run_started
+            previous = loaded = at
+        elif kind == "forward":
+            worker.forward = event.get("path", "")
+        elif kind == "chunk":
+            worker.computed += event.get("proteins", 0)
+            worker.computed_chunks += 1
+            worker.residues += event.get("residues", 0)
+            worker.windowed += event.get("windowed", [])
+            worker.redone_in_fp32 += event.get("redone_in_fp32", 0)
+            if at > previous:
+                worker.rate.append((at - run_started, event.get("residues", 0) / (at - previous)))
+            previous = at
+            worker.computing_seconds = at - loaded
+        elif kind == "end":
+            worker.status = event.get("status", "done")
+        if "peak_memory_bytes" in event:  # chunk and end events carry the figures so far
+            worker.peak_memory_bytes = max(worker.peak_memory_bytes, event["peak_memory_bytes"])
+            worker.peak_memory_kind = event.get("peak_memory_kind", "")
+            worker.out_of_memory_retries = max(worker.out_of_memory_retries, event.get("out_of_memory_retries", 0))
+    if worker.status == "running":
+        worker.status = "failed"  # no end event: the process died
+    return worker
