@@ -2,6 +2,10 @@
 
 `from utils import Embedder` gives the Python API (utils/engine/embedder.py). Importing `utils` itself loads nothing
 heavy: the scripts read their command line (and answer --help) before torch is imported.
+
+The packages, in the data's order: inputs (config and FASTA) → checks (before anything loads) → running (plan, workers,
+chunks, merge; each worker drives the engine) → outputs (files and the run report). Each package's docstring says what
+enters it and what leaves; README.md's "How it works" draws the tree.
 """
 
 from __future__ import annotations
