@@ -65,7 +65,7 @@ def test_packed_batch_equals_transformers_one_protein_at_a_time(loaded, name):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     # The flex kernel (uncompiled here: same arithmetic, T² memory) on the same packed row
     flex = _encoder(loaded, name, "segments")
-    flex.kernel = "flex"
+    flex.kernels = ["flex", "segments"]
     import utils.engine.attention as attention
 
     compiled = attention.compiled_flex
@@ -76,6 +76,7 @@ def test_packed_batch_equals_transformers_one_protein_at_a_time(loaded, name):
             got_flex = _pooled(flex.embed(sequences))
     finally:
         attention.compiled_flex = compiled
+    assert flex.path == "packed, flex attention"  # it ran, not the fallback
     assert _min_cosine(got_flex, expected) >= 0.9999
 
 
@@ -96,7 +97,8 @@ def test_flex_block_mask_is_the_same_protein_mask(sizes):
     layout = PackedLayout(starts, sizes, torch.tensor([*starts, sum(sizes)], dtype=torch.int32), sum(sizes))
     plan = flex_plan(layout, torch.device("cpu"))
     length = plan.length
-    assert length % 128 == 0 and length >= layout.total and length <= max(128, layout.total * 3 // 2 + 128)
+    assert length >= layout.total and length & (length - 1) == 0 and length >= 128  # a power of two: few compiles
+    assert length < 2 * max(layout.total, 128)
     document = plan.document
     dense = document[:, None] == document[None, :]
     blocks = length // 128
@@ -122,6 +124,25 @@ def test_compiled_flex_attention_with_t5_bias_matches_segments(loaded):
     flex = _encoder(loaded, "prot_t5", "flex")  # construction runs the self-check against segments
     assert flex.path == "packed, flex attention", flex.path
     assert _min_cosine(_pooled(flex.embed(sequences)), segments) >= 0.9999
+
+
+def test_a_kernel_failing_at_run_time_hands_over_to_the_next(loaded, monkeypatch):
+    import utils.engine.attention as attention
+
+    encoder = _encoder(loaded, "esm2", "segments")
+    encoder.kernels = ["flex", "segments"]
+    sequences = _proteins(9, [80, 20])
+    expected = _pooled(_encoder(loaded, "esm2").embed(sequences))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("InductorError: C++ compile error\nmore lines")
+
+    monkeypatch.setattr(attention, "flex_attention_packed", broken)
+    got = _pooled(encoder.embed(sequences))
+    assert encoder.path == (
+        "packed, segments attention (flex failed on a 104-token batch: RuntimeError: InductorError: C++ compile error)"
+    )
+    torch.testing.assert_close(got, expected)
 
 
 def test_windows_of_long_proteins_share_passes(loaded, monkeypatch):

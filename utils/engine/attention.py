@@ -138,13 +138,11 @@ def compiled_flex() -> Any:
 
 
 def flex_row_length(total: int) -> int:
-    """A packed row is padded to the next of a few lengths (128 · 2^k and 1.5 × that), so the kernel compiles a
-    handful of times per model, and padding wastes at most a third of the attention (the linear layers never see it).
-    """
+    """A packed row is padded to the next power of two (at least one block), so the kernel compiles at most a dozen
+    times per model (once per length, then from the cache). The padding costs little: padding tokens attend only
+    within their own 128-token block, and the linear layers never see them."""
     n = FLEX_BLOCK
     while n < total:
-        if n * 3 // 2 >= total:
-            return n * 3 // 2
         n *= 2
     return n
 

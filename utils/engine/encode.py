@@ -97,6 +97,10 @@ def load_encoder(
     return tokenizer, model
 
 
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """The device ran out of memory, or the CPU allocator did (`ulimit -v`, a cgroup limit): both are survived the
     same way, by splitting the batch and then windows."""
@@ -106,16 +110,19 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text)
 
 
-def choose_kernel(requested: str, device: torch.device, family: Family) -> str:
-    """auto: one SDPA call per protein on CPU (no compiler, no padding); on GPU varlen FlashAttention for the
-    families without a position bias where torch has it, else compiled FlexAttention."""
+def kernel_choices(requested: str, device: torch.device, family: Family) -> list[str]:
+    """The attention kernels to try, best first; the last is always segments (no compiler, no FlashAttention build).
+    auto: segments on CPU; on GPU varlen FlashAttention for the families without a position bias where torch has it,
+    then compiled FlexAttention."""
     if requested != "auto":
-        return requested
-    if device.type != "cuda":
-        return "segments"
-    if family.forward != "t5" and varlen_available(device):
-        return "varlen"
-    return "flex"
+        chosen = [requested]
+    elif device.type != "cuda":
+        chosen = []
+    elif family.forward != "t5" and varlen_available(device):
+        chosen = ["varlen", "flex"]
+    else:
+        chosen = ["flex"]
+    return [k for k in chosen if k != "segments"] + ["segments"]
 
 
 class Encoder:
@@ -147,10 +154,14 @@ class Encoder:
         self.out_of_memory_events = 0
         self.smallest_failed_tokens = float("inf")  # tokens of the smallest batch that ran out of memory
         self.packed = None if attention == "transformers" else build_forward(model, family.forward)
-        self.kernel = "transformers" if self.packed is None else choose_kernel(attention, self.device, family)
+        self.kernels = ["transformers"] if self.packed is None else kernel_choices(attention, self.device, family)
         self.fallback_reason = ""
-        if self.packed is not None and self.kernel != "segments":
-            self.fallback_reason = self._check_kernel()
+        while len(self.kernels) > 1 and not self._kernel_agrees():
+            self.kernels.pop(0)
+
+    @property
+    def kernel(self) -> str:
+        return self.kernels[0]
 
     @property
     def path(self) -> str:
@@ -160,24 +171,30 @@ class Encoder:
         note = f" ({self.fallback_reason})" if self.fallback_reason else ""
         return f"packed, {self.kernel} attention{note}"
 
-    def _check_kernel(self) -> str:
-        """Run the chosen kernel once against the segments kernel on a few proteins; on an error or a disagreement
-        fall back to segments (it needs no compiler and no FlashAttention build) and say why."""
+    def _kernel_agrees(self) -> bool:
+        """Run the first kernel once against segments on a few proteins (compiling it, where it compiles); on an
+        error or a disagreement record why, for the log."""
         sequences = ["MKTAYIAKQRQISFVKSHFSRQ" * 3, "M" * 7, "ACDEFGHIKLMNPQRSTVWY" * 9]
         tokens = self.tokenize(sequences)
         chosen = self.kernel
         try:
-            fast = self.forward(tokens)[0]
-            self.kernel = "segments"
-            slow = self.forward(tokens)[0]
-        except Exception as exc:  # noqa: BLE001  # any failure of an optional kernel means: use the plain one
-            self.kernel = "segments"
-            return f"{chosen} unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            fast = self._pooled_with(chosen, tokens)
+            slow = self._pooled_with("segments", tokens)
+        except Exception as exc:  # noqa: BLE001  # any failure of an optional kernel means: try the next one
+            self.fallback_reason = f"{chosen} unavailable: {_first_line(exc)}"
+            return False
         cosine = torch.nn.functional.cosine_similarity(fast.float(), slow.float(), dim=-1).min().item()
         if not cosine > 0.999:
-            return f"{chosen} disagreed with segments (cosine {cosine:.4f})"
-        self.kernel = chosen
-        return ""
+            self.fallback_reason = f"{chosen} disagreed with segments (cosine {cosine:.4f})"
+            return False
+        return True
+
+    def _pooled_with(self, kernel: str, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        kernels, self.kernels = self.kernels, [kernel]
+        try:
+            return self.forward(tokens)[0]
+        finally:
+            self.kernels = kernels
 
     # -- tokenization -------------------------------------------------------------------------------------------
     def tokenize(self, sequences: list[str]) -> dict[str, torch.Tensor]:
@@ -213,8 +230,17 @@ class Encoder:
         cu = torch.tensor([*starts, total], dtype=torch.int32)
         layout = PackedLayout(starts, sizes, self._to_device(cu), total)
         ids, positions = self._to_device(tokens["input_ids"]), self._to_device(tokens["positions"])
-        attend = PackedAttention(self.kernel, layout, self.device, relative_bias(self.packed))
-        hidden = self.packed(ids, positions, attend)
+        while True:
+            try:
+                attend = PackedAttention(self.kernel, layout, self.device, relative_bias(self.packed))
+                hidden = self.packed(ids, positions, attend)
+                break
+            except Exception as exc:
+                # A kernel that passed its check can still fail at a new shape (a compiler error, say): the next
+                # kernel takes over for this batch and the rest of the run, and the log says why.
+                if is_out_of_memory(exc) or len(self.kernels) == 1:
+                    raise
+                self.fallback_reason = f"{self.kernels.pop(0)} failed on a {total}-token batch: {_first_line(exc)}"
         owner = self._to_device(tokens["owner"])
         lengths = self._to_device(tokens["lengths"])
         return segment_means(hidden, owner, lengths), hidden
