@@ -280,8 +280,7 @@ def _read_models(check: _Checker, models: dict, run: RunParams) -> tuple[ModelCo
         budget = check.positive_int(spec, "max_tokens_per_batch", where, run.max_tokens_per_batch, 16, auto=True)
         layer = spec.get("layer", -1)
         if isinstance(layer, bool) or not isinstance(layer, int):
-            # The range depends on the checkpoint's depth: utils.checks.preflight checks it once the config.json is
-            # read.
+            # The range depends on the checkpoint's depth: utils.checks.resolve checks it once config.json is read.
             check.add(f"{where}layer", f"must be an integer (0 = embedding output, -1 = last layer), got {layer!r}")
             layer = -1
         device_auto = any(isinstance(d, str) and d.strip().lower() == "auto" for d in raw_list)

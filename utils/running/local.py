@@ -33,6 +33,102 @@ from utils.running.merge import finish_jobs
 from utils.running.plan import Job, WorkOrder, new_run_id, plan_jobs
 from utils.running.shards import Shard
 
+
+# -- the whole run -----------------------------------------------------------------------------------------------------
+def run_job(
+    config: Config,
+    splits: dict[str, Records],
+    models: list[ResolvedModel],
+    shard: Shard | None = None,
+    actor_class: type | None = None,
+) -> int:
+    """Plan, run every worker (run_params.engine: local processes, or a Ray actor pool), merge each finished model,
+    report. Returns an exit code (utils.exits). The caller holds the output directory's lock (shared for a shard).
+
+    `shard`: embed only that shard's sequences into the chunk store and write no final file (`merge_job` does, once
+    every shard has finished). `actor_class`: the Ray engine's actor (tests give one that fails on purpose)."""
+    splits = shared_splits(splits)
+    jobs = plan_jobs(config, splits, models, shard, run_id=new_run_id())
+    claim_stores(config, jobs, shard)
+    if config.run.engine == "ray":
+        from utils.running.ray_engine import EmbedActor, RayRunner
+
+        runner: Runner | RayRunner = RayRunner(jobs, actor_class or EmbedActor)
+    else:
+        runner = Runner(jobs, config.run.stop_grace_s, on_all_started=lambda: release_residues(splits, jobs))
+    # Handled until the last final file is in place: a signal during the merge stops it between two files.
+    previous = {s: signal.signal(s, runner.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    started = time.perf_counter()
+    started_at = time.time()  # the run report keeps the workers' progress records from this moment on
+    try:
+        runner.run_all()
+        release_residues(splits, jobs)  # the workers had them; from here on only lengths and digests are needed
+        if shard is not None:
+            return report_shard(config, jobs, shard, started)
+        return finish_jobs(config, splits, jobs, started, started_at, runner.stopping)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def claim_stores(config: Config, jobs: list[Job], shard: Shard | None) -> None:
+    """Before any work, each model's chunk store is made this run's (utils.running.store.ChunkStore.claim): a shard
+    refuses a store of other settings (UserError, every model's at once), a run over the whole store takes it; set-aside
+    chunks of these settings come back."""
+    from utils.running.store import ChunkStore
+
+    reconcile = (
+        f"To finish that job, set those settings back in {config.path}; to start over with these settings, run "
+        f"`python generate_embeddings_t5.py --config {config.path} --set-aside` once (it moves the other chunks to "
+        "set_aside/, and a run of their settings brings them back), then the shards"
+    )
+    problems = []
+    for job in jobs:
+        store = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim)
+        try:
+            notes = store.claim(str(shard) if shard is not None else None, reconcile)
+        except UserError as exc:
+            problems += [f"model {job.model.config.key}: {problem}" for problem in exc.problems]
+            continue
+        for note in notes:
+            print(f"note: model {job.model.config.key}: {note}", file=sys.stderr)
+    if problems:
+        raise UserError(problems)
+
+
+def release_residues(splits: dict[str, Records], jobs: list[Job]) -> None:
+    """Let the job's residues go (lengths and digests stay): once every worker has its copy, the main process
+    needs them no more, and at a proteome's size they are a good part of its memory."""
+    unique = shared_unique(splits)
+    if unique is not None:
+        unique.sequences.release()
+    for job in jobs:
+        for order in job.orders:
+            if isinstance(order.sequences, Strings):  # a shard's own copy when a model runs on several devices
+                order.sequences.release()
+    give_back_free_memory()
+
+
+def report_shard(config: Config, jobs: list[Job], shard: Shard, started: float) -> int:
+    failed = [job for job in jobs if job.failed]
+    for job in failed:
+        print(f"error: model {job.model.config.key} failed in shard {shard}; see {config.log_dir}", file=sys.stderr)
+    if failed:
+        return exits.FAILED
+    if not all(job.finished for job in jobs):
+        print(f"interrupted: shard {shard}'s finished chunks are kept; rerun the same command", file=sys.stderr)
+        return exits.INTERRUPTED
+    embedded = sum(len(order.sequences) for order in jobs[0].orders) if jobs else 0
+    print(
+        f"shard {shard}: {embedded} unique sequences in the chunk store in {time.perf_counter() - started:.1f} s; "
+        "when every shard has finished, run the same command with --merge instead of --shard",
+        file=sys.stderr,
+    )
+    return exits.OK
+
+
+# -- worker processes: a lane per device, signals, escalation ----------------------------------------------------------
+# Workers are forked from a server process that has imported these once. A spawned worker would import torch and
 # transformers afresh (seconds of CPU per model); the server is started first thing (start_worker_server), so its
 # imports run while this process still reads the config and the FASTA files. It never touches a GPU, so forking
 # from it is safe for CUDA. Each worker watches this process and dies with it (utils.running.worker._die_with_main).
@@ -200,96 +296,3 @@ class Runner:
             stopped = (-signal.SIGTERM, -signal.SIGINT) + ((-signal.SIGKILL,) if self.killed else ())
             for job in self.jobs:
                 job.exit_codes = [exits.INTERRUPTED if code in stopped else code for code in job.exit_codes]
-
-
-# -- the whole run ----------------------------------------------------------------------------------------------------
-def run_job(
-    config: Config,
-    splits: dict[str, Records],
-    models: list[ResolvedModel],
-    shard: Shard | None = None,
-    actor_class: type | None = None,
-) -> int:
-    """Plan, run every worker (run_params.engine: local processes, or a Ray actor pool), merge each finished model,
-    report. Returns an exit code (utils.exits). The caller holds the output directory's lock (shared for a shard).
-
-    `shard`: embed only that shard's sequences into the chunk store and write no final file (`merge_job` does, once
-    every shard has finished). `actor_class`: the Ray engine's actor (tests give one that fails on purpose)."""
-    splits = shared_splits(splits)
-    jobs = plan_jobs(config, splits, models, shard, run_id=new_run_id())
-    claim_stores(config, jobs, shard)
-    if config.run.engine == "ray":
-        from utils.running.ray_engine import EmbedActor, RayRunner
-
-        runner: Runner | RayRunner = RayRunner(jobs, actor_class or EmbedActor)
-    else:
-        runner = Runner(jobs, config.run.stop_grace_s, on_all_started=lambda: release_residues(splits, jobs))
-    # Handled until the last final file is in place: a signal during the merge stops it between two files.
-    previous = {s: signal.signal(s, runner.stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    started = time.perf_counter()
-    started_at = time.time()  # the run report keeps the workers' progress records from this moment on
-    try:
-        runner.run_all()
-        release_residues(splits, jobs)  # the workers had them; from here on only lengths and digests are needed
-        if shard is not None:
-            return report_shard(config, jobs, shard, started)
-        return finish_jobs(config, splits, jobs, started, started_at, runner.stopping)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def claim_stores(config: Config, jobs: list[Job], shard: Shard | None) -> None:
-    """Before any work, each model's chunk store is made this run's (utils.running.store.ChunkStore.claim): a shard
-    refuses a store of other settings (UserError, every model's at once), a run over the whole store takes it; set-aside
-    chunks of these settings come back."""
-    from utils.running.store import ChunkStore
-
-    reconcile = (
-        f"To finish that job, set those settings back in {config.path}; to start over with these settings, run "
-        f"`python generate_embeddings_t5.py --config {config.path} --set-aside` once (it moves the other chunks to "
-        "set_aside/, and a run of their settings brings them back), then the shards"
-    )
-    problems = []
-    for job in jobs:
-        store = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim)
-        try:
-            notes = store.claim(str(shard) if shard is not None else None, reconcile)
-        except UserError as exc:
-            problems += [f"model {job.model.config.key}: {problem}" for problem in exc.problems]
-            continue
-        for note in notes:
-            print(f"note: model {job.model.config.key}: {note}", file=sys.stderr)
-    if problems:
-        raise UserError(problems)
-
-
-def release_residues(splits: dict[str, Records], jobs: list[Job]) -> None:
-    """Let the job's residues go (lengths and digests stay): once every worker has its copy, the main process
-    needs them no more, and at a proteome's size they are a good part of its memory."""
-    unique = shared_unique(splits)
-    if unique is not None:
-        unique.sequences.release()
-    for job in jobs:
-        for order in job.orders:
-            if isinstance(order.sequences, Strings):  # a shard's own copy when a model runs on several devices
-                order.sequences.release()
-    give_back_free_memory()
-
-
-def report_shard(config: Config, jobs: list[Job], shard: Shard, started: float) -> int:
-    failed = [job for job in jobs if job.failed]
-    for job in failed:
-        print(f"error: model {job.model.config.key} failed in shard {shard}; see {config.log_dir}", file=sys.stderr)
-    if failed:
-        return exits.FAILED
-    if not all(job.finished for job in jobs):
-        print(f"interrupted: shard {shard}'s finished chunks are kept; rerun the same command", file=sys.stderr)
-        return exits.INTERRUPTED
-    embedded = sum(len(order.sequences) for order in jobs[0].orders) if jobs else 0
-    print(
-        f"shard {shard}: {embedded} unique sequences in the chunk store in {time.perf_counter() - started:.1f} s; "
-        "when every shard has finished, run the same command with --merge instead of --shard",
-        file=sys.stderr,
-    )
-    return exits.OK

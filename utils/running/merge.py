@@ -34,12 +34,78 @@ if TYPE_CHECKING:
     from utils.running.store import ChunkStore
 
 
+# -- chunks → files ----------------------------------------------------------------------------------------------------
 class Interrupted(Exception):
     """A stop request seen between two final files of the merge."""
 
 
-# -- chunks → files
-# ------------------------------------------------------------------------------------------------------------
+def finish_jobs(
+    config: Config,
+    splits: dict[str, Records],
+    jobs: list[Job],
+    started: float,
+    started_at: float,
+    stopping: threading.Event | None = None,
+) -> int:
+    """Merge every finished model (and the concatenation when all finished), report, and return the exit code.
+    `started`: perf_counter at the start; `started_at`: wall-clock time, from which the run report reads progress;
+    `stopping`: set by a signal, which stops the merge between two files (each file in place is whole)."""
+    failed = [job for job in jobs if job.failed]
+    if failed:
+        print(file=sys.stderr)  # a dead worker's progress bar may have left its line open
+    try:
+        summary = merge_finished(config, splits, jobs, stopping or threading.Event())
+    except Interrupted:
+        if config.run.report:
+            report_run(config, splits, jobs, started_at, "interrupted")
+        print("interrupted: the final files in place are whole, finished chunks are kept; rerun the same "
+              "command to resume", file=sys.stderr)  # fmt: skip
+        return exits.INTERRUPTED
+    except OSError as exc:  # ENOSPC and the like, from h5py or torch.save: the chunks are all there
+        where = exc.filename or config.output_dir
+        print(
+            f"error: writing the final files in {where}: {exc.strerror or exc}; free some space (or fix the "
+            "directory) and rerun the same command to resume: finished chunks are kept",
+            file=sys.stderr,
+        )
+        return exits.FAILED
+    for line in summary:
+        say(f"wrote {line}")
+    for job in failed:
+        for problem in job.problems:
+            print(f"error: model {problem}", file=sys.stderr)
+        print(
+            f"error: model {job.model.config.key} failed; see {config.log_dir}/{job.model.config.output_key}*.log",
+            file=sys.stderr,
+        )
+    interrupted = not failed and not all(job.finished for job in jobs)
+    if config.run.report:
+        report_run(config, splits, jobs, started_at, "failed" if failed else "interrupted" if interrupted else "done")
+    if interrupted:
+        print("interrupted: finished chunks are kept; rerun the same command to resume", file=sys.stderr)
+        return exits.INTERRUPTED
+    if failed:
+        return exits.FAILED
+    print(f"done in {time.perf_counter() - started:.1f} s; outputs in {config.output_dir}", file=sys.stderr)
+    return exits.OK
+
+
+def merge_finished(config: Config, splits: dict[str, Records], jobs: list[Job], stopping: threading.Event) -> list[str]:
+    """Final files of every finished model (and the concatenated file when all finished) → summary lines."""
+    summary, merged = [], {}
+    for job in jobs:
+        if job.finished:
+            lines, embeddings = merge_outputs(config, splits, job, stopping)
+            summary += lines
+            if config.run.concatenate:
+                merged[job.model.config.output_key] = embeddings
+    if config.run.concatenate and all(job.finished for job in jobs):
+        if stopping.is_set():
+            raise Interrupted
+        summary += write_concatenated(config, splits, jobs, merged)
+    return summary
+
+
 def merge_outputs(
     config: Config, splits: dict[str, Records], job: Job, stopping: threading.Event | None = None
 ) -> tuple[list[str], dict]:
@@ -174,22 +240,18 @@ def write_concatenated(
     return lines
 
 
-def set_aside_job(config: Config, splits: dict[str, Records], models: list[ResolvedModel]) -> int:
-    """--set-aside: claim every model's store for this config's settings and move the chunks it cannot use (other
-    settings, damaged) into set_aside/, embedding nothing; shards of the new settings can then start."""
-    from utils.running.store import ChunkStore
-
-    for job in plan_jobs(config, splits, models):
-        store = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim)
-        for note in store.claim(None, ""):
-            print(f"note: model {job.model.config.key}: {note}", file=sys.stderr)
-        done, report = store.done_digests(set_aside=True)
-        for line in report.lines(f"model {job.model.config.key}"):
-            print(f"note: {line}", file=sys.stderr)
-        print(f"model {job.model.config.key}: {len(done)} sequences in chunks of these settings", file=sys.stderr)
-    return exits.OK
+def say(line: str) -> None:
+    """A line on stdout that may be closed (`| head`): the files are written, so that is no error. Python's docs:
+    point stdout at /dev/null so the interpreter's final flush does not raise again."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
+# -- --merge and --set-aside: from the chunks that --shard tasks filled ------------------------------------------------
 def merge_job(config: Config, splits: dict[str, Records], models: list[ResolvedModel]) -> int:
     """--merge: the final files from the chunk store that the shards filled. Needs no device: the settings that the
     shards' machines decided (utils.checks.preflight.machine_settings) are read from the chunks. Refuses (UserError: per
@@ -230,79 +292,17 @@ def merge_job(config: Config, splits: dict[str, Records], models: list[ResolvedM
             signal.signal(sig, handler)
 
 
-def finish_jobs(
-    config: Config,
-    splits: dict[str, Records],
-    jobs: list[Job],
-    started: float,
-    started_at: float,
-    stopping: threading.Event | None = None,
-) -> int:
-    """Merge every finished model (and the concatenation when all finished), report, and return the exit code.
-    `started`: perf_counter at the start; `started_at`: wall-clock time, from which the run report reads progress;
-    `stopping`: set by a signal, which stops the merge between two files (each file in place is whole)."""
-    failed = [job for job in jobs if job.failed]
-    if failed:
-        print(file=sys.stderr)  # a dead worker's progress bar may have left its line open
-    try:
-        summary = merge_finished(config, splits, jobs, stopping or threading.Event())
-    except Interrupted:
-        if config.run.report:
-            report_run(config, splits, jobs, started_at, "interrupted")
-        print("interrupted: the final files in place are whole, finished chunks are kept; rerun the same "
-              "command to resume", file=sys.stderr)  # fmt: skip
-        return exits.INTERRUPTED
-    except OSError as exc:  # ENOSPC and the like, from h5py or torch.save: the chunks are all there
-        where = exc.filename or config.output_dir
-        print(
-            f"error: writing the final files in {where}: {exc.strerror or exc}; free some space (or fix the "
-            "directory) and rerun the same command to resume: finished chunks are kept",
-            file=sys.stderr,
-        )
-        return exits.FAILED
-    for line in summary:
-        say(f"wrote {line}")
-    for job in failed:
-        for problem in job.problems:
-            print(f"error: model {problem}", file=sys.stderr)
-        print(
-            f"error: model {job.model.config.key} failed; see {config.log_dir}/{job.model.config.output_key}*.log",
-            file=sys.stderr,
-        )
-    interrupted = not failed and not all(job.finished for job in jobs)
-    if config.run.report:
-        report_run(config, splits, jobs, started_at, "failed" if failed else "interrupted" if interrupted else "done")
-    if interrupted:
-        print("interrupted: finished chunks are kept; rerun the same command to resume", file=sys.stderr)
-        return exits.INTERRUPTED
-    if failed:
-        return exits.FAILED
-    print(f"done in {time.perf_counter() - started:.1f} s; outputs in {config.output_dir}", file=sys.stderr)
+def set_aside_job(config: Config, splits: dict[str, Records], models: list[ResolvedModel]) -> int:
+    """--set-aside: claim every model's store for this config's settings and move the chunks it cannot use (other
+    settings, damaged) into set_aside/, embedding nothing; shards of the new settings can then start."""
+    from utils.running.store import ChunkStore
+
+    for job in plan_jobs(config, splits, models):
+        store = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim)
+        for note in store.claim(None, ""):
+            print(f"note: model {job.model.config.key}: {note}", file=sys.stderr)
+        done, report = store.done_digests(set_aside=True)
+        for line in report.lines(f"model {job.model.config.key}"):
+            print(f"note: {line}", file=sys.stderr)
+        print(f"model {job.model.config.key}: {len(done)} sequences in chunks of these settings", file=sys.stderr)
     return exits.OK
-
-
-def merge_finished(config: Config, splits: dict[str, Records], jobs: list[Job], stopping: threading.Event) -> list[str]:
-    """Final files of every finished model (and the concatenated file when all finished) → summary lines."""
-    summary, merged = [], {}
-    for job in jobs:
-        if job.finished:
-            lines, embeddings = merge_outputs(config, splits, job, stopping)
-            summary += lines
-            if config.run.concatenate:
-                merged[job.model.config.output_key] = embeddings
-    if config.run.concatenate and all(job.finished for job in jobs):
-        if stopping.is_set():
-            raise Interrupted
-        summary += write_concatenated(config, splits, jobs, merged)
-    return summary
-
-
-def say(line: str) -> None:
-    """A line on stdout that may be closed (`| head`): the files are written, so that is no error. Python's docs:
-    point stdout at /dev/null so the interpreter's final flush does not raise again."""
-    try:
-        print(line, flush=True)
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)

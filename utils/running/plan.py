@@ -210,7 +210,3 @@ def plan_jobs(
             )
         jobs.append(job)
     return jobs
-
-
-# -- run --------------------------------------------------------------------------------------------------------------
-# Workers are forked from a server process that has imported these once. A spawned worker would import torch and
