@@ -1,5 +1,5 @@
-"""Our packed forward (utils/engine/encoders.py, utils/engine/attention.py) against transformers' forward, the
-reference.
+"""Our packed forward (utils/engine/encoders.py, utils/engine/attention.py) against the reference, transformers'
+forward.
 
 Every family on packed batches that mix short and long proteins (chosen across FlexAttention's 128-token blocks),
 a protein's vector independent of its neighbours in the row, the FlexAttention block mask against the dense

@@ -1,5 +1,5 @@
-"""Packed records and the unique-sequence stage: utils.inputs.fasta.Strings/Records, utils.inputs.unique, the merge's
-index."""
+"""Packed records and the unique-sequence stage (utils.inputs.fasta.Strings/Records, utils.inputs.unique) and the
+merge's index."""
 
 from __future__ import annotations
 
