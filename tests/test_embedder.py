@@ -163,10 +163,15 @@ def test_concurrent_calls_run_one_after_another(cli_and_embedder):
 
     _, records, embedder = cli_and_embedder
     sequences = [sequence.rstrip("*") for _, sequence in records[:6]]
-    expected = embedder.embed(sequences)
+    expected, rows = embedder.embed(sequences), embedder.embed(sequences, per_residue=True)
+    # Calls that want residue rows and calls that do not, at once: each gets what it asked for.
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: embedder.embed(sequences), range(8)))
-    assert all(np.array_equal(result, expected) for result in results)
+        results = list(pool.map(lambda k: embedder.embed(sequences, per_residue=k % 2 == 1), range(8)))
+    for k, result in enumerate(results):
+        if k % 2:
+            assert all(np.array_equal(a, b) for a, b in zip(result, rows, strict=True))
+        else:
+            assert np.array_equal(result, expected)
 
 
 def test_settings_are_checked_by_the_configs_rules(checkpoints):
