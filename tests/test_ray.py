@@ -4,7 +4,10 @@ room for Ray Data's read tasks). Drivers join it through RAY_ADDRESS, as on a cl
 - the real CLI with engine: ray equals the local engine (ids in input order; fp32 chunks cosine ≥ 0.99999, max |Δ|
   ≤ 1e-4; the final float16 files within one float16 step), with a model on two CPU actors;
 - an actor that exits once mid-run: every protein is stored exactly once, output as above;
-- a driver killed with SIGKILL mid-run: the rerun sends only the sequences missing from the chunk store.
+- a driver killed with SIGKILL mid-run: the rerun sends only the sequences missing from the chunk store;
+- faults: actors on every CPU run (more are refused in one line), no block for stall_timeout_s fails the model,
+  SIGTERM and two Ctrl-Cs stop a driver that waits for a block (exit 130), the resume check reads digests only, an
+  unreachable RAY_ADDRESS is one line, and a local Ray started by a driver goes with it after a kill -9.
 """
 
 from __future__ import annotations
