@@ -333,16 +333,28 @@ time.sleep(600)
 """
 
 
-def _ray_processes(raylet: int) -> list[int]:
-    marker = f"RAY_RAYLET_PID={raylet}".encode()
-    found = []
+def _children(parent: int) -> dict[int, bytes]:
+    """pid → start time of each process whose parent is `parent` (a raylet's: its agents and workers)."""
+    found = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                found.append(int(pid))
+            fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
         except OSError:
             continue
+        if int(fields[1]) == parent:
+            found[int(pid)] = fields[19]
     return found
+
+
+def _alive(processes: dict[int, bytes]) -> list[int]:
+    alive = []
+    for pid, start in processes.items():
+        try:
+            if Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19] == start:
+                alive.append(pid)
+        except OSError:
+            continue
+    return alive
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -353,10 +365,11 @@ def test_local_ray_goes_with_a_killed_driver():
         text=True,
     )  # fmt: skip
     raylet = int(driver.stdout.readline())
-    assert _ray_processes(raylet)  # the agents (and idle workers) Ray started for this driver
+    started = _children(raylet)  # the agents (and idle workers) Ray started for this driver
+    assert started
     driver.kill()
     driver.wait(timeout=30)
     deadline = time.monotonic() + 15  # Ray's own agents waited about a minute
-    while _ray_processes(raylet) and time.monotonic() < deadline:
+    while _alive(started) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _ray_processes(raylet)
+    assert not _alive(started)

@@ -103,33 +103,36 @@ def check_address(address: str, timeout_s: float = 5) -> None:
         raise UserError(f"RAY_ADDRESS={address}: {_no_cluster(address, reason)}") from None
 
 
-# Run by a process of its own (reap_local_ray): waits for the driver to end, however it ends, then kills what is left
-# of the local Ray it started. argv: raylet pid, then "pid:start time" of each process Ray started with the node.
+# Run by a process of its own (reap_local_ray); argv: the pids of the processes ray.init started, the raylet's first.
+# It notes them and the raylet's children (the agents; actors and idle workers die with the raylet anyway) with their
+# start times, so that a pid taken by another process since is left alone; then it waits for the driver to end,
+# however it ends, and kills those still there.
 _REAPER = """
 import os, signal, sys
+def stat(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            fields = file.read().rsplit(b")", 1)[1].split()
+        return int(fields[1]), fields[19]  # parent pid, start time
+    except (OSError, IndexError, ValueError):
+        return None, None
+def family(pids):
+    stats = {int(p): stat(p) for p in os.listdir("/proc") if p.isdigit()}
+    found = {pid: stats[pid][1] for pid in pids if pid in stats and stats[pid][1] is not None}
+    found.update({pid: start for pid, (parent, start) in stats.items() if parent == pids[0] and start})
+    return found
+node = [int(pid) for pid in sys.argv[1:]]
+noted = family(node)
 sys.stdin.buffer.read()  # end of file: the driver is gone
-def started(pid):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return None
-def environ(pid):
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as env:
-            return env.read().split(b"\\0")
-    except OSError:
-        return []
-marker = f"RAY_RAYLET_PID={sys.argv[1]}".encode()
-victims = {int(p) for p, t in (a.split(":") for a in sys.argv[2:]) if started(p) == t}
-victims |= {int(p) for p in os.listdir("/proc") if p.isdigit() and marker in environ(p)}
-for pid in victims - {os.getpid()}:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass
+noted.update(family(node))
+for pid, start in noted.items():
+    if stat(pid)[1] == start and pid != os.getpid():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 """
-_reaper: subprocess.Popen | None = None
+_reaper: subprocess.Popen | None = None  # held for the driver's lifetime: its pipe closes when the driver ends
 
 
 def reap_local_ray() -> None:
@@ -145,18 +148,12 @@ def reap_local_ray() -> None:
 
         processes = worker._global_node.all_processes
         raylet = processes["raylet"][0].process.pid
-        pids = [info.process.pid for infos in processes.values() for info in infos]
+        others = [info.process.pid for infos in processes.values() for info in infos]
+        pids = [raylet, *(pid for pid in others if pid != raylet)]
     except (AttributeError, KeyError, IndexError):  # another Ray version's layout: Ray's own cleanup only
         return
-    stamps = []
-    for pid in pids:
-        try:
-            stamp = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19].decode()
-        except (OSError, IndexError):
-            continue
-        stamps.append(f"{pid}:{stamp}")
     _reaper = subprocess.Popen(
-        [sys.executable, "-c", _REAPER, str(raylet), *stamps],
+        [sys.executable, "-c", _REAPER, *map(str, pids)],
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
 
