@@ -69,6 +69,8 @@ def connect() -> None:
             # only at this level); actors log to Ray's session logs, not to this terminal.
             ray.init(runtime_env={"py_modules": [str(UTILS_DIR)]}, log_to_driver=False)
         except ConnectionError as exc:
+            if not address:  # a local Ray that did not start: not the user's address, so Ray's own error
+                raise
             raise UserError(f"RAY_ADDRESS={address}: {_no_cluster(address, str(exc))}") from None
         finally:
             for sig, handler in handlers.items():
