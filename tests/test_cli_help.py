@@ -1,5 +1,5 @@
 """--help on both commands: works without torch, and lists every config key with its default from the same table
-the config validator reads (utils.inputs.config.CONFIG_KEYS), which the README's config table must match."""
+the config validator reads (utils.inputs.keys.CONFIG_KEYS), which the README's config table must match."""
 
 from __future__ import annotations
 

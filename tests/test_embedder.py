@@ -139,3 +139,65 @@ def test_bad_settings_are_refused_before_loading(checkpoints, tmp_path):
 def test_importing_utils_does_not_import_torch():
     code = "import sys, utils; assert 'torch' not in sys.modules; assert utils.Embedder.__name__ == 'Embedder'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_any_iterable_of_strings_is_embedded(cli_and_embedder):
+    _, records, embedder = cli_and_embedder
+    sequences = [sequence.rstrip("*") for _, sequence in records[:4]]
+    expected = embedder.embed(sequences)
+    assert np.array_equal(embedder.embed(s for s in sequences), expected)  # a generator, read once
+    assert np.array_equal(embedder.embed(np.array(sequences)), expected)  # numpy strings are str
+    assert np.array_equal(embedder.embed(tuple(sequences)), expected)
+
+
+def test_errors_name_the_callers_index_not_a_fasta_line(cli_and_embedder):
+    *_, embedder = cli_and_embedder
+    with pytest.raises(UserError) as refused:
+        embedder.embed(["MKV", "MKV", "MK1V", ""])
+    assert refused.value.problems[0].startswith("sequences[2] has character '1' at residue 3")
+    assert refused.value.problems[1].startswith("sequences[3] has an empty sequence")
+    assert not any("sequences:" in p for p in refused.value.problems)
+
+
+def test_concurrent_calls_run_one_after_another(cli_and_embedder):
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, records, embedder = cli_and_embedder
+    sequences = [sequence.rstrip("*") for _, sequence in records[:6]]
+    expected, rows = embedder.embed(sequences), embedder.embed(sequences, per_residue=True)
+    # Calls that want residue rows and calls that do not, at once: each gets what it asked for.
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda k: embedder.embed(sequences, per_residue=k % 2 == 1), range(8)))
+    for k, result in enumerate(results):
+        if k % 2:
+            assert all(np.array_equal(a, b) for a, b in zip(result, rows, strict=True))
+        else:
+            assert np.array_equal(result, expected)
+
+
+def test_settings_are_checked_by_the_configs_rules(checkpoints):
+    from utils import Embedder
+
+    # Each refused by the config too (tests/test_config.py); refused before anything loads.
+    cases = {
+        "max_residues": 3,
+        "window_overlap": -5,
+        "max_tokens_per_batch": 0,
+        "batch_size": True,
+    }
+    for key, value in cases.items():
+        with pytest.raises(UserError, match=rf"^{key}: must be an integer ≥ \d+"):
+            Embedder(str(checkpoints["esm2"]), **{key: value})
+    with pytest.raises(UserError, match=r"^max_residues: must be an integer ≥ 16 or auto, got '100'"):
+        Embedder(str(checkpoints["esm2"]), max_residues="100")
+
+
+def test_a_closed_embedder_says_so(checkpoints):
+    from utils import Embedder
+
+    embedder = Embedder(str(checkpoints["esm2"]))
+    assert embedder.embed(["MKV"]).shape == (1, embedder.dim)
+    embedder.close()
+    embedder.close()  # twice is harmless
+    with pytest.raises(UserError, match="this Embedder is closed"):
+        embedder.embed(["MKV"])

@@ -54,3 +54,53 @@ def test_every_planned_gpu_batch_fits_the_memory_model():
         for batch in limits.plan_batches(lengths, 2):
             tokens = sum(min(lengths[i], limits.max_residues) + 2 for i in batch)
             assert tokens <= limits.max_tokens_per_batch or len(batch) == 1
+
+
+def _cgroup_files(root, proc_cgroup: str, files: dict[str, str]):
+    (root / "proc/self").mkdir(parents=True)
+    (root / "proc/self/cgroup").write_text(proc_cgroup)
+    for name, text in files.items():
+        (root / "sys/fs/cgroup" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "sys/fs/cgroup" / name).write_text(text)
+    return root
+
+
+def test_cpu_memory_is_the_lowest_of_machine_cgroup_ulimit_and_slurm(tmp_path):
+    from utils.engine.limits import cpu_memory_sources
+
+    machine = cpu_memory_sources(tmp_path / "nothing", env={}, address_space=-1)
+    assert list(machine) == ["machine"]  # no cgroup files, no ulimit (RLIM_INFINITY is -1), not in SLURM
+    # cgroup v2: the lowest limit on the group or a group above it ("max" is none)
+    v2 = _cgroup_files(
+        tmp_path / "v2", "0::/job/step\n", {"job/memory.max": str(3 * GIB), "job/step/memory.max": "max\n"}
+    )
+    assert cpu_memory_sources(v2, env={}, address_space=-1)["cgroup"] == 3 * GIB
+    # cgroup v1: the memory controller's group; v1 writes "no limit" as a huge number
+    v1 = _cgroup_files(
+        tmp_path / "v1",
+        "5:cpu,cpuacct:/x\n4:memory:/docker/abc\n0::/\n",
+        {"memory/memory.limit_in_bytes": "9223372036854771712", "memory/docker/abc/memory.limit_in_bytes": str(GIB)},
+    )
+    assert cpu_memory_sources(v1, env={}, address_space=-1)["cgroup"] == GIB
+    # ulimit -v, and SLURM's --mem (MiB) or --mem-per-cpu × CPUs on the node
+    assert cpu_memory_sources(v1, env={}, address_space=512 << 20)["ulimit -v"] == 512 << 20
+    slurm = cpu_memory_sources(tmp_path / "nothing", env={"SLURM_MEM_PER_NODE": "2048"}, address_space=-1)
+    assert slurm["SLURM"] == 2 * GIB
+    per_cpu = {"SLURM_MEM_PER_CPU": "1000", "SLURM_CPUS_ON_NODE": "4"}
+    assert cpu_memory_sources(tmp_path / "nothing", env=per_cpu, address_space=-1)["SLURM"] == 4000 << 20
+    # a limit above the machine's memory says nothing
+    huge = {"SLURM_MEM_PER_NODE": str(1 << 40)}
+    assert "SLURM" not in cpu_memory_sources(tmp_path / "nothing", env=huge, address_space=-1)
+
+
+def test_cpu_device_memory_follows_ulimit_v(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = "from utils.engine.limits import device_memory_bytes; print(device_memory_bytes('cpu'))"
+    limit_kib = 3 << 20  # 3 GiB of address space: room for Python and numpy, far below this machine's memory
+    shell = f'ulimit -v {limit_kib} && {sys.executable} -c "{code}"'
+    result = subprocess.run(["bash", "-c", shell], cwd=REPO, capture_output=True, text=True, check=True)
+    assert int(result.stdout) == limit_kib << 10

@@ -4,7 +4,10 @@ room for Ray Data's read tasks). Drivers join it through RAY_ADDRESS, as on a cl
 - the real CLI with engine: ray equals the local engine (ids in input order; fp32 chunks cosine ≥ 0.99999, max |Δ|
   ≤ 1e-4; the final float16 files within one float16 step), with a model on two CPU actors;
 - an actor that exits once mid-run: every protein is stored exactly once, output as above;
-- a driver killed with SIGKILL mid-run: the rerun sends only the sequences missing from the chunk store.
+- a driver killed with SIGKILL mid-run: the rerun sends only the sequences missing from the chunk store;
+- faults: actors on every CPU run (more are refused in one line), no block for stall_timeout_s fails the model,
+  SIGTERM and two Ctrl-Cs stop a driver that waits for a block (exit 130), the resume check reads digests only, an
+  unreachable RAY_ADDRESS is one line, and a local Ray started by a driver goes with it after a kill -9.
 """
 
 from __future__ import annotations
@@ -178,3 +181,199 @@ def test_killed_driver_resumes_with_only_the_missing_sequences(checkpoints, loca
     assert process.returncode == 0, stderr
     assert f"ray: t5: {kept} sequences already in chunks, computing {48 - kept}" in stderr
     assert_equals_local(local_run, tmp_path / "out")
+
+
+# -- faults: a pool on every CPU, stalls, signals, unreachable clusters, leftovers of a killed driver ----------------
+def _small_job(directory: Path, checkpoints, devices: list[str], **run_params) -> Path:
+    directory.mkdir(exist_ok=True)
+    rng = random.Random(5)
+    write_fasta(directory / "train.fasta", [(f"p{i}", random_protein(rng, rng.randint(5, 40))) for i in range(12)])
+    models = {"esm": {"name": checkpoints["esm2"], "device": devices}}
+    run = {"engine": "ray", "batch_size": 2, "save_every_n_batches": 1, **run_params}
+    return write_config(directory, models, test=None, run_params=run)
+
+
+# Drivers that join the module's Ray through RAY_ADDRESS in connect() (ray.init replaces SIGTERM's handler there),
+# with actors that load no model, defined in __main__ so that they travel by value: one that returns zero vectors at
+# once (scheduling is what is tested), one that never returns a block.
+DRIVER_WITHOUT_MODEL = """
+import sys, time
+from pathlib import Path
+import numpy as np
+import pyarrow as pa
+from utils.running.local import run_job
+from utils.running.plan import prepare
+from utils.running.ray_engine import EmbedActor
+
+class ZeroActor(EmbedActor):
+    def __init__(self, order):
+        self.order = order
+    def __call__(self, block):
+        rows, dim = block.num_rows, self.order.model.dim
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(rows * dim, np.float32)), dim)
+        return pa.table({"digest": block.column("digest"), "embedding": vectors, "note": pa.nulls(rows, pa.string())})
+
+class HangingActor(ZeroActor):
+    def __call__(self, block):
+        time.sleep(3600)
+
+config, splits, models = prepare(Path(sys.argv[sys.argv.index("--config") + 1]))
+actor = HangingActor if "--hang" in sys.argv else ZeroActor
+sys.exit(run_job(config, splits, models, actor_class=actor))
+"""
+
+
+def _finish(process: subprocess.Popen, timeout: float) -> str:
+    """Its stderr once it has ended; killed (and the test failed) when it has not ended in `timeout` s: a hang."""
+    try:
+        return process.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise AssertionError(f"still running after {timeout} s") from None
+
+
+def test_actors_on_every_cpu_do_not_hang_and_too_many_are_refused(checkpoints, ray_address, tmp_path):
+    # The module's Ray has 4 CPUs: four CPU actors hold all of them, and Ray Data had none left for its repartition.
+    four = _ray_cli(_small_job(tmp_path / "four", checkpoints, ["cpu"] * 4), ray_address, "-c", DRIVER_WITHOUT_MODEL)
+    stderr = _finish(four, 180)
+    assert four.returncode == 0, stderr
+    assert "computing 12" in stderr and "ray: esm: 12/12 sequences" in stderr
+    # Five cannot all start: refused before anything runs, in one line.
+    script = str(REPO / "generate_embeddings_t5.py")
+    five = _ray_cli(_small_job(tmp_path / "five", checkpoints, ["cpu"] * 5), ray_address, script)
+    stderr = _finish(five, 120)
+    assert five.returncode == 2, stderr
+    assert "models.esm: 5 Ray actor(s) need 5 CPU(s) but the Ray cluster has 4" in stderr
+    assert "Traceback" not in stderr
+
+
+def _hanging_driver(directory: Path, checkpoints, address: str, **run_params) -> tuple[subprocess.Popen, list[str]]:
+    """A driver whose actor never returns a block, once it waits for one (its stderr lines so far)."""
+    config = _small_job(directory, checkpoints, ["cpu"], **run_params)
+    driver = _ray_cli(config, address, "-c", DRIVER_WITHOUT_MODEL, "--hang")
+    lines = []
+    for line in driver.stderr:
+        lines.append(line)
+        if "computing 12" in line:
+            return driver, lines
+    raise AssertionError("".join(lines))
+
+
+@pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGINT, signal.SIGINT]], ids=["sigterm", "two-ctrl-c"])
+def test_signals_stop_a_ray_run_that_waits_for_a_block(checkpoints, ray_address, tmp_path, signals):
+    # SIGTERM (scancel) once: the block in flight gets stop_grace_s; a second Ctrl-C does not wait at all.
+    grace = 1 if len(signals) == 1 else 600
+    driver, _ = _hanging_driver(tmp_path, checkpoints, ray_address, stop_grace_s=grace)
+    time.sleep(1)
+    for sig in signals:
+        driver.send_signal(sig)
+        time.sleep(0.5)
+    stderr = _finish(driver, 60)
+    assert driver.returncode == 130, stderr
+    assert "interrupted: finished chunks are kept; rerun the same command to resume" in stderr
+    assert "Traceback" not in stderr and "SIGABRT" not in stderr
+
+
+def test_no_block_for_stall_timeout_fails_the_model(checkpoints, ray_address, tmp_path):
+    driver, _ = _hanging_driver(tmp_path, checkpoints, ray_address, stall_timeout_s=2)
+    stderr = _finish(driver, 60)
+    assert driver.returncode == 1, stderr
+    assert "error: model esm on Ray: no block came back for 2 s (run_params.stall_timeout_s)" in stderr
+
+
+def test_resume_reads_digests_not_vectors(checkpoints, ray_address, tmp_path, monkeypatch):
+    from utils.running.local import run_job
+    from utils.running.plan import prepare
+    from utils.running.store import ChunkStore
+
+    config_path = _small_job(tmp_path, checkpoints, ["cpu"])
+    assert run_job(*prepare(config_path)) == 0
+
+    def load(*_args, **_kwargs):
+        raise AssertionError("the resume check loaded every chunk's vectors")
+
+    monkeypatch.setattr(ChunkStore, "load", load)
+    assert run_job(*prepare(config_path)) == 0  # run_job lets the residues go: a fresh read
+
+
+CONNECT = """
+import os, sys
+import ray
+from utils.errors import UserError
+from utils.running.ray_engine import connect
+
+def no_cluster(*args, **kwargs):  # Ray's own words when RAY_ADDRESS=auto finds no Ray on this machine
+    raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to by setting "
+                          "`--address` flag or `RAY_ADDRESS` environment variable.")
+
+if sys.argv[1] == "auto":  # "auto" finds any Ray running here, such as this module's: Ray's answer is injected
+    ray.init = no_cluster
+os.environ["RAY_ADDRESS"] = sys.argv[1]
+try:
+    connect()
+except UserError as exc:
+    print("\\n".join(exc.lines()))
+"""
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "auto"])
+def test_no_cluster_at_ray_address_is_one_line(address):
+    result = subprocess.run(
+        [sys.executable, "-c", CONNECT, address], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.count("\n") == 1, result.stdout + result.stderr
+    assert result.stdout.startswith(f"RAY_ADDRESS={address}: no ") and "unset RAY_ADDRESS" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+LOCAL_RAY = """
+from ray._private import worker
+from utils.running.ray_engine import connect
+connect()
+print(worker._global_node.all_processes["raylet"][0].process.pid, flush=True)
+import time
+time.sleep(600)
+"""
+
+
+def _children(parent: int) -> dict[int, bytes]:
+    """pid → start time of each process whose parent is `parent` (a raylet's: its agents and workers)."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            found[int(pid)] = fields[19]
+    return found
+
+
+def _alive(processes: dict[int, bytes]) -> list[int]:
+    alive = []
+    for pid, start in processes.items():
+        try:
+            if Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19] == start:
+                alive.append(pid)
+        except OSError:
+            continue
+    return alive
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_local_ray_goes_with_a_killed_driver():
+    env = {k: v for k, v in cli_env().items() if k != "RAY_ADDRESS"}  # the driver starts a Ray of its own
+    driver = subprocess.Popen(
+        [sys.executable, "-c", LOCAL_RAY], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True,
+    )  # fmt: skip
+    raylet = int(driver.stdout.readline())
+    started = _children(raylet)  # the agents (and idle workers) Ray started for this driver
+    assert started
+    driver.kill()
+    driver.wait(timeout=30)
+    deadline = time.monotonic() + 15  # Ray's own agents waited about a minute
+    while _alive(started) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(started)

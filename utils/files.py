@@ -97,6 +97,8 @@ class OutputLock:
                 "wait for it to finish, or set paths.output_dir to another directory"
             ) from None
         self.handle.seek(0)
+        self.previous = self.handle.read()
+        self.handle.seek(0)
         self.handle.truncate()
         if not self.shared:  # shards leave the file empty: a blocked run then knows it waits for shards
             self.handle.write(str(os.getpid()))
@@ -114,5 +116,10 @@ class OutputLock:
                     path.unlink() if path == self.path else path.rmdir()
                 except OSError:
                     break  # something else is in it now: leave it
+            if self.path not in self.created:  # the lock of an earlier run: its content back as it was
+                self.handle.seek(0)
+                self.handle.truncate()
+                self.handle.write(self.previous)
+                self.handle.flush()
         fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()

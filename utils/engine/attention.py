@@ -271,8 +271,6 @@ def varlen_attention(
 
 # -- one entry point per batch ---------------------------------------------------------------------------------------
 
-KERNELS = ("segments", "flex", "varlen")
-
 
 class PackedAttention:
     """The attention kernel for one packed batch; everything per batch (block mask, bias table) is built once here

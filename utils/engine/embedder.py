@@ -9,7 +9,9 @@ benchmarks and `Embedder` call `embed_in_batches`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -105,6 +107,7 @@ class Embedder:
         from utils.engine.finite import Fp32Redo
         from utils.engine.limits import device_limits
         from utils.errors import UserError
+        from utils.inputs.config import setting_problems
         from utils.inputs.keys import ATTENTION_PATHS, PRECISIONS, Config, ModelConfig, RunParams, normalise_device
 
         where = normalise_device(device)
@@ -115,14 +118,21 @@ class Embedder:
             problems.append(f"precision: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if attention not in ATTENTION_PATHS:
             problems.append(f"attention: must be one of {', '.join(ATTENTION_PATHS)}, got {attention!r}")
-        if isinstance(layer, bool) or not isinstance(layer, int):
-            problems.append(f"layer: must be an integer (0 = embedding output, -1 = last layer), got {layer!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            problems.append(f"batch_size: must be an integer ≥ 1, got {batch_size!r}")
-        if max_residues is not None and window_overlap >= max_residues // 2:
-            problems.append(f"window_overlap: must be less than half of max_residues ({max_residues})")
+        # The config's own rules (utils.inputs.config.INT_SETTINGS), so the API refuses what a config file would.
+        settings, setting_lines = setting_problems(
+            {
+                "layer": layer,
+                "batch_size": batch_size,
+                "max_tokens_per_batch": max_tokens_per_batch,
+                "max_residues": max_residues,
+                "window_overlap": window_overlap,
+            }
+        )
+        problems += setting_lines
         if problems:
             raise UserError(problems)
+        layer, batch_size, window_overlap = settings["layer"], settings["batch_size"], settings["window_overlap"]
+        max_tokens_per_batch, max_residues = settings["max_tokens_per_batch"], settings["max_residues"]
         model_config = ModelConfig(
             _KEY,
             str(name_or_path),
@@ -166,49 +176,70 @@ class Embedder:
                 )
             )  # fmt: skip
         self.windowed: dict[int, dict] = {}  # of the last embed() call: index → how it was split into windows
+        self.lock = threading.Lock()  # one embed() at a time: the encoder and its tokenizing thread are not shared
+        self.closed = False
 
     @property
     def dim(self) -> int:
         return self.model.dim
 
-    def embed(self, sequences: Sequence[str], per_residue: bool = False):
+    def embed(self, sequences: Iterable[str], per_residue: bool = False):
         """One vector per sequence → numpy float32 [N, D], in the order given; with `per_residue`, a list of
         [L, D] float32 arrays (the residue rows only, rounded through float16 as the job's HDF5 files store them).
 
-        Sequences are read as FASTA sequences are (upper-cased, one trailing '*' dropped, anything else that is not
-        a residue refused with a UserError); each distinct sequence is embedded once. Proteins embedded in
-        windows are listed in `self.windowed` (index → windows, window_residues, overlap, reason)."""
+        `sequences`: any iterable of str (a list, a generator, a numpy array of strings), read once. They are read
+        as FASTA sequences are (upper-cased, one trailing '*' dropped, anything else that is not a residue refused
+        with a UserError naming sequences[i]); each distinct sequence is embedded once. Proteins embedded in
+        windows are listed in `self.windowed` (index → windows, window_residues, overlap, reason). Calls from
+        several threads run one after another."""
         import numpy as np
 
         from utils.errors import UserError
         from utils.inputs.fasta import parse_fasta
 
-        if isinstance(sequences, str):
+        if isinstance(sequences, (str, bytes)):
             raise TypeError("embed() takes a list of sequences; for one protein, pass [sequence]")
-        if not sequences:
-            return [] if per_residue else np.zeros((0, self.dim), dtype=np.float32)
-        bad = [i for i, s in enumerate(sequences) if not isinstance(s, str) or ">" in s]
-        if bad:
-            raise UserError(f"sequences[{bad[0]}]: not a protein sequence (text of residue letters); fix or remove it")
-        # The FASTA reader's own rules, so the API accepts and refuses exactly what the job does.
-        text = "".join(f">{i}\n{s}\n" for i, s in enumerate(sequences))
-        cleaned = [record.sequence for record in parse_fasta(text, "sequences")]
-        unique = list(dict.fromkeys(cleaned))
-        self.encoder.per_residue = per_residue
-        if self.fp32 is not None and self.fp32.encoder is not None:
-            self.fp32.encoder.per_residue = per_residue
-        results = embed_in_batches(self.encoder, unique, self.limits, precision=self.precision, fp32=self.fp32)
-        embedded = dict(zip(unique, results, strict=True))
-        rows = [embedded[s] for s in cleaned]
-        self.windowed = {i: row.note for i, row in enumerate(rows) if row.note}
-        if per_residue:
-            return [row.residues.float().numpy() for row in rows]
-        return np.stack([row.pooled.float().numpy() for row in rows])
+        try:
+            sequences = list(sequences)
+        except TypeError:
+            raise TypeError(f"embed() takes a list of sequences, got {type(sequences).__name__}") from None
+        with self.lock:
+            if self.closed:
+                raise UserError("this Embedder is closed; create a new Embedder to embed more")
+            if not sequences:
+                return [] if per_residue else np.zeros((0, self.dim), dtype=np.float32)
+            bad = [i for i, s in enumerate(sequences) if not isinstance(s, str) or ">" in s]
+            if bad:
+                what = "not a protein sequence (text of residue letters); fix or remove it"
+                raise UserError(f"sequences[{bad[0]}]: {what}")
+            # The FASTA reader's own rules, so the API accepts and refuses exactly what the job does; its problems
+            # name the record (here: the index), not a line of a FASTA the caller never wrote.
+            text = "".join(f">{i}\n{s}\n" for i, s in enumerate(sequences))
+            try:
+                cleaned = [record.sequence for record in parse_fasta(text, "sequences")]
+            except UserError as exc:
+                problems = [_RECORD_LINE.sub(r"sequences[\1] ", p).replace("the record", "it") for p in exc.problems]
+                raise UserError(problems) from None
+            unique = list(dict.fromkeys(cleaned))
+            self.encoder.per_residue = per_residue
+            if self.fp32 is not None and self.fp32.encoder is not None:
+                self.fp32.encoder.per_residue = per_residue
+            results = embed_in_batches(self.encoder, unique, self.limits, precision=self.precision, fp32=self.fp32)
+            embedded = dict(zip(unique, results, strict=True))
+            rows = [embedded[s] for s in cleaned]
+            self.windowed = {i: row.note for i, row in enumerate(rows) if row.note}
+            if per_residue:
+                return [row.residues.float().numpy() for row in rows]
+            return np.stack([row.pooled.float().numpy() for row in rows])
 
     def close(self) -> None:
-        self.encoder.close()
-        if self.fp32 is not None:
-            self.fp32.close()
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            self.encoder.close()
+            if self.fp32 is not None:
+                self.fp32.close()
 
     def __enter__(self) -> Embedder:
         return self
@@ -218,3 +249,4 @@ class Embedder:
 
 
 _KEY = "embedder"
+_RECORD_LINE = re.compile(r"^sequences:\d+: protein '?(\d+)'? ")  # the FASTA reader's file:line: protein 'id'

@@ -21,8 +21,10 @@ small, each recorded in the output).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import resource
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -69,7 +71,73 @@ def device_memory_bytes(device: str) -> int:
         import torch
 
         return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return min(cpu_memory_sources().values())
+
+
+def cpu_memory_sources(
+    root: Path = Path("/"), env: Mapping[str, str] | None = None, address_space: int | None = None
+) -> dict[str, int]:
+    """What bounds this process's CPU memory, in bytes, by source: the machine's memory, and each lower limit set on
+    it: the memory cgroup (v2 memory.max, v1 memory.limit_in_bytes, on its own group and every group above it), the
+    address-space rlimit (`ulimit -v`) and SLURM's allocation (--mem, or --mem-per-cpu × the CPUs on this node).
+    A container or a batch job is usually given far less than the machine has, and its limit is the one that kills.
+
+    `root` (where /proc and /sys are read), `env` (os.environ) and `address_space` (RLIMIT_AS's soft limit) are
+    the sources, injectable for tests."""
+    env = os.environ if env is None else env
+    sources = {"machine": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}
+    cgroup = _cgroup_memory_limit(root)
+    if address_space is None:
+        address_space = resource.getrlimit(resource.RLIMIT_AS)[0]
+    slurm = _slurm_memory(env)
+    for name, limit in (("cgroup", cgroup), ("ulimit -v", address_space), ("SLURM", slurm)):
+        if limit is not None and 0 < limit < sources["machine"]:
+            sources[name] = limit
+    return sources
+
+
+def _cgroup_memory_limit(root: Path) -> int | None:
+    """The lowest memory limit on this process's cgroup and the groups above it, v2 or v1; None when unlimited."""
+    try:
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    files = []
+    for line in lines:  # "0::/path" (v2), "4:memory:/path" (v1)
+        _, controllers, group = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            base, name = root / "sys/fs/cgroup", "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = root / "sys/fs/cgroup/memory", "memory.limit_in_bytes"
+        else:
+            continue
+        # Without a cgroup namespace the group's path is the host's; the mount may show only the container's own
+        # group at its root, so the mount's root file is read as well.
+        group_dir = base / group.strip("/")
+        files += [directory / name for directory in (group_dir, *group_dir.parents) if directory.is_relative_to(base)]
+    limits = []
+    for file in dict.fromkeys(files):
+        try:
+            text = file.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" (v2) means no limit; v1's "no limit" is a huge number, which min() passes over
+            limits.append(int(text))
+    return min(limits) if limits else None
+
+
+def _slurm_memory(env: Mapping[str, str]) -> int | None:
+    """SLURM's allocation on this node in bytes (its variables count MiB); None outside SLURM or without --mem."""
+    mib = 1 << 20
+    try:
+        if env.get("SLURM_MEM_PER_NODE"):
+            return int(env["SLURM_MEM_PER_NODE"]) * mib
+        if env.get("SLURM_MEM_PER_CPU"):
+            cpus = env.get("SLURM_CPUS_ON_NODE") or env.get("SLURM_CPUS_PER_TASK") or "1"
+            return int(env["SLURM_MEM_PER_CPU"]) * int(cpus) * mib
+    except ValueError:  # not a number: SLURM did not write it, so it says nothing
+        return None
+    return None
 
 
 def weight_bytes(arch: Architecture, dtype_bytes: int) -> int:

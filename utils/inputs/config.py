@@ -10,6 +10,7 @@ import datetime
 import difflib
 import re
 import reprlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,68 @@ def _yaml_type_hint(name: Any) -> str:
     return f"YAML reads this name as {what}, not text; put the name in quotes"
 
 
+@dataclass(frozen=True)
+class IntSetting:
+    """What an integer setting accepts; the config and the Python API (utils.Embedder) both check by INT_SETTINGS."""
+
+    minimum: int | None = 1
+    maximum: int | None = None
+    auto: bool = False  # also 'auto' or no value, meaning None: chosen per device
+    meaning: str = ""  # shown after "an integer" in the error
+
+    def check(self, value: Any) -> tuple[int | None, str | None]:
+        """→ (the value, None: auto) or (None, "must be …, got …")."""
+        if self.auto and (value is None or (isinstance(value, str) and value.strip().lower() == "auto")):
+            return None, None
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or (self.minimum is not None and value < self.minimum)
+            or (self.maximum is not None and value > self.maximum)
+        ):
+            accepted = "an integer" + (f" ≥ {self.minimum}" if self.minimum is not None else "")
+            accepted += (f" and ≤ {self.maximum}" if self.maximum is not None else "") + self.meaning
+            accepted += " or auto" if self.auto else ""
+            return None, f"must be {accepted}, got {'no value' if value is None else shown(value)}"
+        return int(value), None
+
+
+INT_SETTINGS = {  # run_params' integers and models.<key>'s, by key
+    "batch_size": IntSetting(1),
+    "save_every_n_batches": IntSetting(1),
+    "seed": IntSetting(0, SEED_MAX),
+    "max_tokens_per_batch": IntSetting(16, auto=True),
+    "max_residues": IntSetting(16, auto=True),
+    "window_overlap": IntSetting(0),
+    "stop_grace_s": IntSetting(1),
+    "stall_timeout_s": IntSetting(1),
+    # The range depends on the checkpoint's depth: utils.checks.resolve checks it once config.json is read.
+    "layer": IntSetting(None, meaning=" (0 = embedding output, -1 = last layer)"),
+}
+
+
+def window_overlap_problem(window_overlap: int, max_residues: int | None) -> str | None:
+    """The one rule between two settings: windows must overlap by less than half of their length."""
+    if max_residues is not None and window_overlap >= max_residues // 2:
+        return f"must be less than half of max_residues ({max_residues})"
+    return None
+
+
+def setting_problems(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Settings given outside a config file (the Python API) checked by the config's own rules → (values, auto as
+    None; "key: problem" lines)."""
+    checked, problems = dict(values), []
+    for key, value in values.items():
+        checked[key], problem = INT_SETTINGS[key].check(value)
+        if problem:
+            problems.append(f"{key}: {problem}")
+    if not problems and "window_overlap" in checked:
+        problem = window_overlap_problem(checked["window_overlap"], checked.get("max_residues"))
+        if problem:
+            problems.append(f"window_overlap: {problem}")
+    return checked, problems
+
+
 _TOP_KEYS = ("paths", "run_params", "models")
 
 
@@ -90,34 +153,13 @@ class _Checker:
             return {}
         return value
 
-    def positive_int(
-        self,
-        table: dict,
-        key: str,
-        where: str,
-        default: int | None,
-        minimum: int = 1,
-        auto: bool = False,
-        maximum: int | None = None,
-    ) -> int | None:
-        """An integer in [minimum, maximum]; with `auto`, also 'auto' or an empty value, meaning None (chosen per
-        device)."""
+    def setting(self, table: dict, key: str, where: str, default: int | None) -> int | None:
+        """An integer setting, checked by its INT_SETTINGS rule; the default when absent or wrong."""
         if key not in table:
             return default
-        value = table[key]
-        if auto and (value is None or (isinstance(value, str) and value.strip().lower() == "auto")):
-            return None
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or value < minimum
-            or (maximum is not None and value > maximum)
-        ):
-            accepted = (
-                f"an integer ≥ {minimum}" + (f" and ≤ {maximum}" if maximum else "") + (" or auto" if auto else "")
-            )
-            got = "no value" if value is None else shown(value)
-            self.add(f"{where}{key}", f"must be {accepted}, got {got}; fix the value or remove the line")
+        value, problem = INT_SETTINGS[key].check(table[key])
+        if problem:
+            self.add(f"{where}{key}", f"{problem}; fix the value or remove the line")
             return default
         return value
 
@@ -277,12 +319,8 @@ def _read_models(check: _Checker, models: dict, run: RunParams) -> tuple[ModelCo
             check.add(f"{where}output_key", "must be text of letters, digits, '_', '-' or '.', used in file names")
             output_key = str(key)
         precision = check.choice(spec, "precision", where, run.precision, PRECISIONS)
-        budget = check.positive_int(spec, "max_tokens_per_batch", where, run.max_tokens_per_batch, 16, auto=True)
-        layer = spec.get("layer", -1)
-        if isinstance(layer, bool) or not isinstance(layer, int):
-            # The range depends on the checkpoint's depth: utils.checks.resolve checks it once config.json is read.
-            check.add(f"{where}layer", f"must be an integer (0 = embedding output, -1 = last layer), got {layer!r}")
-            layer = -1
+        budget = check.setting(spec, "max_tokens_per_batch", where, run.max_tokens_per_batch)
+        layer = check.setting(spec, "layer", where, -1)
         device_auto = any(isinstance(d, str) and d.strip().lower() == "auto" for d in raw_list)
         result.append(
             ModelConfig(
@@ -316,25 +354,27 @@ def load_config(path: Path) -> Config:
 
     defaults = RunParams()
     run = RunParams(
-        batch_size=check.positive_int(run_table, "batch_size", "run_params.", defaults.batch_size),
-        save_every_n_batches=check.positive_int(
+        batch_size=check.setting(run_table, "batch_size", "run_params.", defaults.batch_size),
+        save_every_n_batches=check.setting(
             run_table, "save_every_n_batches", "run_params.", defaults.save_every_n_batches
         ),
-        seed=check.positive_int(run_table, "seed", "run_params.", defaults.seed, minimum=0, maximum=SEED_MAX),
+        seed=check.setting(run_table, "seed", "run_params.", defaults.seed),
         precision=check.choice(run_table, "precision", "run_params.", defaults.precision, PRECISIONS),
-        max_tokens_per_batch=check.positive_int(run_table, "max_tokens_per_batch", "run_params.", None, 16, auto=True),
-        max_residues=check.positive_int(run_table, "max_residues", "run_params.", None, minimum=16, auto=True),
-        window_overlap=check.positive_int(run_table, "window_overlap", "run_params.", defaults.window_overlap, 0),
+        max_tokens_per_batch=check.setting(run_table, "max_tokens_per_batch", "run_params.", None),
+        max_residues=check.setting(run_table, "max_residues", "run_params.", None),
+        window_overlap=check.setting(run_table, "window_overlap", "run_params.", defaults.window_overlap),
         concatenate=check.boolean(run_table, "concatenate", "run_params.", defaults.concatenate),
         output_format=check.formats(run_table, "output_format", "run_params.", defaults.output_format),
         per_residue=check.boolean(run_table, "per_residue", "run_params.", defaults.per_residue),
-        stop_grace_s=check.positive_int(run_table, "stop_grace_s", "run_params.", defaults.stop_grace_s),
+        stop_grace_s=check.setting(run_table, "stop_grace_s", "run_params.", defaults.stop_grace_s),
         engine=check.choice(run_table, "engine", "run_params.", defaults.engine, ENGINES),
+        stall_timeout_s=check.setting(run_table, "stall_timeout_s", "run_params.", defaults.stall_timeout_s),
         report=check.boolean(run_table, "report", "run_params.", defaults.report),
         attention=check.choice(run_table, "attention", "run_params.", defaults.attention, ATTENTION_PATHS),
     )
-    if run.max_residues is not None and run.window_overlap >= run.max_residues // 2:
-        check.add("run_params.window_overlap", f"must be less than half of max_residues ({run.max_residues})")
+    overlap = window_overlap_problem(run.window_overlap, run.max_residues)
+    if overlap:
+        check.add("run_params.window_overlap", overlap)
     if run.per_residue and "h5" not in output_formats(run.output_format):
         check.add("run_params.per_residue", "per-residue embeddings are written to HDF5; set output_format: h5 or both")
 

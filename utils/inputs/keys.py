@@ -52,6 +52,7 @@ class RunParams:
     output_format: str = "pt"  # one of OUTPUT_FORMATS, or single formats joined by ',' (given as a YAML list)
     per_residue: bool = False
     stop_grace_s: int = 30  # after Ctrl-C / SIGTERM, seconds a worker may take to stop before it is killed
+    stall_timeout_s: int = 3600  # engine: ray: a model fails when no block came back for this long
     # local: worker processes on this machine; ray: a Ray Data actor pool (utils/running/ray_engine.py)
     engine: str = "local"
     report: bool = True  # run_report.html and run_summary.json at the end of the run (utils/outputs/report.py)
@@ -99,6 +100,7 @@ _RUN_MEANINGS = {  # in the README's order; defaults come from RunParams
     "per_residue": "also write [L, D] residue rows to .per_residue.h5 (needs h5 in output_format)",
     "stop_grace_s": "after Ctrl-C or SIGTERM, seconds a worker may take to stop before it is killed",
     "engine": "local (worker processes here) or ray (a Ray Data actor pool; RAY_ADDRESS names the cluster)",
+    "stall_timeout_s": "engine: ray: fail a model when no block has come back for this many seconds (a stuck cluster)",
     "report": "write run_report.html and run_summary.json into output_dir at the end of the run",
     "attention": "auto (ours: per-protein SDPA on CPU, FlexAttention/FlashAttention on GPU), segments, flex, "
     "varlen, or transformers (transformers' own padded forward)",

@@ -53,7 +53,7 @@ def run_job(
     if config.run.engine == "ray":
         from utils.running.ray_engine import EmbedActor, RayRunner
 
-        runner: Runner | RayRunner = RayRunner(jobs, actor_class or EmbedActor)
+        runner: Runner | RayRunner = RayRunner(jobs, config.run, actor_class or EmbedActor)
     else:
         runner = Runner(jobs, config.run.stop_grace_s, on_all_started=lambda: release_residues(splits, jobs))
     # Handled until the last final file is in place: a signal during the merge stops it between two files.
