@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,10 +53,13 @@ class RelativeBias:
     """T5's bucketed relative-position bias as a per-offset table: table[h, o + T − 1] is the bias of key − query = o.
 
     Built with the checkpoint's own bucket function and embedding (layer 0's `relative_attention_bias`), so the
-    numbers are exactly transformers' `compute_bias`; only their layout differs."""
+    numbers are exactly transformers' `compute_bias`; only their layout differs. Lives as long as the model: the
+    square bias of the longest protein that fits the workspace is kept, and every shorter protein reads its top-left
+    corner (entry i, j depends only on j − i), so short proteins cost no bias arithmetic at all."""
 
     def __init__(self, attention_module: Any):
         self.module = attention_module
+        self.kept: torch.Tensor | None = None
 
     def table(self, longest: int, device: torch.device) -> torch.Tensor:
         """[heads, 2 × longest − 1] float32, offsets −(longest − 1) … longest − 1."""
@@ -67,19 +71,24 @@ class RelativeBias:
         )  # fmt: skip
         return m.relative_attention_bias(buckets).float().t().contiguous()
 
+    def square(self, length: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+        """[heads, length, length] (a view into the kept square), or None when it would not fit the workspace."""
+        heads = self.module.relative_attention_bias.weight.shape[1]
+        if heads * length * length * 4 > ATTENTION_WORKSPACE_BYTES:
+            return None
+        kept = self.kept
+        if kept is None or kept.shape[-1] < length or kept.device != device or kept.dtype != dtype:
+            kept = bias_rows(self.table(length, device), length - 1, 0, length, length).to(dtype)
+            self.kept = kept
+        return kept[:, :length, :length]
 
-def bias_block_reversed_keys(
-    reversed_table: torch.Tensor, longest: int, q_start: int, q_end: int, length: int
-) -> torch.Tensor:
-    """The bias of queries [q_start, q_end) against one protein's keys taken in reverse order (key j' is key
-    length − 1 − j'): [heads, rows, length], a strided view with no copy.
 
-    With keys in input order, row i is table[(longest − 1) − (q_start + i) + j]: each row starts one before the last,
-    which no strided view can express (a flip would copy, and gathers badly). Reversing both the table and the keys
-    makes it reversed_table[(longest − length) + q_start + i + j']: each row starts one after the last, a window of
-    unfold. Attention does not depend on the order of its keys (values reversed with them)."""
-    first = longest - length + q_start
-    return reversed_table.unfold(1, length, 1)[:, first : first + (q_end - q_start)]
+def bias_rows(table: torch.Tensor, centre: int, q_start: int, q_end: int, length: int) -> torch.Tensor:
+    """The bias of one protein's queries [q_start, q_end) against its keys [0, length): [heads, rows, length],
+    gathered from a per-offset table whose offset 0 sits at `centre`."""
+    rows = torch.arange(q_start, q_end, device=table.device)[:, None]
+    index = centre + torch.arange(length, device=table.device)[None, :] - rows
+    return table[:, index]
 
 
 def segments_attention(
@@ -88,25 +97,30 @@ def segments_attention(
     v: torch.Tensor,
     layout: PackedLayout,
     scale: float,
-    bias_table: torch.Tensor | None = None,
+    bias: RelativeBias | None = None,
+    bias_table: Callable[[], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """q, k, v [N, heads, d] → [N, heads, d], one protein at a time."""
+    """q, k, v [N, heads, d] → [N, heads, d], one protein at a time. With T5's bias: a protein whose square bias fits
+    the workspace reads it whole (kept across batches); a longer one gets it a block of queries at a time from
+    `bias_table()` (RelativeBias.table(layout.longest), made once per batch)."""
     out = torch.empty_like(q)
     heads = q.shape[1]
-    reversed_table = bias_table.flip(1) if bias_table is not None else None
     for start, size in zip(layout.starts, layout.sizes, strict=True):
         end = start + size
         qs, ks, vs = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, heads, L, d]
-        if bias_table is None:
-            rows = F.scaled_dot_product_attention(qs, ks, vs, scale=scale)
+        square = bias.square(size, q.device, q.dtype) if bias is not None else None
+        if bias is None or square is not None:
+            mask = square.unsqueeze(0) if square is not None else None
+            rows = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale)
             out[start:end] = rows[0].transpose(0, 1)
             continue
-        ks, vs = ks.flip(2), vs.flip(2)  # see bias_block_reversed_keys
-        # The bias and SDPA's float scores for it: heads × block × L values of 4 bytes, twice
+        assert bias_table is not None
+        table = bias_table()
+        # The bias block and SDPA's float scores for it: heads × block × L values of 4 bytes, twice
         block = max(16, min(size, ATTENTION_WORKSPACE_BYTES // (8 * heads * size)))
         for q0 in range(0, size, block):
             q1 = min(size, q0 + block)
-            mask = bias_block_reversed_keys(reversed_table, layout.longest, q0, q1, size).to(q.dtype).unsqueeze(0)
+            mask = bias_rows(table, layout.longest - 1, q0, q1, size).to(q.dtype).unsqueeze(0)
             rows = F.scaled_dot_product_attention(qs[:, :, q0:q1], ks, vs, attn_mask=mask, scale=scale)
             out[start + q0 : start + q1] = rows[0].transpose(0, 1)
     return out
@@ -282,14 +296,22 @@ class PackedAttention:
         self.kernel = kernel
         self.layout = layout
         self.compiled = compiled
+        self.device = device
         self.plan = flex_plan(layout, device) if kernel == "flex" else None
-        self.bias_table = None
-        if bias is not None:
-            self.bias_table = bias.table(self.plan.length if self.plan else layout.longest, device)
+        self.bias = bias
+        self._table: torch.Tensor | None = None
+
+    def bias_table(self) -> torch.Tensor:
+        """The per-offset table over this batch's offsets (over the padded row for flex), made on first use."""
+        if self._table is None:
+            assert self.bias is not None
+            self._table = self.bias.table(self.plan.length if self.plan else self.layout.longest, self.device)
+        return self._table
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         if self.kernel == "varlen":
             return varlen_attention(q, k, v, self.layout, scale)
         if self.plan is not None:
-            return flex_attention_packed(q, k, v, self.plan, scale, self.bias_table, self.compiled)
-        return segments_attention(q, k, v, self.layout, scale, self.bias_table)
+            table = self.bias_table() if self.bias is not None else None
+            return flex_attention_packed(q, k, v, self.plan, scale, table, self.compiled)
+        return segments_attention(q, k, v, self.layout, scale, self.bias, self.bias_table)
