@@ -80,6 +80,20 @@ def test_packed_batch_equals_transformers_one_protein_at_a_time(loaded, name):
     assert _min_cosine(got_flex, expected) >= 0.9999
 
 
+@pytest.mark.parametrize("name", ["prot_t5", "prost_t5"])
+def test_t5_bias_in_query_blocks_equals_transformers(loaded, name, monkeypatch):
+    # A workspace of 64 KB: no protein's square bias fits, every one runs in blocks of queries against its reversed
+    # keys (the long-protein path), blocks of 16 rows and a last block shorter than the others
+    import utils.attention as attention
+
+    monkeypatch.setattr(attention, "ATTENTION_WORKSPACE_BYTES", 1 << 16)
+    sequences = _proteins(10, [300, 50, 129, 2])
+    reference = _encoder(loaded, name, "transformers")
+    expected = torch.stack([reference.embed([s])[0].pooled for s in sequences])
+    got = _pooled(_encoder(loaded, name).embed(sequences))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_a_protein_does_not_depend_on_its_neighbours_in_the_row(loaded):
     target = _proteins(2, [211])[0]
     encoder = _encoder(loaded, "prot_t5")

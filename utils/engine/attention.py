@@ -91,6 +91,15 @@ def bias_rows(table: torch.Tensor, centre: int, q_start: int, q_end: int, length
     return table[:, index]
 
 
+def bias_rows_keys_reversed(reversed_table: torch.Tensor, centre: int, q_start: int, q_end: int, length: int):
+    """bias_rows against the protein's keys in reverse order (key j' is key length − 1 − j'), as a strided view of
+    the reversed table: no copy. In query order each row of the bias starts one offset before the last, which no
+    strided view expresses; with the keys (and values) reversed it starts one after. Attention does not depend on
+    the order of its keys."""
+    first = (reversed_table.shape[1] - 1 - centre) - (length - 1) + q_start
+    return reversed_table.unfold(1, length, 1)[:, first : first + (q_end - q_start)]
+
+
 def segments_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -115,12 +124,14 @@ def segments_attention(
             out[start:end] = rows[0].transpose(0, 1)
             continue
         assert bias_table is not None
-        table = bias_table()
+        reversed_table = bias_table().flip(1)
+        ks, vs = ks.flip(2), vs.flip(2)  # see bias_rows_keys_reversed: once per protein, O(L)
         # The bias block and SDPA's float scores for it: heads × block × L values of 4 bytes, twice
         block = max(16, min(size, ATTENTION_WORKSPACE_BYTES // (8 * heads * size)))
         for q0 in range(0, size, block):
             q1 = min(size, q0 + block)
-            mask = bias_rows(table, layout.longest - 1, q0, q1, size).to(q.dtype).unsqueeze(0)
+            mask = bias_rows_keys_reversed(reversed_table, layout.longest - 1, q0, q1, size)
+            mask = mask.to(q.dtype).unsqueeze(0)
             rows = F.scaled_dot_product_attention(qs[:, :, q0:q1], ks, vs, attn_mask=mask, scale=scale)
             out[start + q0 : start + q1] = rows[0].transpose(0, 1)
     return out
