@@ -84,7 +84,7 @@ def test_packed_batch_equals_transformers_one_protein_at_a_time(loaded, name):
 def test_t5_bias_in_query_blocks_equals_transformers(loaded, name, monkeypatch):
     # A workspace of 64 KB: no protein's square bias fits, every one runs in blocks of queries against its reversed
     # keys (the long-protein path), blocks of 16 rows and a last block shorter than the others
-    import utils.attention as attention
+    import utils.engine.attention as attention
 
     monkeypatch.setattr(attention, "ATTENTION_WORKSPACE_BYTES", 1 << 16)
     sequences = _proteins(10, [300, 50, 129, 2])
