@@ -68,7 +68,7 @@ def write_fasta(path: Path, count: int, seed: int) -> int:
     return residues
 
 
-def run_job(workdir: Path, checkpoint: Path, count: int, seed: int) -> dict:
+def run_job(workdir: Path, checkpoint: Path, count: int, seed: int, save_every: int) -> dict:
     run_dir = workdir / f"run-{checkpoint.name}-{count}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -78,7 +78,7 @@ def run_job(workdir: Path, checkpoint: Path, count: int, seed: int) -> dict:
             "data_dir": str(run_dir), "raw_train_sequences": "train.fasta",
             "output_dir": str(run_dir / "out"), "log_dir": str(run_dir / "logs"),
         },
-        "run_params": {"batch_size": 32, "save_every_n_batches": 100},
+        "run_params": {"batch_size": 32, "save_every_n_batches": save_every},
         "models": {"m": {"name": str(checkpoint), "device": "cpu", "output_key": "m"}},
     }  # fmt: skip
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
@@ -98,16 +98,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", type=int, default=2000)
     parser.add_argument("--large", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-every", type=int, default=5, help="save_every_n_batches (5: the seed's)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="host-overhead-"))
-    report: dict = {"cpus": os.cpu_count(), "small": args.small, "large": args.large, "families": {}}
+    report: dict = {
+        "cpus": os.cpu_count(), "small": args.small, "large": args.large, "save_every_n_batches": args.save_every,
+        "families": {},
+    }  # fmt: skip
     print(f"{'family':<10} {'proteins/s':>11} {'residues/s':>11} {'start-up s':>11} {'peak RSS GiB':>13}", flush=True)
     try:
         for family in args.families.split(","):
             checkpoint = zero_layer_checkpoint(family, workdir / "checkpoints")
-            small = run_job(workdir, checkpoint, args.small, args.seed)
-            large = run_job(workdir, checkpoint, args.large, args.seed + 1)
+            small = run_job(workdir, checkpoint, args.small, args.seed, args.save_every)
+            large = run_job(workdir, checkpoint, args.large, args.seed + 1, args.save_every)
             extra = large["seconds"] - small["seconds"]
             rate = (large["proteins"] - small["proteins"]) / extra
             residue_rate = (large["residues"] - small["residues"]) / extra
