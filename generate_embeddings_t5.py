@@ -4,11 +4,12 @@
     python generate_embeddings_t5.py --config config_t5.yaml
     python generate_embeddings_t5.py --config config_t5.yaml --shard 3/8   # one of 8 array tasks (0..7)
     python generate_embeddings_t5.py --config config_t5.yaml --merge       # when all 8 have finished
-    python generate_embeddings_t5.py --config config_t5.yaml --set-aside   # start the shards over with new settings
+    python generate_embeddings_t5.py --config config_t5.yaml --prune-store # remove what this config does not use
 
 Plans model × split jobs, runs one worker process per model (or per shard) on its device, merges the workers'
-checkpoint chunks into one file per split and model, in input order, keyed by protein id. Rerun the same command
-after a crash or Ctrl-C to resume. Exit codes: 0 done, 1 a model failed, 2 bad input, 130 interrupted.
+checkpoint chunks into one file per split and model, in input order, keyed by protein id. Every vector goes into the
+chunk store (paths.store_dir), a cache that every run and config sharing it reuses: rerun the same command after a
+crash or Ctrl-C to resume. Exit codes: 0 done, 1 a model failed, 2 bad input, 130 interrupted.
 The run is utils/running/ (plan.py → local.py → merge.py); this script only reads the command line.
 """
 
@@ -40,8 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--shard",
         metavar="I/N",
         help="embed only shard I of N (0 ≤ I < N) of the unique sequences into the chunk store, e.g. a SLURM array "
-        "task's --shard $SLURM_ARRAY_TASK_ID/N; shards of one job may run at once on one output directory; refuses "
-        "a chunk store of other settings before any work",
+        "task's --shard $SLURM_ARRAY_TASK_ID/N; shards of one job may run at once on one output directory",
     )
     array.add_argument(
         "--merge",
@@ -50,15 +50,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "naming missing proteins and why, if one has not",
     )
     array.add_argument(
-        "--set-aside",
+        "--prune-store",
         action="store_true",
-        help="move the chunks made with other settings than this config's (and damaged ones) into set_aside/ and "
-        "exit, embedding nothing: shards can then start over with the new settings (a run whose settings match "
-        "set-aside chunks brings them back)",
+        help="remove the chunk store's partitions that this config's models do not use (other checkpoints, "
+        "precisions, layers …), embedding nothing; with --dry-run, only list them. Refused while a run uses the store",
     )
+    # Earlier versions set chunks of other settings aside; the store now keeps every setting in its own partition.
+    array.add_argument("--set-aside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(_shard_value_attached(sys.argv[1:] if argv is None else argv))
-    if args.dry_run and (args.merge or args.set_aside):
-        parser.error("--dry-run plans a run or a shard (--shard); drop --merge or --set-aside")
+    if args.dry_run and args.merge:
+        parser.error("--dry-run plans a run or a shard (--shard); drop --merge")
     return args
 
 
@@ -78,11 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     # Imported after parsing: --help must not need torch.
     from utils.errors import UserError
     from utils.running.local import run_job, start_worker_server
-    from utils.running.merge import merge_job, set_aside_job
+    from utils.running.merge import merge_job
     from utils.running.plan import prepare_inputs
     from utils.running.shards import parse_shard
 
-    if not (args.dry_run or args.merge or args.set_aside):
+    if args.set_aside:
+        print(
+            "note: --set-aside is no longer needed: the chunk store keeps the vectors of every setting in a partition "
+            "of its own, so a change of settings moves nothing and going back reuses what is there; "
+            "--prune-store removes the partitions a config does not use",
+            file=sys.stderr,
+        )
+        return exits.OK
+    if not (args.dry_run or args.merge or args.prune_store):
         start_worker_server()
     from utils.checks.preflight import check_paths
     from utils.files import OutputLock
@@ -91,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         shard = parse_shard(args.shard) if args.shard is not None else None
         config = load_config(args.config)
+        if args.prune_store:
+            from utils.running.prune import prune_store
+
+            return prune_store(config, remove=not args.dry_run)
         if args.dry_run:
             from utils.checks.dryrun import dry_run
 
@@ -101,12 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         # FASTA and the checkpoints were read. With the directory unusable, prepare_inputs names that instead.
         lock = OutputLock(config.output_dir, shared=shard is not None) if not check_paths(config) else nullcontext()
         with lock:
-            runs_nothing = args.merge or args.set_aside  # on a node without the configured GPU, or without Ray
+            runs_nothing = args.merge  # on a node without the configured GPU, or without Ray
             splits, models = prepare_inputs(config, devices=not runs_nothing, engine=not runs_nothing)
             if args.merge:
                 return merge_job(config, splits, models)
-            if args.set_aside:
-                return set_aside_job(config, splits, models)
             return run_job(config, splits, models, shard)
     except UserError as exc:
         for line in exc.lines():

@@ -108,6 +108,17 @@ def run_job(
     return result
 
 
+def chunk_files(output_dir: Path) -> list[Path]:
+    """Every chunk of the default chunk store ({output_dir}/.chunks), all partitions."""
+    return sorted((output_dir / ".chunks").glob("*/*.chk"))
+
+
+def partition_dir(output_dir: Path, family: str = "") -> Path:
+    """The one partition of the default chunk store (of `family`, where several models share it)."""
+    (found,) = [p for p in (output_dir / ".chunks").glob(f"{family}*.*") if p.is_dir()]
+    return found
+
+
 def load_output(path: Path) -> dict:
     return torch.load(path, weights_only=True)
 

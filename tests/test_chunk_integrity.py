@@ -3,7 +3,7 @@ cases 1, 3, 4, 5 and 8).
 
 Damage is injected into finished chunks the way a disk or a hand would: a flipped exponent bit inside the tensor
 payload (torch.load does not check the zip CRCs), a truncated file, an empty file, a well-formed chunk of the right
-settings with a wrong shape or dtype, and a directory under a chunk's name. Every one must be set aside (kept, not
+settings with a wrong shape or dtype, and a directory under a chunk's name. Every one must be quarantined (kept, not
 trusted, not fatal), named in one note as damaged, and its proteins recomputed to exactly the first run's numbers.
 The checkpoint's identity must survive `touch`, a copy without -p and `./` in the path, and change with its content.
 """
@@ -23,10 +23,12 @@ import torch
 
 import generate_embeddings_t5
 import validate_t5_embeddings
-from tests.conftest import load_output, random_protein, run_cli, write_config, write_fasta
+from tests.conftest import load_output, partition_dir, random_protein, run_cli, write_config, write_fasta
 from utils.checks import preflight, resolve
+from utils.inputs.unique import hex_to_digests
 from utils.running import plan
-from utils.running.store import ChunkStore, chunk_checksum
+from utils.running.chunks import chunk_checksum
+from utils.running.store import ChunkStore
 
 KEY = "esm"
 RNG = random.Random(21)
@@ -95,9 +97,9 @@ def first_run(checkpoints, tmp_path_factory):
     )
 
 
-def test_damaged_and_malformed_chunks_are_set_aside_named_and_redone(first_run):
+def test_damaged_and_malformed_chunks_are_quarantined_named_and_redone(first_run):
     directory, config, before = first_run
-    chunks = directory / "out" / ".chunks" / KEY
+    chunks = partition_dir(directory / "out")
     files = sorted(chunks.glob("*.chk"))
     assert len(files) >= 6
     flipped, truncated, empty, wrong_shape, wrong_dtype = files[:5]
@@ -119,7 +121,8 @@ def test_damaged_and_malformed_chunks_are_set_aside_named_and_redone(first_run):
     assert "checksum mismatch" in next(n for n in notes if flipped.name in n)
     assert "shape" in next(n for n in notes if wrong_shape.name in n)
     assert "other settings" not in result.stderr
-    aside = sorted(p.name for p in (chunks / "set_aside").iterdir())
+    assert all("moved to quarantine/" in note for note in notes)
+    aside = sorted(p.name for p in (chunks / "quarantine").iterdir())
     assert aside == sorted(p.name for p in (*files[:5], chunks / "0000000000.chk"))  # kept, not deleted
     assert _counts(directory) == (UNIQUE, UNIQUE - damaged_proteins)
     for split, expected in before.items():
@@ -136,7 +139,7 @@ def test_resume_that_fits_is_not_refused_by_the_disk_check(first_run, monkeypatc
     usage = shutil.disk_usage(directory)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=fresh - 1))
     assert preflight.check_disk(config_, splits, models) == []  # every chunk is present: only the finals are left
-    chunks = directory / "out" / ".chunks" / KEY
+    chunks = partition_dir(directory / "out")
     moved = directory / "chunks_elsewhere"
     shutil.move(chunks, moved)
     try:
@@ -147,7 +150,7 @@ def test_resume_that_fits_is_not_refused_by_the_disk_check(first_run, monkeypatc
 
 
 # -- 4: the checkpoint's identity is its content ----------------------------------------------------------------------
-def test_touch_copy_and_dot_path_keep_chunks_content_change_sets_them_aside(checkpoints, tmp_path, monkeypatch):
+def test_touch_copy_and_dot_path_keep_chunks_content_change_makes_a_new_partition(checkpoints, tmp_path, monkeypatch):
     from tests.tiny_checkpoints import build_esm2
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -164,17 +167,16 @@ def test_touch_copy_and_dot_path_keep_chunks_content_change_sets_them_aside(chec
     os.utime(checkpoint / "config.json", (1, 1))
     result = _run(config)
     assert _counts(tmp_path) == (UNIQUE, UNIQUE), result.stderr  # every chunk reused
-    assert "note:" not in result.stderr and not (tmp_path / "out" / ".chunks" / KEY / "set_aside").exists()
+    assert "note:" not in result.stderr
+    first = partition_dir(tmp_path / "out")
+    kept = {p.name: p.stat().st_mtime_ns for p in first.iterdir()}
 
     shutil.rmtree(checkpoint)
     build_esm2(checkpoint, seed=99)  # other weights, same family and shape
     result = _run(config)
-    assert _counts(tmp_path) == (UNIQUE, 0)
-    note = re.search(
-        r"note: esm: (\d+) chunk\(s\) made with other settings \(checkpoint: sha256:\w+ → sha256:\w+\)", result.stderr
-    )
-    assert note, result.stderr
-    assert len(list((tmp_path / "out" / ".chunks" / KEY / "set_aside").glob("*.chk"))) == int(note.group(1))
+    assert _counts(tmp_path) == (UNIQUE, 0)  # the new content is another checkpoint: its own partition
+    partitions = sorted(p for p in (tmp_path / "out" / ".chunks").iterdir() if p.is_dir())
+    assert len(partitions) == 2 and {p.name: p.stat().st_mtime_ns for p in first.iterdir()} == kept
 
 
 def test_identity_is_cached_and_reads_the_hub_snapshot_commit(checkpoints, tmp_path, monkeypatch):
@@ -221,21 +223,23 @@ def test_colliding_output_names_are_refused_by_the_job_and_the_preflight_check(c
 
 
 def test_store_reads_nothing_untrusted(tmp_path):
-    """Unit level: a chunk written by the store passes; each kind of damage is reported, never raised."""
+    """Unit level: a chunk written by the store passes; each kind of damage is reported, never raised; a partition
+    holds only its own settings' chunks."""
     from utils.engine.encode import Embedded
 
-    settings = {"checkpoint": "sha256:0", "per_residue": False}
+    settings = {"checkpoint": "sha256:0", "family": "esm2", "precisions": ["fp32"], "layer": 6, "per_residue": False}
     store = ChunkStore(tmp_path, settings, dim=4)
-    good = store.write(
-        ["a" * 40, "b" * 40], [Embedded(torch.ones(4), None, None), Embedded(torch.zeros(4), None, None)], False
-    )
-    found, report = store.load()
-    assert set(found) == {"a" * 40, "b" * 40} and not report
+    keys = ["a" * 40, "b" * 40]
+    good = store.write(keys, [Embedded(torch.ones(4), None, None), Embedded(torch.zeros(4), None, None)], False)
+    assert good.parent == store.directory and store.directory.name.startswith("esm2.fp32.layer6.")
+    wanted = hex_to_digests(keys)
+    assert len(ChunkStore(tmp_path, settings, dim=4).held(wanted)) == 2
     _resave(good, lambda c: c["pooled"].__setitem__((0, 0), float("nan")))
-    found, report = store.load(set_aside=True)
-    assert found == {} and report.damaged == [(good.name, "non-finite values")]
-    assert (tmp_path / "set_aside" / good.name).is_file() and not good.exists()
-    other = ChunkStore(tmp_path, {**settings, "checkpoint": "sha256:1"}, dim=4)
+    fresh = ChunkStore(tmp_path, settings, dim=4)
+    assert len(fresh.held(wanted)) == 0 and fresh.damaged.found == [(good, "non-finite values")]
+    assert (store.directory / "quarantine" / good.name).is_file() and not good.exists()
+    other = ChunkStore(tmp_path, {**settings, "precisions": ["bf16"]}, dim=4)
     other.write(["c" * 40], [Embedded(torch.ones(4), None, None)], False)
-    found, report = store.load()
-    assert found == {} and report.other_settings == 1 and report.changed == {"checkpoint": "sha256:1 → sha256:0"}
+    assert other.directory != store.directory
+    assert len(ChunkStore(tmp_path, settings, dim=4).held(hex_to_digests(["c" * 40]))) == 0
+    assert [d for d, _ in ChunkStore(tmp_path, settings).others()] == [other.directory]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, cli_env, load_output, random_protein, run_cli, write_config, write_fasta
+from tests.conftest import REPO, chunk_files, cli_env, load_output, random_protein, run_cli, write_config, write_fasta
 from utils.outputs.writers import parquet_path, pt_path, read_parquet
 
 # A stand-in for SLURM's sbatch: the array's tasks run at once (as they would on three nodes), the dependent job
@@ -172,7 +172,7 @@ def test_merge_before_every_shard_finished_refuses_and_writes_nothing(checkpoint
     result = run_cli("generate_embeddings_t5.py", "--config", config, "--shard", "1/3")
     assert result.returncode == 0, result.stderr
     assert "run the same command with --merge" in result.stderr  # says what comes next
-    assert list((tmp_path / "out" / ".chunks" / "t5").glob("*.chk"))  # shards write chunks only
+    assert chunk_files(tmp_path / "out")  # shards write chunks only
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == []
 
     refused = run_cli("generate_embeddings_t5.py", "--config", config, "--merge")

@@ -70,14 +70,17 @@ def cli_and_embedder(request, checkpoints, tmp_path_factory):
 def _job_chunk_vectors(directory) -> dict[str, torch.Tensor]:
     """sequence digest → the float32 vector the job stored in its chunks (before the float16 final file)."""
     from utils.checks import preflight
+    from utils.inputs.unique import unique_of
     from utils.running import plan
     from utils.running.store import ChunkStore
 
-    config, _, models = plan.prepare(directory / "config_t5.yaml")
+    config, splits, models = plan.prepare(directory / "config_t5.yaml")
     model = models[0]
-    store = ChunkStore(preflight.chunk_dir(config, model.config), preflight.chunk_settings(config, model), model.dim)
-    found, _ = store.load()
-    return {digest: row.pooled for digest, row in found.items()}
+    store = ChunkStore(config.store, preflight.chunk_settings(config, model, model.config.devices[0]), model.dim)
+    found = {}
+    for chunk in store.chunks_holding(unique_of(splits).digests):
+        found.update(zip(chunk["digests"], chunk["pooled"], strict=True))
+    return found
 
 
 def test_vectors_equal_the_cli_output(cli_and_embedder):

@@ -25,6 +25,7 @@ import generate_embeddings_t5
 from tests.conftest import (
     REPO,
     Reference,
+    chunk_files,
     cli_env,
     cosine,
     load_output,
@@ -215,21 +216,19 @@ def test_changed_sequences_do_not_get_their_old_rows(fasta_rerun, tmp_path):
             assert cosine(old["embeddings"][i], new["embeddings"][i]) >= 0.99999, rec_id
 
 
-def test_changed_precision_sets_stale_chunks_aside_and_recomputes(fasta_rerun, reference):
+def test_changed_precision_gets_its_own_partition_and_recomputes(fasta_rerun, reference):
     directory, config, _, fp32, _ = fasta_rerun
+    before = {p: p.stat().st_mtime_ns for p in (directory / "out" / ".chunks").glob("*/*") if p.is_file()}
     settings = yaml.safe_load(config.read_text())
     settings["run_params"]["precision"] = "bf16"
     config.write_text(yaml.safe_dump(settings, sort_keys=False))
     result = run_cli("generate_embeddings_t5.py", "--config", str(config))
     assert result.returncode == 0, result.stderr
-    stale = re.search(
-        r"note: prot_t5_xl: (\d+) chunk\(s\) made with other settings \(precisions: \['fp32'\] → \['bf16'\]\) "
-        r"were moved to \S+/set_aside; their proteins are redone",
-        result.stderr,
-    )
-    assert stale and int(stale.group(1)) > 0, result.stderr
-    kept = list((directory / "out" / ".chunks" / KEY / "set_aside").glob("*.chk"))
-    assert len(kept) == int(stale.group(1))  # moved aside, not deleted
+    assert (
+        f"note: {KEY}: the store holds this checkpoint's vectors only under other settings "
+        "(precisions: ['fp32'] → ['bf16']); computing them for these settings" in result.stderr
+    ), result.stderr
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # the fp32 partition as it was: nothing moved
     bf16 = load_output(directory / "out" / f"train_embeddings_{KEY}.pt")
     assert bf16["meta"]["precision"] == ["bf16"] and bf16["ids"] == fp32["ids"]
     assert _log_counts((directory / "logs" / f"{KEY}.log").read_text())[-1] == (len(U2), 0)
@@ -242,21 +241,20 @@ def test_changed_precision_sets_stale_chunks_aside_and_recomputes(fasta_rerun, r
 def test_sigterm_keeps_chunks_and_resume_equals_uninterrupted_run(first_run, checkpoints, tmp_path, hook_env):
     uninterrupted = first_run[2]  # the first run: same FASTA and settings, never interrupted
     config = _configure(tmp_path, checkpoints["prot_t5"], F1)
-    chunks = tmp_path / "out" / ".chunks" / KEY
     process = subprocess.Popen(
         [sys.executable, str(REPO / "generate_embeddings_t5.py"), "--config", str(config)],
         cwd=REPO, env={**cli_env(), **hook_env, "TEST_EMBED_SLOW_S": "0.1"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 120
-    while not list(chunks.glob("*.chk")) and process.poll() is None and time.monotonic() < deadline:
+    while not chunk_files(tmp_path / "out") and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "rerun the same command to resume" in stderr and "Traceback" not in stderr
     assert not list((tmp_path / "out").glob("*_embeddings_*"))  # no final file from an interrupted run
-    kept = {d for path in chunks.glob("*.chk") for d in torch.load(path, weights_only=True)["digests"]}
+    kept = {d for path in chunk_files(tmp_path / "out") for d in torch.load(path, weights_only=True)["digests"]}
     assert 1 <= len(kept) < len(U1) - 2  # stopped early: most batches were never started
 
     resumed = run_cli("generate_embeddings_t5.py", "--config", str(config))

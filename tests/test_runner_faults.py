@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, cli_env, load_output, random_protein, write_config, write_fasta
+from tests.conftest import REPO, chunk_files, cli_env, load_output, random_protein, write_config, write_fasta
 
 HOOK = r"""
 import errno, os, sys, time
@@ -59,17 +59,17 @@ def _patch_encode(module):
     module.Encoder.embed = embed
 
 def _patch_store(module):
-    original = module.atomic_write_bytes
+    original = module.write_new_bytes
     calls = [0]
 
-    def atomic_write_bytes(path, data):
+    def write_new_bytes(path, data):
         if path.suffix == ".chk":
             calls[0] += 1
             if calls[0] > int(os.environ["TEST_CHUNK_ENOSPC_AFTER"]):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return original(path, data)
 
-    module.atomic_write_bytes = atomic_write_bytes
+    module.write_new_bytes = write_new_bytes
 
 def _patch_output(module):
     original = module.write_outputs
@@ -90,7 +90,7 @@ if os.environ.get("TEST_START_EMFILE"):
 if os.environ.get("TEST_MARKER") or os.environ.get("TEST_BLOCK_EMBED") or os.environ.get("TEST_EMBED_SLOW_S"):
     PATCHES["utils.engine.encode"] = _patch_encode
 if os.environ.get("TEST_CHUNK_ENOSPC_AFTER"):
-    PATCHES["utils.files"] = _patch_store  # every chunk is written through utils.files.atomic_write_bytes
+    PATCHES["utils.files"] = _patch_store  # every chunk is written through utils.files.write_new_bytes
 if os.environ.get("TEST_MERGE_MARKER") or os.environ.get("TEST_MERGE_ENOSPC"):
     PATCHES["utils.outputs.writers"] = _patch_output
 
@@ -226,18 +226,27 @@ def test_sigint_during_merge_is_not_called_before_any_work(checkpoints, tmp_path
 
 def test_temporary_files_of_earlier_runs_are_removed_at_start(checkpoints, tmp_path, hook_path):
     config = _setup(tmp_path, checkpoints)
+    from utils.files import HOST, STALE_TEMPORARY_S
+
     out = tmp_path / "out"
-    (out / ".chunks" / "esm").mkdir(parents=True)
+    partition = out / ".chunks" / "esm2.fp32.layer2.0123456789abcdef"
+    partition.mkdir(parents=True)
+    (out / ".chunks" / "esm").mkdir(parents=True)  # the earlier layout's directory
     leftovers = [
         out / ".train_embeddings_esm.per_residue.h5.tmp-999999",
         out / ".test_embeddings_esm.pt.tmp-999998",
-        out / ".chunks" / "esm" / ".0123456789abcdef0123.chk.tmp-999997",
+        out / ".chunks" / "esm" / ".0123456789abcdef0123.chk.tmp-999997",  # a dead writer's, the earlier naming
+        partition / f".0123456789abcdef0123.chk.tmp-999996-{HOST}",  # a dead writer's on this host
+        partition / ".0123456789abcdef0124.chk.tmp-999995-0badc0de",  # another host's, a day old
     ]
-    for path in leftovers:
+    alive = partition / f".0123456789abcdef0125.chk.tmp-{os.getpid()}-0badc0de"  # may be writing on another host
+    for path in [*leftovers, alive]:
         path.write_bytes(b"partial")
+    os.utime(leftovers[-1], (time.time() - STALE_TEMPORARY_S - 60,) * 2)
     result = _run(config, hook_path)
     assert result.returncode == 0, result.stderr
     assert not any(path.exists() for path in leftovers)
+    assert alive.exists()  # a store is shared with other runs: only what is certainly dead goes
 
 
 # -- 9: a stop that hangs escalates ------------------------------------------------------------------------------------
@@ -278,7 +287,7 @@ def test_disk_full_mid_run_is_one_line_and_resumable(checkpoints, tmp_path, hook
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if "No space left on device" in line]
     assert len(lines) == 1 and "rerun the same command to resume" in lines[0], result.stderr
-    assert len(list((tmp_path / "out" / ".chunks" / "esm").glob("*.chk"))) == 2  # the chunks before it are kept
+    assert len(chunk_files(tmp_path / "out")) == 2  # the chunks before it are kept
     assert not _temporary(tmp_path / "out") and "done in" not in result.stderr
     _assert_own_lines(result.stderr)
 

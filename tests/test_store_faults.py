@@ -1,8 +1,9 @@
-"""Faults of the chunk store under array shards, --merge, shared log directories and the CLI (issue 19, cases 1, 4,
-5 and 10): a shard that met another shard's settings set every chunk aside; --merge said "run the shards" whatever
-the cause; two runs sharing a log_dir mixed their reports; the lock came after reading the input; odd --shard values,
---dry-run with --shard, Ray demanded where it is not used, UniProt-like headers kept without a word. The SLURM script
-for a GPU config, merged on a node without a GPU, is in test_cluster_cli.py."""
+"""Faults of the chunk store under array shards, --merge, shared log directories and the CLI: a shard of other
+settings must neither block nor disturb the others; --merge must say why proteins are missing (a damaged chunk, the
+same sequences under other settings) and read the partition the shards' machines chose; two runs sharing a log_dir
+must keep their reports apart; the lock comes before reading the input; odd --shard values, --dry-run with --shard,
+Ray not demanded where it is not used, UniProt-like headers counted. The SLURM script for a GPU config, merged on a
+node without a GPU, is in test_cluster_cli.py; the store shared by runs and configs in test_store.py."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import generate_embeddings_t5
-from tests.conftest import REPO, cli_env, random_protein, write_config, write_fasta
+from tests.conftest import REPO, chunk_files, cli_env, random_protein, write_config, write_fasta
 from tests.test_faults import FAULT_HOOK
 from utils.checks import preflight, resolve
 from utils.errors import UserError
@@ -25,7 +27,6 @@ from utils.files import OutputLock
 from utils.inputs.config import load_config
 from utils.running import local, merge, plan
 from utils.running.shards import Shard
-from utils.running.store import ChunkStore
 
 KEY = "esm"
 RNG = random.Random(19)
@@ -40,8 +41,7 @@ def _config(directory: Path, checkpoint: Path, run_params: dict | None = None, *
     return write_config(directory, {KEY: {"name": checkpoint, **model}}, run_params=RUN_PARAMS | (run_params or {}))
 
 
-def _chunks(directory: Path, key: str = KEY) -> list[str]:
-    return sorted(p.name for p in (directory / "out" / ".chunks" / key).glob("*.chk"))
+UNIQUE = {s for _, s in TRAIN + TEST}
 
 
 def _merge_problems(config: Path) -> list[str]:
@@ -52,47 +52,28 @@ def _merge_problems(config: Path) -> list[str]:
     return refused.value.problems
 
 
-# -- 1: a shard touches only its own chunks ---------------------------------------------------------------------------
-def test_a_shard_refuses_a_store_of_other_settings_and_moves_nothing(checkpoints, tmp_path, capsys):
+# -- 1: shards of other settings fill their own partitions and block nothing -----------------------------------------
+def test_a_shard_of_other_settings_fills_its_own_partition_and_moves_nothing(checkpoints, tmp_path, capsys):
     fp32 = _config(tmp_path, checkpoints["esm2"])
     assert local.run_job(*plan.prepare(fp32), Shard(0, 2)) == 0
-    shard0 = _chunks(tmp_path)
+    shard0 = {p: p.stat().st_mtime_ns for p in chunk_files(tmp_path / "out")}
     assert shard0
 
     (tmp_path / "other").mkdir()
     bf16 = _config(tmp_path / "other", checkpoints["esm2"], run_params={"precision": "bf16"})
     loaded, splits, models = plan.prepare(bf16)
     loaded = dataclasses.replace(loaded, output_dir=tmp_path / "out")  # the same store, other settings
-    with pytest.raises(UserError) as refused:
-        local.run_job(loaded, splits, models, Shard(1, 2))
-    (line,) = refused.value.problems
-    assert line.startswith(f"model {KEY}: --shard 1/2: ") and f"holds {len(shard0)} chunk(s)" in line
-    assert "precisions: ['fp32'] → ['bf16']" in line and "--set-aside" in line
-    assert _chunks(tmp_path) == shard0 and not (tmp_path / "out" / ".chunks" / KEY / "set_aside").exists()
+    assert local.run_job(loaded, splits, models, Shard(1, 2)) == 0  # not refused: a partition of its own
+    assert {p: p.stat().st_mtime_ns for p in shard0} == shard0  # nothing of the fp32 partition moved or rewritten
+    assert len({p.parent for p in chunk_files(tmp_path / "out")}) == 2
 
-    # Starting over with bf16: --set-aside moves the fp32 chunks away; the fp32 shard is then refused in turn ...
-    assert merge.set_aside_job(loaded, splits, models) == 0
-    assert _chunks(tmp_path) == []
-    with pytest.raises(UserError, match="was started by another run with other settings"):
-        local.run_job(*plan.prepare(fp32), Shard(1, 2))
-    # ... and back to fp32: --set-aside with that config brings shard 0's chunks back; shard 1 and the merge finish.
-    capsys.readouterr()
-    assert merge.set_aside_job(*plan.prepare(fp32)) == 0
-    assert f"{len(shard0)} chunk(s) of these settings brought back" in capsys.readouterr().err
-    assert _chunks(tmp_path) == shard0
+    # The fp32 merge names what is missing and where the same sequences are, under which settings
+    problems = _merge_problems(fp32)
+    assert any("of them are in the store under other settings (precisions: ['bf16'] → ['fp32']" in p for p in problems)
+    assert "protein(s) have no embedding yet" in problems[-1]
     assert local.run_job(*plan.prepare(fp32), Shard(1, 2)) == 0
     assert merge.merge_job(*plan.prepare(fp32)) == 0
     assert (tmp_path / "out" / f"train_embeddings_{KEY}.pt").exists()
-
-
-def test_two_shards_started_at_once_with_other_settings(tmp_path):
-    """The first claims the empty store (settings.json, created exclusively); the second refuses before any work."""
-    first, second = ChunkStore(tmp_path, {"precisions": ["fp32"]}), ChunkStore(tmp_path, {"precisions": ["bf16"]})
-    assert first.claim("0/2", "FIX") == []
-    with pytest.raises(UserError, match=r"was started by another run .*\['fp32'\] → \['bf16'\].*FIX"):
-        second.claim("1/2", "FIX")
-    assert first.claim("1/2", "FIX") == []  # the same settings: welcome
-    assert second.claim(None, "") == []  # a run over the whole store takes it
 
 
 # -- 4: --merge needs no device and says why proteins are missing -----------------------------------------------------
@@ -110,57 +91,58 @@ def _copy(whole_run: Path, tmp_path: Path, checkpoint: Path, **model) -> Path:
 
 def test_merge_names_a_damaged_chunk(whole_run, checkpoints, tmp_path):
     config = _copy(whole_run, tmp_path, checkpoints["esm2"])
-    damaged = tmp_path / "out" / ".chunks" / KEY / _chunks(tmp_path)[0]
+    damaged = chunk_files(tmp_path / "out")[0]
     damaged.write_bytes(damaged.read_bytes()[:100])
     first, missing = _merge_problems(config)
     assert first.startswith(f"model {KEY}: chunk {damaged} is damaged or unreadable (") and "rerun the shard" in first
+    assert "moved to quarantine/" in first and (damaged.parent / "quarantine" / damaged.name).is_file()
     assert "protein(s) have no embedding yet" in missing
 
 
 def test_merge_names_the_settings_that_differ(whole_run, checkpoints, tmp_path):
     config = _copy(whole_run, tmp_path, checkpoints["esm2"], precision="bf16")
     other, missing = _merge_problems(config)
-    assert "chunk(s) in" in other and "made with other settings (precisions: ['fp32'] → ['bf16'])" in other
-    assert "--set-aside" in other and "protein(s) have no embedding yet" in missing
-
-
-def test_merge_spots_a_renamed_output_key(whole_run, checkpoints, tmp_path):
-    config = _copy(whole_run, tmp_path, checkpoints["esm2"], output_key="esm_v2")
-    renamed, missing = _merge_problems(config)
-    assert f"no chunks in {tmp_path / 'out' / '.chunks' / 'esm_v2'}, but" in renamed
-    assert "was its output_key renamed? set output_key back to 'esm'" in renamed
+    assert f"{len(UNIQUE)} of them are in the store under other settings (precisions: ['fp32'] → ['bf16']" in other
     assert "protein(s) have no embedding yet" in missing
 
 
+def test_a_renamed_output_key_shares_the_store(whole_run, checkpoints, tmp_path):
+    """The output key names the output files, not the store: renamed, the merge finds every vector as it was."""
+    config = _copy(whole_run, tmp_path, checkpoints["esm2"], output_key="esm_v2")
+    assert merge.merge_job(*plan.prepare(config)) == 0
+    renamed = torch.load(tmp_path / "out" / "train_embeddings_esm_v2.pt", weights_only=True)
+    first = torch.load(whole_run / "out" / f"train_embeddings_{KEY}.pt", weights_only=True)
+    assert renamed["ids"] == first["ids"] and torch.equal(renamed["embeddings"], first["embeddings"])
+
+
 def test_merge_says_when_no_shard_has_run(checkpoints, tmp_path):
-    absent, missing = _merge_problems(_config(tmp_path, checkpoints["esm2"]))
-    assert absent.endswith("no shard has written any yet") and "run the shards that have not finished" in missing
+    (missing,) = _merge_problems(_config(tmp_path, checkpoints["esm2"]))
+    assert "protein(s) have no embedding yet" in missing and "run the shards that have not finished" in missing
 
 
-def test_merge_reads_machine_decided_settings_from_the_chunks(tmp_path):
-    """`device: auto` with `precision: auto` is fp16 on the shards' GPU nodes and would be fp32 on a CPU merge node:
-    the merge takes the chunks' precision; a setting the config decides (the layer) must still agree."""
-    from utils.running.shards import merged_settings
-
-    expected = {"checkpoint": "hub:abc", "precisions": ["fp32"], "layer": 6, "max_residues": None}
-    chunks = {"checkpoint": "hub:abc", "precisions": ["fp16"], "layer": 6, "max_residues": None}
-    assert merged_settings(expected, ("precisions",), {"f": (chunks, 3)}) == chunks
-    assert merged_settings(expected, (), {"f": (chunks, 3)}) == expected
-    assert merged_settings(expected, ("precisions",), {"f": ({**chunks, "layer": 5}, 3)}) == expected
-    write_fasta(tmp_path / "train.fasta", TRAIN)
-    config = load_config(write_config(tmp_path, {"a": {"name": "x", "device": "auto"}, "b": {"name": "y"}}))
-    # max_residues: auto is no longer the machine's to decide (item 6): only the precision of auto on auto is
-    assert [preflight.machine_settings(config, model) for model in config.models] == [("precisions",), ()]
+def test_merge_reads_the_partition_the_shards_machines_chose(whole_run, checkpoints, tmp_path):
+    """`device: auto` with `precision: auto` is fp32 on the shards' CPU nodes and would be fp16 on a GPU merge node:
+    the merge reads the partition that holds the job (here, on a CPU merge node, also when the config says GPU)."""
+    config = _copy(whole_run, tmp_path, checkpoints["esm2"], device="auto")
+    loaded, splits, models = plan.prepare(config)
+    (model,) = loaded.models
+    assert preflight.machine_decides_precision(model)
+    gpu = dataclasses.replace(model, devices=("cuda:0",))  # as a GPU merge node resolves `auto`
+    loaded = dataclasses.replace(loaded, models=(gpu,))
+    models = [dataclasses.replace(models[0], config=gpu)]
+    assert merge.merge_job(loaded, splits, models) == 0
+    merged = torch.load(tmp_path / "out" / f"train_embeddings_{KEY}.pt", weights_only=True)
+    assert merged["meta"]["precision"] == ["fp32"]
 
 
 def test_max_residues_auto_is_resolved_the_same_on_every_machine(checkpoints, tmp_path):
-    """Item 6: shards or a resume on nodes with different memory must not mix whole and windowed proteins. auto
-    resolves to the model's own positional limit or to none, stored in the fingerprint as that value."""
+    """Shards or a resume on nodes with different memory must not mix whole and windowed proteins. auto resolves to
+    the model's own positional limit or to none, stored in the partition's settings as that value."""
     write_fasta(tmp_path / "train.fasta", TRAIN)
     models = {"esm1b": {"name": checkpoints["esm1b"]}, "esm2": {"name": checkpoints["esm2"]}}
     config = load_config(write_config(tmp_path, models, test=None))
     resolved = {m.key: resolve.resolve_model(m) for m in config.models}
-    settings = {key: preflight.chunk_settings(config, model) for key, model in resolved.items()}
+    settings = {key: preflight.chunk_settings(config, model, "cpu") for key, model in resolved.items()}
     assert settings["esm1b"]["max_residues"] == resolved["esm1b"].arch.max_residues
     assert settings["esm2"]["max_residues"] is None
     from utils.engine.limits import device_limits
@@ -243,7 +225,7 @@ def test_merge_and_dry_run_do_not_need_ray(checkpoints, tmp_path, monkeypatch):
     (hook / "sitecustomize.py").write_text("import sys\nsys.modules['ray'] = None  # Ray not installed\n")
     config = _config(tmp_path, checkpoints["esm2"], run_params={"engine": "ray"})
     env = cli_env() | {"PYTHONPATH": str(hook)}
-    for flag, code, said in (("--dry-run", 0, "projected wall time"), ("--merge", 2, "no shard has written any yet")):
+    for flag, code, said in (("--dry-run", 0, "projected wall time"), ("--merge", 2, "have no embedding yet")):
         result = subprocess.run(
             [sys.executable, str(REPO / "generate_embeddings_t5.py"), "--config", str(config), flag],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=300,

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from utils.inputs.fasta import Record, Records, Strings, parse_fasta, read_fasta
-from utils.inputs.unique import digest_hex, share_sequences, shared_splits, split_digests, unique_of
+from utils.inputs.unique import digest_hex, hex_to_digests, share_sequences, shared_splits, split_digests, unique_of
 from utils.running.store import ChunkStore, sequence_digest
 
 
@@ -72,7 +72,7 @@ def test_lists_of_records_are_accepted_where_records_are():
     assert Records.of(records).lengths().tolist() == [2, 3]
 
 
-def test_unique_vectors_scatter_by_unique_index_mark_missing_and_keep_what_load_keeps(tmp_path):
+def test_unique_vectors_scatter_by_unique_index_mark_missing_and_take_each_sequence_once(tmp_path):
     from utils.engine.encode import Embedded
     from utils.outputs.gather import UniqueVectors
 
@@ -84,14 +84,14 @@ def test_unique_vectors_scatter_by_unique_index_mark_missing_and_keep_what_load_
     store.write([sequence_digest("AA"), sequence_digest("CC")], [embedded(1), embedded(2)], per_residue=False)
     store.write([sequence_digest("CC"), sequence_digest("DD")], [embedded(3), embedded(4)], per_residue=False)
     splits, unique = share_sequences({"s": parse_fasta(">a\nDD\n>b\nCC\n>c\nAA\n>d\nEE\n>e\nAA\n", "s")})
-    vectors = UniqueVectors.scatter(store, unique, tmp_path / "scratch")
+    vectors = UniqueVectors.scatter([store], unique, tmp_path / "scratch")
     assert vectors.filled.tolist() == [True, True, True, False]  # unique order: DD, CC, AA, EE
     assert vectors.notes == {sequence_digest("DD"): {"windows": 2}}
     rows = vectors.rows(splits["s"].sequences.index)
-    found, _ = store.load()  # CC is in both chunks, each with its own value: the merge keeps the one load() keeps
-    cc = found[sequence_digest("CC")].pooled[0].item()
+    # CC is in both chunks (two runs computed it): taken once, from the first chunk the store lists that holds it
+    first = next(store.chunks_holding(hex_to_digests([sequence_digest("CC")])))
+    cc = first["pooled"][first["digests"].index(sequence_digest("CC"))][0].item()
     assert rows.block(0, 3)[:, 0].tolist() == [4, cc, 1]
     assert rows.block(4, 5)[:, 0].tolist() == [1]
     assert rows.shape == (5, 2) and rows.whole().dtype == torch.float16
-    done, _ = store.done_digests()
-    assert len(done) == 3
+    assert len(store.held(unique.digests)) == 3

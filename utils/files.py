@@ -6,9 +6,12 @@ new one; and the output directory's lock (one run per output_dir; array shards s
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import io
 import os
 import re
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +19,40 @@ import torch
 
 from utils.errors import UserError
 
+# Temporary files are named .{name}.tmp-{pid}-{host}: the host (a short hash of its name) lets a run tell its own
+# machine's dead writers from live ones on other nodes of a shared filesystem (the chunk store). Earlier versions
+# wrote .{name}.tmp-{pid}.
+HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+_TEMPORARY = re.compile(r"^\..+\.tmp-(?P<pid>\d+)(?:-(?P<host>[0-9a-f]{8}))?$")
+STALE_TEMPORARY_S = 24 * 3600  # a temporary file this old belongs to no live writer on any node
+
+
+def temporary_path(path: Path) -> Path:
+    """Where a file is written before it is published at `path`: beside it, named for this process and host."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{HOST}")
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers (and crashes) see the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
         publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_new_bytes(path: Path, data: bytes) -> bool:
+    """Write `data` to `path` only if nothing is there yet, whole or not at all (the chunk store's files never
+    change once written). → False when another writer's file was there first (it stays as it is)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        return publish_new(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -38,11 +66,35 @@ def publish(tmp: Path, path: Path) -> None:
     finally:
         os.close(descriptor)
     os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
+    _fsync_directory(path.parent)
+
+
+def publish_new(tmp: Path, path: Path) -> bool:
+    """As publish, but only where `path` does not exist yet: a hard link publishes the whole file or fails, so of two
+    writers of one name the first wins and readers never see the file change. → whether `tmp` was published."""
+    descriptor = os.open(tmp, os.O_RDONLY)
     try:
-        os.fsync(directory)
+        os.fsync(descriptor)
     finally:
-        os.close(directory)
+        os.close(descriptor)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError:  # a filesystem without hard links: the same rule, with a window between the test and the rename
+        if os.path.lexists(path):
+            return False
+        os.replace(tmp, path)
+    _fsync_directory(path.parent)
+    return True
+
+
+def _fsync_directory(directory: Path) -> None:
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -51,21 +103,46 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-_TEMPORARY = re.compile(r"^\..+\.tmp-\d+$")  # atomic_write_bytes' and H5Writer's names: .{name}.tmp-{pid}
-
-
 def remove_temporary_files(output_dir: Path) -> list[Path]:
-    """Temporary files a killed run left behind (in the output directory and the chunk directories); only call this
-    holding the exclusive lock, when no other writer can be using them. Returns what was removed."""
+    """Temporary files a killed run left behind in the output directory; only call this holding the output
+    directory's exclusive lock, when no other writer can be using them. Returns what was removed."""
     removed = []
-    for directory in [output_dir, *sorted((output_dir / ".chunks").glob("*"))]:
-        if not directory.is_dir() or directory.is_symlink():
-            continue
-        for path in directory.iterdir():
+    if output_dir.is_dir():
+        for path in output_dir.iterdir():
             if _TEMPORARY.match(path.name) and (path.is_file() or path.is_symlink()):
                 path.unlink(missing_ok=True)
                 removed.append(path)
     return removed
+
+
+def remove_dead_temporary_files(directory: Path) -> list[Path]:
+    """Temporary files in a directory that other runs may be writing to at this moment (the chunk store): those of a
+    process of this host that is gone, and any older than STALE_TEMPORARY_S. Returns what was removed."""
+    removed = []
+    now = time.time()
+    for path in directory.iterdir() if directory.is_dir() else ():
+        match = _TEMPORARY.match(path.name)
+        if match is None or not path.is_file():
+            continue
+        mine = match.group("host") in (None, HOST)  # the older names carry no host: they were this machine's
+        try:
+            stale = now - path.stat().st_mtime > STALE_TEMPORARY_S
+        except FileNotFoundError:
+            continue
+        if stale or (mine and not _process_alive(int(match.group("pid")))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class OutputLock:
@@ -91,11 +168,7 @@ class OutputLock:
             self.handle.seek(0)
             other = self.handle.read().strip()
             self.handle.close()
-            who = f"another run (pid {other})" if other else "shard runs (--shard)"
-            raise UserError(
-                f"{self.path.parent}: {who} is writing to this output directory; "
-                "wait for it to finish, or set paths.output_dir to another directory"
-            ) from None
+            raise UserError(self.busy(other)) from None
         self.handle.seek(0)
         self.previous = self.handle.read()
         self.handle.seek(0)
@@ -106,6 +179,14 @@ class OutputLock:
         if not self.shared:  # alone in the directory: no temporary file here can belong to a live writer
             remove_temporary_files(self.path.parent)
         return self
+
+    def busy(self, other: str) -> str:
+        """The line for a run that finds the lock taken; `other`: the holder's pid, empty for shared holders."""
+        who = f"another run (pid {other})" if other else "shard runs (--shard)"
+        return (
+            f"{self.path.parent}: {who} is writing to this output directory; "
+            "wait for it to finish, or set paths.output_dir to another directory"
+        )
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         if exc_type is not None and issubclass(exc_type, UserError):
@@ -123,3 +204,16 @@ class OutputLock:
                 self.handle.flush()
         fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()
+
+
+class StoreLock(OutputLock):
+    """The chunk store's directory: every run that reads or writes chunks holds it shared, so that any number of runs
+    use one store at once; only removing partitions (--prune-store) holds it alone."""
+
+    def busy(self, other: str) -> str:
+        if self.shared:
+            return (
+                f"{self.path.parent}: partitions of this chunk store are being removed (--prune-store, pid {other}); "
+                "rerun when that has finished"
+            )
+        return f"{self.path.parent}: runs are using this chunk store; prune it when none is running"

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from utils.checks.resolve import ResolvedModel
 from utils.inputs.fasta import Record
 from utils.inputs.keys import Config
@@ -102,15 +104,15 @@ def window_reason(model: ResolvedModel, config: Config, max_residues: int, memor
     )
 
 
-def plan_order(config: Config, order: WorkOrder) -> OrderPlan:
+def plan_order(config: Config, order: WorkOrder, held: Sequence[bool] | None = None) -> OrderPlan:
     """What the worker of `order` will do: its device limits (utils.engine.limits, as the worker asks them), batch plan,
-    windows and forward FLOPs."""
+    windows and forward FLOPs, for the sequences its store partition does not hold yet (`held`, one flag each)."""
     from utils.engine.batching import window_spans
 
     model = order.model
     limits = order.limits()
     special = model.family.special_tokens
-    lengths = [len(s) for s in order.sequences]
+    lengths = [len(s) for i, s in enumerate(order.sequences) if held is None or not held[i]]
     batches = limits.plan_batches(lengths, special)
     overlap = min(config.run.window_overlap, limits.max_residues // 4)  # as utils.engine.encode.Encoder.embed_windows
     windowed, flops = [], 0.0
@@ -207,7 +209,8 @@ def dry_run(
             f"{model.arch.params / 1e6:,.1f} M parameters, {layer_text}"
         )
         for order in job.orders:
-            plan = plan_order(config, order)
+            held = store_held(order)
+            plan = plan_order(config, order, held)
             device, precision = order.device, order.precision
             if (device, precision) not in rates:
                 rates[(device, precision)] = matmul_rate(device, precision)
@@ -221,6 +224,11 @@ def dry_run(
                 f"in {plan.batches:,} batches (packed, ≤ {plan.max_tokens_per_batch:,} tokens, "
                 f"≤ {config.run.batch_size} proteins; no padding)"
             )
+            if held.any():
+                lines.append(
+                    f"      store: {int(held.sum()):,} of its {len(held):,} sequences already embedded with these "
+                    f"settings (not computed again; the plan above is the rest) in {store_partition(order)}"
+                )
             if plan.windowed:
                 examples = ", ".join(f"{n:,} residues → {w} windows" for n, w in sorted(plan.windowed)[-SHOWN:][::-1])
                 lines.append(f"      windows: {len(plan.windowed):,} protein(s), {plan.window_reason}: {examples}")
@@ -239,9 +247,45 @@ def dry_run(
         )
     needed = estimate_output_bytes(config, splits, models)
     lines.append(f"disk: about {needed / 1e6:,.1f} MB for the outputs and checkpoint chunks in {config.output_dir}")
+    lines.append(store_line(config, jobs))
     wall = max(device_seconds.values(), default=0.0)
     lines.append(
         f"projected wall time: {duration(wall)} (the busiest device; model loading not counted; assumed MFU "
         f"{ASSUMED_MFU['cuda']} on GPU, {ASSUMED_MFU['cpu']} on CPU of the measured matmul rate)"
     )
     return lines
+
+
+def store_held(order: WorkOrder) -> np.ndarray:
+    """Which of the order's sequences its partition of the chunk store holds (headers read, nothing moved)."""
+    from utils.inputs.unique import digests_of
+    from utils.running.store import ChunkStore
+
+    digests = digests_of(order.sequences)
+    return np.isin(digests, ChunkStore(order.store_dir, order.chunk_settings).claimed(digests))
+
+
+def store_partition(order: WorkOrder) -> str:
+    from utils.running.store import ChunkStore
+
+    return str(ChunkStore(order.store_dir, order.chunk_settings).directory)
+
+
+def store_line(config: Config, jobs: list) -> str:
+    """The store as a whole: its partitions and size, and those this config does not use."""
+    from utils.running.chunks import fingerprint
+    from utils.running.prune import size_text
+    from utils.running.store import partitions
+
+    found = partitions(config.store)
+    if not found:
+        return f"store: {config.store}: empty; every vector computed goes there, for this run and any later one"
+    used = {fingerprint(order.chunk_settings) for job in jobs for order in job.orders}
+    unused = [p for p in found if p.fingerprint not in used]
+    text = f"store: {config.store}: {len(found)} partition(s), {size_text(sum(p.bytes for p in found))}"
+    if unused:
+        text += (
+            f"; {len(unused)} not used by this config ({size_text(sum(p.bytes for p in unused))}: other models or "
+            "settings; `--prune-store --dry-run` lists them)"
+        )
+    return text

@@ -103,17 +103,9 @@ def _output_problems(config: Config) -> list[str]:
         problem = _not_a_file_problem(path, f"split '{split}' of '{key}'")
         if problem:
             problems.append(problem)
-    chunks = config.output_dir / ".chunks"
-    if chunks.exists() and not chunks.is_dir():
-        problems.append(f"{chunks}: is a file, where the run keeps its chunks; move it away or use another output_dir")
-    elif chunks.is_dir():
-        for model in config.models:
-            directory = chunks / model.output_key
-            if directory.exists() and not directory.is_dir():
-                problems.append(
-                    f"{directory}: is a file, where the chunks of '{model.key}' go; move it away or choose another "
-                    "output_dir"
-                )
+    store = config.store
+    if store.exists() and not store.is_dir():
+        problems.append(f"{store}: is a file, where the run keeps its chunk store; move it away or set paths.store_dir")
     lock = config.output_dir / ".lock"
     if lock.exists() and not lock.is_file():
         problems.append(f"{lock}: is not a file (the run's lock file); remove it and rerun")
@@ -128,40 +120,26 @@ def check_paths(config: Config) -> list[str]:
     """The directories the run writes to exist as directories or can be created, no two outputs share a file name,
     and nothing is in the way of a file the run writes (FASTA paths: utils.inputs.fasta)."""
     problems = [_directory_problem("output_dir", config.output_dir), _directory_problem("log_dir", config.log_dir)]
+    if config.store_dir is not None:
+        problems.append(_directory_problem("store_dir", config.store_dir))
     found = [problem for problem in problems if problem]
     return found + _output_problems(config)
 
 
-def chunk_settings(config: Config, model: ResolvedModel) -> dict[str, Any]:
-    """Everything that decides a chunk's numbers; stored in every chunk so that a changed setting can be named."""
+def chunk_settings(config: Config, model: ResolvedModel, device: str) -> dict[str, Any]:
+    """What decides the vectors `model` makes on `device` (utils.running.store.vector_settings): the partition of the
+    chunk store its worker reads and writes."""
     from utils.engine.encode import resolve_precision
+    from utils.running.store import vector_settings
 
-    return {
-        "checkpoint": model.identity,
-        "family": model.family.name,
-        "precisions": sorted({resolve_precision(model.config.precision, d) for d in model.config.devices}),
-        # Resolved here, the same on every machine: auto is the model's own positional limit (ESM-1b) or none. A device
-        # too small for a protein's one pass windows it at run time, and that protein's note says so.
-        "max_residues": config.run.max_residues or model.arch.max_residues,
-        "window_overlap": config.run.window_overlap,
-        "per_residue": config.run.per_residue,
-        "layer": model.layer_index,  # the hidden state pooled (models.<key>.layer)
-        "format": 2,
-    }
+    precision = resolve_precision(model.config.precision, device)
+    return vector_settings(model, precision, config.run.max_residues, config.run.window_overlap, config.run.per_residue)
 
 
-def machine_settings(config: Config, model: ModelConfig) -> tuple[str, ...]:
-    """The keys of chunk_settings that the machine a run lands on decides, not the config: the precision of
-    `precision: auto` on `device: auto`. --merge, which embeds nothing, reads these from the chunks instead of
-    deciding them for its own machine."""
-    keys = []
-    if model.device_auto and model.precision == "auto":
-        keys.append("precisions")
-    return tuple(keys)
-
-
-def chunk_dir(config: Config, model: ModelConfig) -> Path:
-    return config.output_dir / ".chunks" / model.output_key
+def machine_decides_precision(model: ModelConfig) -> bool:
+    """`precision: auto` on `device: auto`: the machine a run lands on decides the precision (fp16 on a GPU node, fp32
+    on a CPU node), not the config; --merge, which embeds nothing, finds it in the store instead."""
+    return model.device_auto and model.precision == "auto"
 
 
 def estimate_output_bytes(
@@ -200,12 +178,14 @@ def estimate_output_bytes(
 
 
 def check_disk(config: Config, splits: dict[str, Records], models: list[ResolvedModel]) -> list[str]:
+    from utils.inputs.unique import digest_hex, unique_of
     from utils.running.store import ChunkStore
 
-    present = {
-        m.config.output_key: ChunkStore(chunk_dir(config, m.config), chunk_settings(config, m)).present_digests()
-        for m in models
-    }
+    unique = unique_of(splits).digests
+    present = {}
+    for m in models:
+        held = [ChunkStore(config.store, chunk_settings(config, m, d)).claimed(unique) for d in m.config.devices]
+        present[m.config.output_key] = {digest_hex(d) for part in held for d in part.tolist()}
     needed = estimate_output_bytes(config, splits, models, present)
     existing = config.output_dir.resolve()
     while not existing.exists():

@@ -87,6 +87,10 @@ class Embedder:
     (ProtT5, ProstT5, ESM2, ESM-1b, ESM C) is read from the checkpoint. Same batch plan, out-of-memory split and
     windows as the job: for the same sequences in the same order, on the same device and precision, the vectors
     equal the job's (which stores them as float16).
+
+    `store_dir`: a chunk store (the job's paths.store_dir, e.g. its output_dir/.chunks) that embed() reads first and
+    adds to: vectors the job or another Embedder computed with these settings are not computed again, and those
+    computed here are there for the next job or notebook (per-residue rows are not stored).
     """
 
     def __init__(
@@ -100,6 +104,7 @@ class Embedder:
         window_overlap: int = 256,
         layer: int = -1,
         attention: str = "auto",
+        store_dir: str | Path | None = None,
     ):
         from utils.checks.preflight import check_devices
         from utils.checks.resolve import resolve_model
@@ -176,6 +181,13 @@ class Embedder:
                 )
             )  # fmt: skip
         self.windowed: dict[int, dict] = {}  # of the last embed() call: index → how it was split into windows
+        self.store = None
+        if store_dir is not None:
+            from utils.running.store import ChunkStore, vector_settings
+
+            settings = vector_settings(self.model, self.precision, max_residues, window_overlap, per_residue=False)
+            self.store = ChunkStore(Path(store_dir).expanduser(), settings, self.model.dim)
+        self.reused = 0  # of the last embed() call: distinct sequences found in the store
         self.lock = threading.Lock()  # one embed() at a time: the encoder and its tokenizing thread are not shared
         self.closed = False
 
@@ -224,13 +236,48 @@ class Embedder:
             self.encoder.per_residue = per_residue
             if self.fp32 is not None and self.fp32.encoder is not None:
                 self.fp32.encoder.per_residue = per_residue
-            results = embed_in_batches(self.encoder, unique, self.limits, precision=self.precision, fp32=self.fp32)
+            if self.store is not None and not per_residue:
+                results = self._through_store(unique)
+            else:
+                results = embed_in_batches(self.encoder, unique, self.limits, precision=self.precision, fp32=self.fp32)
             embedded = dict(zip(unique, results, strict=True))
             rows = [embedded[s] for s in cleaned]
             self.windowed = {i: row.note for i, row in enumerate(rows) if row.note}
             if per_residue:
                 return [row.residues.float().numpy() for row in rows]
             return np.stack([row.pooled.float().numpy() for row in rows])
+
+    def _through_store(self, unique: list[str]) -> list[Embedded]:
+        """Each sequence's vector from the store where it holds one, else computed in the job's batches and added to
+        the store a chunk (100 batches) at a time, as the job's workers do."""
+        from utils.engine.batching import chunked
+        from utils.engine.encode import Embedded
+        from utils.files import StoreLock
+        from utils.inputs.unique import digest_hex, digests_of
+
+        store = self.store
+        assert store is not None
+        digests = digests_of(unique)
+        keys = [digest_hex(d) for d in digests.tolist()]
+        position = {key: i for i, key in enumerate(keys)}
+        results: list[Embedded | None] = [None] * len(unique)
+        with StoreLock(store.root, shared=True):
+            for chunk in store.chunks_holding(digests):
+                for row, key in enumerate(chunk["digests"]):
+                    i = position.get(key)
+                    if i is not None and results[i] is None:
+                        results[i] = Embedded(chunk["pooled"][row], None, chunk["notes"].get(key))
+            self.reused = sum(r is not None for r in results)
+            todo = [i for i, r in enumerate(results) if r is None]
+            batches = self.limits.plan_batches([len(unique[i]) for i in todo], self.encoder.family.special_tokens)
+            for group in chunked([[todo[k] for k in batch] for batch in batches], 100):
+                embedded_here = list(embed_batches(self.encoder, unique, group, self.precision, self.fp32))
+                for batch, embedded in embedded_here:
+                    for i, item in zip(batch, embedded, strict=True):
+                        results[i] = item
+                indices = [i for batch, _ in embedded_here for i in batch]
+                store.write([keys[i] for i in indices], [results[i] for i in indices], per_residue=False)
+        return results  # type: ignore[return-value]  # every index is found or computed
 
     def close(self) -> None:
         with self.lock:

@@ -384,9 +384,10 @@ def load_config(path: Path) -> Config:
     splits = _read_splits(check, paths, data_dir)
     output_dir = check.path(paths, "output_dir", "paths.", required=True)
     log_dir = check.path(paths, "log_dir", "paths.", required=False)
+    store_dir = check.path(paths, "store_dir", "paths.", required=False)
     id_format = check.choice(paths, "id_format", "paths.", ID_FORMATS[0], ID_FORMATS)
     models = _read_models(check, models_table, run)
     if check.problems:
         raise UserError(check.problems)
     assert output_dir is not None
-    return Config(path, splits, output_dir, log_dir or Path("logs"), run, models, id_format)
+    return Config(path, splits, output_dir, log_dir or Path("logs"), run, models, id_format, store_dir)

@@ -68,6 +68,12 @@ class Config:
     run: RunParams
     models: tuple[ModelConfig, ...]
     id_format: str = "first_word"  # how a FASTA header becomes a protein id (utils/inputs/ids.py)
+    store_dir: Path | None = None  # the chunk store (utils/running/store.py); None: {output_dir}/.chunks
+
+    @property
+    def store(self) -> Path:
+        """Where the chunk store is: paths.store_dir, else {output_dir}/.chunks."""
+        return self.store_dir if self.store_dir is not None else self.output_dir / ".chunks"
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,10 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("paths.raw_train_sequences", "—", "FASTA of split train (plain or .gz)"),
     ConfigKey("paths.raw_test_sequences", "—", "FASTA of split test"),
     ConfigKey("paths.splits", "—", "more splits: {name: file}"),
-    ConfigKey("paths.output_dir", "required", "where the output files (and the .chunks/ checkpoints) go"),
+    ConfigKey("paths.output_dir", "required", "where the output files go"),
+    ConfigKey(
+        "paths.store_dir", "{output_dir}/.chunks", "the chunk store: every vector computed, shared by runs and configs"
+    ),
     ConfigKey("paths.log_dir", "logs", "one log file per worker, and the validation report"),
     ConfigKey("paths.id_format", "first_word", "how a header becomes the protein id: first_word or uniprot"),
     *(ConfigKey(f"run_params.{k}", _shown_default(getattr(RunParams(), k)), m) for k, m in _RUN_MEANINGS.items()),

@@ -20,7 +20,7 @@ import torch
 
 from utils.inputs.unique import UniqueSequences, hex_to_digests
 from utils.outputs.writers import RowView
-from utils.running.store import ChunkStore, SetAside
+from utils.running.store import ChunkStore
 
 
 @dataclass
@@ -33,29 +33,35 @@ class UniqueVectors:
     notes: dict[str, Any] = field(default_factory=dict)  # hex digest → note (windows, fp32 redo), from the chunks
 
     @classmethod
-    def scatter(cls, store: ChunkStore, unique: UniqueSequences, path: Path) -> UniqueVectors:
-        """Every trusted chunk of `store`, one at a time, into `path` (created sparse; the caller removes it)."""
-        count, dim = len(unique), store.dim or 0
+    def scatter(cls, stores: list[ChunkStore], unique: UniqueSequences, path: Path) -> UniqueVectors:
+        """The trusted chunks of `stores` (partitions, in order of preference) that hold any of `unique`'s sequences,
+        one at a time, into `path` (created sparse; the caller removes it). A sequence in several chunks (two runs
+        computed it) is taken once: from the first partition, then the first chunk, that holds it."""
+        count, dim = len(unique), stores[0].dim or 0
         by_digest = np.argsort(unique.digests)  # unique positions in digest order: a chunk's digests are looked up
         sorted_digests = unique.digests[by_digest]
         filled = np.zeros(count, dtype=bool)
         notes: dict[str, Any] = {}
         with open(path, "wb") as handle:
             handle.truncate(count * dim * 2)
-        for chunk in store.trusted(SetAside(store.directory)):
-            digests = hex_to_digests(chunk["digests"])
-            at = np.minimum(np.searchsorted(sorted_digests, digests), max(count - 1, 0))
-            known = np.flatnonzero(sorted_digests[at] == digests) if count else np.zeros(0, dtype=np.int64)
-            if not len(known):
-                continue
-            positions = by_digest[at[known]]
-            vectors = chunk["pooled"][torch.from_numpy(known)].to(torch.float16).numpy()
-            mapped = np.memmap(path, dtype=np.float16, mode="r+", shape=(count, dim))
-            mapped[positions] = vectors  # a sequence in two chunks: the later chunk's row, as ChunkStore.load keeps
-            mapped.flush()
-            del mapped
-            filled[positions] = True
-            notes.update(chunk["notes"])
+        for store in stores:
+            for chunk in store.chunks_holding(unique.digests):
+                digests = hex_to_digests(chunk["digests"])
+                at = np.minimum(np.searchsorted(sorted_digests, digests), max(count - 1, 0))
+                known = np.flatnonzero(sorted_digests[at] == digests) if count else np.zeros(0, dtype=np.int64)
+                known = known[~filled[by_digest[at[known]]]]
+                if not len(known):
+                    continue
+                positions = by_digest[at[known]]
+                vectors = chunk["pooled"][torch.from_numpy(known)].to(torch.float16).numpy()
+                mapped = np.memmap(path, dtype=np.float16, mode="r+", shape=(count, dim))
+                mapped[positions] = vectors
+                mapped.flush()
+                del mapped
+                filled[positions] = True
+                if chunk["notes"]:
+                    taken = {chunk["digests"][i] for i in known.tolist()}
+                    notes.update({d: n for d, n in chunk["notes"].items() if d in taken})
         return cls(path, dim, filled, notes)
 
     def rows(self, positions: np.ndarray) -> DiskRows:
@@ -84,6 +90,7 @@ class DiskRows(RowView):
         return torch.from_numpy(block)
 
 
-def scratch_path(store: ChunkStore) -> Path:
-    """Where the merge scatters one model's vectors: beside its chunks, a name the temporary-file sweep knows."""
-    return store.directory / f".unique_vectors.f16.tmp-{os.getpid()}"
+def scratch_path(output_dir: Path, output_key: str) -> Path:
+    """Where the merge scatters one model's vectors: in the output directory (the store may be shared with other
+    runs), a name the temporary-file sweep of the output directory's lock knows."""
+    return output_dir / f".unique_vectors.{output_key}.f16.tmp-{os.getpid()}"

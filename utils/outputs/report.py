@@ -139,6 +139,7 @@ def write_report(
     models: list[dict[str, Any]],
     started: float,
     exit_status: str,
+    store: dict[str, Any] | None = None,
 ) -> Path:
     """Collect the progress of the run's workers (`progress_paths`) of the run that began at `started` and write the
     report and summary (each atomically). `splits`: split → its sequences in input order; `models`: one dict per
@@ -160,6 +161,8 @@ def write_report(
         ended=ended,
         exit_status=exit_status,
     )
+    if store is not None:
+        summary["store"] = store
     split_lengths = {name: sequence_lengths(sequences) for name, sequences in splits.items()}
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(output_dir / SUMMARY_NAME, (json.dumps(summary, indent=1) + "\n").encode())
@@ -190,10 +193,33 @@ def report_run(config: Any, splits: dict[str, Any], jobs: list[Any], started: fl
     sequences = {name: records.sequences for name, records in splits.items()}
     paths = [order.progress_path for job in jobs for order in job.orders if order.progress_path is not None]
     try:
-        path = write_report(config.output_dir, paths, config.path, sequences, models, started, status)
+        store = store_summary(config.store, [settings for job in jobs for settings in job.partitions()])
+        path = write_report(config.output_dir, paths, config.path, sequences, models, started, status, store)
     except Exception as exc:  # noqa: BLE001 - the outputs are written; the report is only a picture of the run
         print(f"note: the run report could not be written ({type(exc).__name__}: {exc})", file=sys.stderr)
         return
     for progress in paths:  # their numbers are in run_summary.json now; one file per run would pile up
         progress.unlink(missing_ok=True)
     print(f"report: {path}", file=sys.stderr)
+
+
+def store_summary(root: Path, used: list[dict[str, Any]]) -> dict[str, Any]:
+    """The chunk store after the run: each partition with its chunks and bytes, and whether this run used it."""
+    from utils.running.chunks import fingerprint
+    from utils.running.store import partitions
+
+    mine = {fingerprint(settings) for settings in used}
+    return {
+        "path": str(root),
+        "partitions": [
+            {
+                "directory": p.directory.name,
+                "settings": p.settings,
+                "chunks": p.chunks,
+                "bytes": p.bytes,
+                "quarantined": p.quarantined,
+                "used_by_this_run": p.fingerprint in mine,
+            }
+            for p in partitions(root)
+        ],
+    }

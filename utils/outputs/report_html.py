@@ -301,6 +301,12 @@ def render_html(
         for w in summary["workers"]
     ]  # fmt: skip
     output_rows = [(o["file"], f"{o['bytes'] / 1e6:,.2f} MB") for o in summary["outputs"]]
+    store = summary.get("store") or {"path": "", "partitions": []}
+    store_rows = [
+        (p["directory"], f"{p['chunks']:,}", f"{p['bytes'] / 1e6:,.2f} MB", p["quarantined"] or "",
+         "yes" if p["used_by_this_run"] else "no")
+        for p in store["partitions"]
+    ]  # fmt: skip
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Embedding run report</title>
 <style>
@@ -332,5 +338,10 @@ Python {v["python"]}, torch {v["torch"]}, transformers {v["transformers"]} (CUDA
 {_chart(chart_reuse(workers), "reused and computed")}
 <h2>Outputs written</h2>
 {_table(("file", "size"), output_rows) if output_rows else "<p class='none'>none in this run</p>"}
+<h2>Chunk store</h2>
+<p><code>{html.escape(store["path"])}</code>: every vector computed, one partition per set of settings, shared by
+every run and config that names it (a later run reuses what is here). <code>--prune-store</code> removes the
+partitions a config does not use.</p>
+{_table(("partition", "chunks", "size", "quarantined", "used by this run"), store_rows) if store_rows else ""}
 </body></html>
 """

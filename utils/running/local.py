@@ -24,7 +24,6 @@ from pathlib import Path
 
 from utils import exits
 from utils.checks.resolve import ResolvedModel
-from utils.errors import UserError
 from utils.inputs.fasta import Records, Strings
 from utils.inputs.keys import Config
 from utils.inputs.unique import shared_splits, shared_unique
@@ -47,9 +46,11 @@ def run_job(
 
     `shard`: embed only that shard's sequences into the chunk store and write no final file (`merge_job` does, once
     every shard has finished). `actor_class`: the Ray engine's actor (tests give one that fails on purpose)."""
+    from utils.files import StoreLock
+    from utils.running.store import tidy
+
     splits = shared_splits(splits)
     jobs = plan_jobs(config, splits, models, shard, run_id=new_run_id())
-    claim_stores(config, jobs, shard)
     if config.run.engine == "ray":
         from utils.running.ray_engine import EmbedActor, RayRunner
 
@@ -61,39 +62,18 @@ def run_job(
     started = time.perf_counter()
     started_at = time.time()  # the run report keeps the workers' progress records from this moment on
     try:
-        runner.run_all()
-        release_residues(splits, jobs)  # the workers had them; from here on only lengths and digests are needed
-        if shard is not None:
-            return report_shard(config, jobs, shard, started)
-        return finish_jobs(config, splits, jobs, started, started_at, runner.stopping)
+        # Shared: any number of runs use one store at once; only --prune-store excludes them
+        with StoreLock(config.store, shared=True):
+            runner.run_all()
+            release_residues(splits, jobs)  # the workers had them; from here on only lengths and digests are needed
+            for note in tidy(config.store):  # after the work: a run refused on the way (Ray) changes nothing
+                print(f"note: {note}", file=sys.stderr)
+            if shard is not None:
+                return report_shard(config, jobs, shard, started)
+            return finish_jobs(config, splits, jobs, started, started_at, runner.stopping)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def claim_stores(config: Config, jobs: list[Job], shard: Shard | None) -> None:
-    """Before any work, each model's chunk store is made this run's (utils.running.store.ChunkStore.claim): a shard
-    refuses a store of other settings (UserError, every model's at once), a run over the whole store takes it; set-aside
-    chunks of these settings come back."""
-    from utils.running.store import ChunkStore
-
-    reconcile = (
-        f"To finish that job, set those settings back in {config.path}; to start over with these settings, run "
-        f"`python generate_embeddings_t5.py --config {config.path} --set-aside` once (it moves the other chunks to "
-        "set_aside/, and a run of their settings brings them back), then the shards"
-    )
-    problems = []
-    for job in jobs:
-        store = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim)
-        try:
-            notes = store.claim(str(shard) if shard is not None else None, reconcile)
-        except UserError as exc:
-            problems += [f"model {job.model.config.key}: {problem}" for problem in exc.problems]
-            continue
-        for note in notes:
-            print(f"note: model {job.model.config.key}: {note}", file=sys.stderr)
-    if problems:
-        raise UserError(problems)
 
 
 def release_residues(splits: dict[str, Records], jobs: list[Job]) -> None:

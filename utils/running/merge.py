@@ -2,10 +2,10 @@
 
     finish_jobs(config, splits, jobs, ...)   # after run_job's workers: merge each finished model, report, exit code
     merge_job(config, splits, models)        # --merge: the same from the chunks that --shard tasks filled
-    set_aside_job(config, splits, models)    # --set-aside: move the chunks of other settings aside, embed nothing
 
-Each split's rows are gathered from the chunk store a block at a time (utils/outputs/gather.py) and written by
-utils/outputs/writers.py; every file is put in place whole (a signal stops the merge between two files).
+Each split's rows are gathered from the model's partitions of the chunk store a block at a time
+(utils/outputs/gather.py) and written by utils/outputs/writers.py; every file is put in place whole (a signal stops
+the merge between two files).
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ class Interrupted(Exception):
     """A stop request seen between two final files of the merge."""
 
 
+class MissingEmbeddings(Exception):
+    """Proteins without a vector in the store when the merge reads it (a chunk damaged since the workers read it)."""
+
+
 def finish_jobs(
     config: Config,
     splits: dict[str, Records],
@@ -61,6 +65,10 @@ def finish_jobs(
         print("interrupted: the final files in place are whole, finished chunks are kept; rerun the same "
               "command to resume", file=sys.stderr)  # fmt: skip
         return exits.INTERRUPTED
+    except MissingEmbeddings as exc:
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return exits.FAILED
     except OSError as exc:  # ENOSPC and the like, from h5py or torch.save: the chunks are all there
         where = exc.filename or config.output_dir
         print(
@@ -114,26 +122,47 @@ def merge_outputs(
 
     Returns (one summary line per file, {split: float16 [N, D]}), the latter for the concatenated file."""
     from utils.outputs.gather import UniqueVectors, scratch_path
-    from utils.running.store import ChunkStore
 
     model = job.model
     splits = shared_splits(splits)
     unique = unique_of(splits)
-    store = ChunkStore(job.chunk_dir, job.chunk_settings, model.dim)
-    scratch = scratch_path(store)
+    stores = job_stores(job)
+    scratch = scratch_path(config.output_dir, model.config.output_key)
     try:
         # The vectors laid out by unique index on disk; each split's rows are gathered from there a block at a time
-        vectors = UniqueVectors.scatter(store, unique, scratch)
-        return _write_splits(config, splits, job, store, unique, vectors, stopping)
+        vectors = UniqueVectors.scatter(stores, unique, scratch)
+        if not vectors.filled.all():
+            damaged = [line for store in stores for line in store.damaged.lines(f"model {model.config.key}")]
+            raise MissingEmbeddings(
+                "\n".join(
+                    [
+                        *damaged,
+                        f"model {model.config.key}: {int((~vectors.filled).sum())} sequence(s) have no vector in the "
+                        "store; rerun the same command to compute them",
+                    ]
+                )
+            )
+        return _write_splits(config, splits, job, stores, unique, vectors, stopping)
     finally:
         scratch.unlink(missing_ok=True)
+
+
+def job_stores(job: Job) -> list[ChunkStore]:
+    """The store partitions a model's vectors are read from, in order of preference."""
+    return [partition_of(job, settings) for settings in job.partitions()]
+
+
+def partition_of(job: Job, settings: dict) -> ChunkStore:
+    from utils.running.store import ChunkStore
+
+    return ChunkStore(job.store_dir, settings, job.model.dim)
 
 
 def _write_splits(
     config: Config,
     splits: dict[str, Records],
     job: Job,
-    store: ChunkStore,
+    stores: list[ChunkStore],
     unique: UniqueSequences,
     vectors: UniqueVectors,
     stopping: threading.Event | None,
@@ -148,10 +177,6 @@ def _write_splits(
         if stopping is not None and stopping.is_set():
             raise Interrupted
         positions = records.sequences.index  # type: ignore[attr-defined]  # shared_splits made them SharedSequences
-        missing = np.flatnonzero(~vectors.filled[positions])
-        if len(missing):
-            example = records.ids[int(missing[0])]
-            raise RuntimeError(f"model {model.config.key}: {len(missing)} protein(s) have no embedding, e.g. {example}")
         noted = np.flatnonzero(np.isin(positions, noted_unique)).tolist()
         notes = {records.ids[i]: vectors.notes[unique.hex_digest(int(positions[i]))] for i in noted}
         embeddings = vectors.rows(positions)
@@ -167,12 +192,13 @@ def _write_splits(
             "output_key": model.config.output_key,
             "family": model.family.label,
             "dim": model.dim,
-            "precision": job.chunk_settings["precisions"],  # what the chunks were made with (--merge: read there)
+            # what the chunks were made with (--merge: found in the store)
+            "precision": sorted({p for settings in job.partitions() for p in settings["precisions"]}),
             "devices": list(model.config.devices),
             "pooling": f"mean over residue token rows [{model.family.residue_offset}, "
             f"{model.family.residue_offset}+L): no special tokens, no prefix, no padding",
             # longer proteins go to windows (None: none by setting; a device too small still windows, noted per protein)
-            "max_residues": job.chunk_settings["max_residues"],
+            "max_residues": job.partitions()[0]["max_residues"],
             "windowed": windowed,
             "redone_in_fp32": redone,  # id → why (non-finite in fp16/bf16)
             "split": split,
@@ -184,7 +210,7 @@ def _write_splits(
         key = model.config.output_key
         write_outputs(config.output_dir, split, key, records.ids, embeddings, meta, config.run.output_format)
         if config.run.per_residue:
-            write_residue_rows(store, records, residues_h5_path(h5_path(config.output_dir, split, key)), meta)
+            write_residue_rows(stores, records, residues_h5_path(h5_path(config.output_dir, split, key)), meta)
         if config.run.concatenate:
             merged[split] = embeddings.whole()
         note = f", {len(windowed)} embedded in windows (see meta['windowed'])" if windowed else ""
@@ -193,7 +219,7 @@ def _write_splits(
     return lines, merged
 
 
-def write_residue_rows(store: ChunkStore, records: Records, path: Path, meta: dict) -> None:
+def write_residue_rows(stores: list[ChunkStore], records: Records, path: Path, meta: dict) -> None:
     """Per-residue rows streamed chunk by chunk, since a whole job's would not fit in memory. The datasets are
     created empty in input order first, so the file still lists proteins in input order."""
     from utils.inputs.unique import split_digests
@@ -205,9 +231,11 @@ def write_residue_rows(store: ChunkStore, records: Records, path: Path, meta: di
         for protein_id, length, digest in zip(records.ids, lengths, split_digests(records).tolist(), strict=True):
             writer.reserve(protein_id, (length, meta["dim"]))
             ids_by_digest.setdefault(digest_hex(digest), []).append(protein_id)
-        for digest, rows in store.residue_rows():
-            for protein_id in ids_by_digest.pop(digest, ()):
-                writer.fill(protein_id, rows)
+        wanted = split_digests(records)
+        for store in stores:
+            for digest, rows in store.residue_rows(wanted):
+                for protein_id in ids_by_digest.pop(digest, ()):
+                    writer.fill(protein_id, rows)
         if ids_by_digest:  # raised inside the block, so no incomplete file is put in place
             raise RuntimeError(f"{path.name}: residue rows missing for {len(ids_by_digest)} sequence(s)")
 
@@ -251,35 +279,36 @@ def say(line: str) -> None:
         os.close(devnull)
 
 
-# -- --merge and --set-aside: from the chunks that --shard tasks filled ------------------------------------------------
+# -- --merge: from the chunks that --shard tasks filled ----------------------------------------------------------------
 def merge_job(config: Config, splits: dict[str, Records], models: list[ResolvedModel]) -> int:
-    """--merge: the final files from the chunk store that the shards filled. Needs no device: the settings that the
-    shards' machines decided (utils.checks.preflight.machine_settings) are read from the chunks. Refuses (UserError: per
-    model, why (damaged, other settings, renamed output_key) and a count with examples) before writing anything if
-    any protein has no embedding yet."""
-    from utils.checks.preflight import machine_settings
-    from utils.running.shards import merged_settings, missing_report, store_problems, stores_of_checkpoint
-    from utils.running.store import ChunkStore
+    """--merge: the final files from the store partitions the shards filled. Needs no device: where the shards'
+    machines decided the precision (`precision: auto` on `device: auto`), the partition that holds most of the job
+    is read. Refuses (UserError: per model, how many proteins have no vector, a few ids, and why where the store can
+    tell: a damaged chunk, or the same sequences under other settings) before writing anything."""
+    from utils.checks.preflight import chunk_settings, machine_decides_precision
+    from utils.running.shards import missing_problems, missing_report
 
     started, started_at = time.perf_counter(), time.time()
     splits = shared_splits(splits)
+    unique = unique_of(splits)
     jobs = plan_jobs(config, splits, models)
-    used = {model.output_key for model in config.models}
     problems = []
     for job in jobs:
-        survey = ChunkStore(job.chunk_dir, job.chunk_settings).survey()
-        job.chunk_settings = merged_settings(job.chunk_settings, machine_settings(config, job.model.config), survey)
-        store = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim)
-        done, report = store.done_digests()
-        have = np.isin(unique_of(splits).digests, done)
+        if machine_decides_precision(job.model.config):
+            candidates = [chunk_settings(config, job.model, device) for device in ("cuda:0", "cpu")]
+            held = [len(partition_of(job, s).claimed(unique.digests)) for s in candidates]
+            own = job.partitions()[0]
+            job.read_from = [max(candidates, key=lambda s: (held[candidates.index(s)], s == own))]
+        stores = job_stores(job)
+        have = np.zeros(len(unique), dtype=bool)
+        for store in stores:
+            have |= np.isin(unique.digests, store.held(unique.digests))
         missing_rows = [(r, np.flatnonzero(~have[r.sequences.index])) for r in splits.values()]
         count = sum(len(rows) for _, rows in missing_rows)
         if count:
-            label = f"model {job.model.config.key}"
-            renamed = stores_of_checkpoint(job.chunk_dir.parent, job.chunk_settings, used)
-            problems += store_problems(label, store, report, renamed, config.path)
             examples = [records.ids[i] for records, rows in missing_rows for i in rows[:10].tolist()]
-            problems.append(missing_report(examples, count, label))
+            problems += missing_problems(f"model {job.model.config.key}", stores, unique.digests[~have], config.path)
+            problems.append(missing_report(examples, count, f"model {job.model.config.key}"))
         job.exit_codes = [exits.OK] * len(job.orders)
     if problems:
         raise UserError(problems)
@@ -290,19 +319,3 @@ def merge_job(config: Config, splits: dict[str, Records], models: list[ResolvedM
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def set_aside_job(config: Config, splits: dict[str, Records], models: list[ResolvedModel]) -> int:
-    """--set-aside: claim every model's store for this config's settings and move the chunks it cannot use (other
-    settings, damaged) into set_aside/, embedding nothing; shards of the new settings can then start."""
-    from utils.running.store import ChunkStore
-
-    for job in plan_jobs(config, splits, models):
-        store = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim)
-        for note in store.claim(None, ""):
-            print(f"note: model {job.model.config.key}: {note}", file=sys.stderr)
-        done, report = store.done_digests(set_aside=True)
-        for line in report.lines(f"model {job.model.config.key}"):
-            print(f"note: {line}", file=sys.stderr)
-        print(f"model {job.model.config.key}: {len(done)} sequences in chunks of these settings", file=sys.stderr)
-    return exits.OK

@@ -5,8 +5,9 @@
 
 Each model's unique sequences (duplicates across splits are embedded once) are sharded over its devices by
 residues; each shard is one work order, which a worker (utils/running/worker.py, or a Ray actor) embeds into the
-model's chunk store under `{output_dir}/.chunks/{output_key}`. The runners (utils/running/local.py, ray_engine.py)
-and the merge (utils/running/merge.py) build on these records; this module imports none of them.
+partition of the chunk store (utils/running/store.py) that its settings on its device name. The runners
+(utils/running/local.py, ray_engine.py) and the merge (utils/running/merge.py) build on these records; this module
+imports none of them.
 """
 
 from __future__ import annotations
@@ -115,11 +116,10 @@ class WorkOrder:
     device: str
     precision: str  # model.config.precision resolved for this device
     sequences: Sequence[str]  # this shard's unique sequences (packed: utils.inputs.fasta.Strings)
-    chunk_settings: dict  # what produced the chunks (utils.checks.preflight.chunk_settings)
-    chunk_dir: Path
+    chunk_settings: dict  # what decides its vectors: its partition of the store (utils.checks.preflight.chunk_settings)
+    store_dir: Path  # the chunk store (paths.store_dir)
     log_path: Path
     bar_position: int = 0  # the progress bar's line: the order's lane
-    owns_store: bool = True  # a run over the whole store may set aside chunks it cannot use; a shard (--shard) may not
     progress_path: Path | None = None  # this run's progress records for the run report (None: no report)
 
     def limits(self, memory_bytes: int | None = None) -> Limits:
@@ -141,11 +141,22 @@ class Job:
     """One model: its work orders (one per device it is sharded over) and how each worker ended."""
 
     model: ResolvedModel
-    chunk_dir: Path
-    chunk_settings: dict
+    store_dir: Path
     orders: list[WorkOrder] = field(default_factory=list)
     exit_codes: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # what the runner saw go wrong (a worker that did not start)
+    read_from: list[dict] = field(default_factory=list)  # --merge's choice of partitions; else the orders' own
+
+    def partitions(self) -> list[dict]:
+        """The settings of the store partitions this model's vectors come from, each once: its orders' (one per
+        precision its devices run in), or those --merge found the shards wrote (read_from)."""
+        if self.read_from:
+            return self.read_from
+        found: list[dict] = []
+        for order in self.orders:
+            if order.chunk_settings not in found:
+                found.append(order.chunk_settings)
+        return found
 
     @property
     def finished(self) -> bool:
@@ -179,8 +190,7 @@ def plan_jobs(
     jobs = []
     for model in models:
         devices = model.config.devices
-        # The chunk directory and settings are also what the pre-flight disk check reads: one definition, there.
-        job = Job(model, preflight.chunk_dir(config, model.config), preflight.chunk_settings(config, model))
+        job = Job(model, config.store)
         parts = [
             unique if len(devices) == 1 else unique.take(p) for p in shard_by_residues(unique.lengths(), len(devices))
         ]
@@ -201,10 +211,10 @@ def plan_jobs(
                     device=device,
                     precision=resolve_precision(model.config.precision, device),
                     sequences=part_unique.sequences,
-                    chunk_settings=job.chunk_settings,
-                    chunk_dir=job.chunk_dir,
+                    # The partition is also what the pre-flight disk check reads: one definition, there.
+                    chunk_settings=preflight.chunk_settings(config, model, device),
+                    store_dir=config.store,
                     log_path=log_path,
-                    owns_store=shard is None,
                     progress_path=progress_path(log_path, run_id) if reported and run_id else None,
                 )
             )

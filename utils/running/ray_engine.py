@@ -345,17 +345,17 @@ class RayRunner:
         from utils.inputs.unique import hex_to_digests
         from utils.running.store import ChunkStore, sequence_digest
 
-        store = ChunkStore(job.chunk_dir, job.chunk_settings, job.model.dim)
-        # digests only, no chunk's vectors kept; never set aside in a shard
-        done, set_aside = store.done_digests(set_aside=all(order.owns_store for order in job.orders))
-        for message in set_aside.lines(job.model.config.key):
-            print(f"note: {message}", file=sys.stderr)
+        # One pool for the model: its first order's partition (a Ray model's devices are all GPUs, or all CPUs)
+        store = ChunkStore(job.store_dir, job.orders[0].chunk_settings, job.model.dim)
         sequences = list(dict.fromkeys(s for order in job.orders for s in order.sequences))
         digests = [sequence_digest(s) for s in sequences]
-        todo = np.flatnonzero(~np.isin(hex_to_digests(digests), done)).tolist()
+        wanted = hex_to_digests(digests)
+        todo = np.flatnonzero(~np.isin(wanted, store.held(wanted))).tolist()  # digests only, no vector kept
+        for message in store.damaged.lines(job.model.config.key):
+            print(f"note: {message}", file=sys.stderr)
         todo.sort(key=lambda i: len(sequences[i]), reverse=True)
         label = job.model.config.key
-        print(f"ray: {label}: {len(sequences) - len(todo)} sequences already in chunks, computing {len(todo)}",
+        print(f"ray: {label}: {len(sequences) - len(todo)} sequences already in the store, computing {len(todo)}",
               file=sys.stderr)  # fmt: skip
         if not todo:
             return exits.OK

@@ -3,23 +3,25 @@
 A sequence belongs to shard `int(digest[:15], 16) % N`, from its SHA-1 digest alone: reordering the FASTA files or
 adding proteins never moves a sequence from one shard to another, so a rerun of one array task redoes only its
 own work, and every shard writes into the same content-addressed chunk store. `--merge` then writes the final files
-from the chunks, once every shard has finished. It runs nothing, so it needs no device: it reads the settings from the
-chunks (`merged_settings`) and, when proteins have no embedding, says why (`store_problems`): a damaged chunk (named),
-chunks of other settings (the settings named), an output_key renamed, or shards that have not run.
+from the store, once every shard has finished. It runs nothing, so it needs no device; when proteins have no vector
+yet, it says why where the store can tell (`missing_problems`): a damaged chunk (named), or the same sequences
+embedded under other settings (a shard whose `device: auto` landed on a CPU node, say: the settings named).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from utils.errors import UserError
 
 if TYPE_CHECKING:
-    from utils.running.store import ChunkStore, SetAside
+    import numpy as np
+
+    from utils.running.store import ChunkStore
 
 _SHARD = re.compile(r"^\s*(-?\d+)\s*/\s*(-?\d+)\s*$")
 # Digest digits read as the shard number: 60 bits, so `% N` is uniform for any N a cluster could run.
@@ -73,66 +75,30 @@ def missing_report(missing_ids: Iterable[str], count: int, what: str, examples: 
     )
 
 
-def merged_settings(
-    expected: dict[str, Any], machine_keys: Collection[str], survey: dict[str, tuple[dict[str, Any], int]]
-) -> dict[str, Any]:
-    """The settings --merge reads a store with: those of the store's chunks (the most common, `survey` as
-    ChunkStore.survey gives it) when they agree with the config's `expected` on every setting but `machine_keys`
-    (utils.checks.preflight.machine_settings: what the shards' machines decided); else the config's own."""
-    keys = set(expected)
-    agreeing = [
-        (count, settings)
-        for settings, count in survey.values()
-        if all(settings.get(key) == expected.get(key) for key in keys | set(settings) if key not in machine_keys)
-    ]
-    return max(agreeing, key=lambda entry: entry[0])[1] if agreeing else expected
-
-
-def stores_of_checkpoint(chunks_root: Path, settings: dict[str, Any], used: Collection[str]) -> list[Path]:
-    """Chunk directories under `chunks_root` that no configured model uses but that hold chunks of the same
-    checkpoint and layer as `settings`: where a model's chunks went before its output_key was renamed."""
-    from utils.running.store import ChunkStore
-
-    found = []
-    for directory in sorted(chunks_root.iterdir()) if chunks_root.is_dir() else []:
-        if directory.name in used or not directory.is_dir():
-            continue
-        for other, _ in ChunkStore(directory, {}).survey().values():
-            if all(other.get(key) == settings.get(key) for key in ("checkpoint", "family", "layer")):
-                found.append(directory)
-                break
-    return found
-
-
-def store_problems(
-    label: str, store: ChunkStore, report: SetAside, renamed_from: list[Path], config_path: Path
-) -> list[str]:
-    """Why a model's proteins are missing from its store, one line per cause, the fix in each: no chunk at all
-    (perhaps the output_key was renamed), a damaged chunk (named), chunks of other settings (the settings named)."""
-    from utils.running.store import NOTES_LISTED, describe_changes
+def missing_problems(label: str, stores: list[ChunkStore], missing: np.ndarray, config_path: Path) -> list[str]:
+    """Why sequences (`missing`, DIGEST) have no vector in `stores` (the partitions the merge reads), one line per
+    cause the store can name, the fix in each: damaged chunks (quarantined while looking), and other partitions of
+    the same checkpoint that hold some of them, with the settings that differ."""
+    from utils.running.store import NOTES_LISTED, ChunkStore, changed_settings, describe_changes
 
     lines = []
-    if not store.chunk_files():
-        if renamed_from:
-            names = ", ".join(str(path) for path in renamed_from)
+    for store in stores:
+        for path, reason in store.damaged.found[:NOTES_LISTED]:
             lines.append(
-                f"{label}: no chunks in {store.directory}, but {names} holds chunks of this checkpoint: was its "
-                f"output_key renamed? set output_key back to '{renamed_from[0].name}' in {config_path}, or rename "
-                f"that directory to {store.directory.name}"
+                f"{label}: chunk {path} is damaged or unreadable ({reason}); it was moved to quarantine/: rerun the "
+                "shard that wrote it (a shard redoes only its missing proteins), or run once without --shard"
             )
-        else:
-            lines.append(f"{label}: no chunks in {store.directory}: no shard has written any yet")
-    for name, reason in report.damaged[:NOTES_LISTED]:
-        lines.append(
-            f"{label}: chunk {store.directory / name} is damaged or unreadable ({reason}); rerun the shard that "
-            "wrote it (a shard redoes only its missing proteins), or run once without --shard"
-        )
-    if len(report.damaged) > NOTES_LISTED:
-        lines.append(f"{label}: {len(report.damaged) - NOTES_LISTED} more damaged chunk(s) in {store.directory}")
-    if report.other_settings:
-        lines.append(
-            f"{label}: {report.other_settings} chunk(s) in {store.directory} were made with other settings "
-            f"({describe_changes(report.changed)}); set those back in {config_path}, or start over with these "
-            "settings: --set-aside, then the shards"
-        )
+    seen: set[Path] = set()
+    for store in stores:
+        for directory, settings in store.others():
+            if directory in seen:
+                continue
+            seen.add(directory)
+            held = len(ChunkStore(store.root, settings, store.dim).claimed(missing))
+            if held:
+                lines.append(
+                    f"{label}: {held} of them are in the store under other settings "
+                    f"({describe_changes(changed_settings(settings, store.settings))}; {directory}): set those in "
+                    f"{config_path} to use them, or rerun the shards that made them with this config's settings"
+                )
     return lines

@@ -1,102 +1,94 @@
-"""Checkpoint chunks: finished batches on disk, written atomically, checked when read, found again on a rerun.
+"""The chunk store: one cache of every vector computed, shared by every run, config, shard and output directory.
 
-Chunks are content-addressed: each holds the digests of the sequences it embedded, the settings that produced them
-(checkpoint identity, family, precision, preparation, long-protein settings) and their fingerprint, and a sha256
-checksum over all of that and the tensors' bytes. A rerun reuses every chunk that passes every check (checksum,
-structure, shape, dtype, finite values) and whose fingerprint matches. Anything else is never mixed in: a run over
-the whole store sets it aside (moved into `set_aside/` beside the chunks, never deleted, named in one note, its proteins
-recomputed); an array shard (--shard I/N) only skips it, since it may be another shard's work. A damaged or
-unreadable chunk (a flipped bit, a truncated file, a directory where a chunk should be) is told apart from a chunk
-made with other settings, and for those the note names the settings that changed.
+    {store_dir}/                               paths.store_dir (default {output_dir}/.chunks)
+      {family}.{precision}.layer{N}.{hash}/    a partition: the chunks of one set of settings
+        partition.json                         those settings, for people and for `partitions()`
+        {name}.chk                             chunks (utils/running/chunks.py): immutable, published whole
+        quarantine/                            damaged chunks: kept for inspection, never read again
+      quarantine/                              unreadable chunks of the earlier layout
+      .lock                                    held shared by every run; alone by --prune-store
 
-One store holds one fingerprint. The first run into it writes the settings to `settings.json` (a shard creates it
-exclusively, so two shards started at once with different settings cannot both start); a shard refuses a store of
-other settings before any work (`claim`). Set-aside chunks whose settings match a run's again are brought back by it.
-A kill -9 at any moment leaves each chunk whole or absent (write to a temporary file, fsync, rename).
+A partition is keyed by what determines a vector (`vector_settings`): the checkpoint's identity (its content),
+family, layer, precision, preparation and long-protein settings; not by the output key, the output directory or the
+config, so two configs that embed one sequence with one model and settings share its vector. Going back to earlier
+settings finds their partition as it was: nothing is moved when settings change.
+
+No global lock: every chunk is written once under a name made from its digests and published only where no file of
+that name exists, so any number of runs (shards, other configs, Ray drivers, notebooks) write into one partition at
+once; two that compute the same sequence both keep a whole chunk, and readers take each digest once. Each run reads
+a chunk's header cheaply to see what it holds and checks in full (checksum, shape, dtype, finite values) only the
+chunks that hold sequences it needs; a damaged chunk is moved to quarantine/ and named, and its sequences count as
+missing (recomputed by the run or shard they belong to).
+
+The earlier layout (`{output_dir}/.chunks/{output_key}/`, with its settings.json claim and set_aside/) is read where
+it is, chunk by chunk by their settings, and moved into partitions by the next run that embeds (`tidy`).
 """
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from utils.errors import UserError
-from utils.files import atomic_torch_save, atomic_write_bytes
+from utils.files import atomic_write_bytes, remove_dead_temporary_files, write_new_bytes
+from utils.inputs.unique import DIGEST, hex_to_digests
+from utils.running.chunks import (
+    CHUNK_SUFFIX,
+    chunk_name,
+    fingerprint,
+    new_chunk,
+    read_chunk,
+    read_header,
+    sequence_digest,
+)
 
-CHUNK_SUFFIX = ".chk"
-CHUNK_FORMAT = 2  # 1: no settings, no checksum
-SET_ASIDE = "set_aside"
-SETTINGS_FILE = "settings.json"  # the store's claim: the fingerprint and settings of the chunks it holds
+if TYPE_CHECKING:
+    from utils.checks.resolve import ResolvedModel
+
+__all__ = ["ChunkStore", "sequence_digest", "vector_settings", "partitions", "prune", "tidy"]
+
+PARTITION_FILE = "partition.json"
+QUARANTINE = "quarantine"
+LEGACY_SET_ASIDE = "set_aside"  # the earlier layout's chunks of other settings
+LEGACY_CLAIM = "settings.json"  # the earlier layout's claim of a store for one set of settings
 NOTES_LISTED = 10  # damaged chunks named one per line; past this many, counted
+_PARTITION_NAME = re.compile(r"\.[0-9a-f]{16}$")
 
 
-def sequence_digest(sequence: str) -> str:
-    return hashlib.sha1(sequence.encode("ascii")).hexdigest()
+def vector_settings(
+    model: ResolvedModel, precision: str, max_residues: int | None, window_overlap: int, per_residue: bool
+) -> dict[str, Any]:
+    """Everything that decides a chunk's numbers: the partition key, stored in every chunk. `max_residues`: the
+    config's (None: auto), resolved here the same on every machine (the model's own positional limit, or none)."""
+    limits = [n for n in (max_residues, model.arch.max_residues) if n is not None]
+    return {
+        "checkpoint": model.identity,
+        "family": model.family.name,
+        "precisions": [precision],  # a list, as the earlier layout kept it, so that its chunks keep their partition
+        "max_residues": min(limits) if limits else None,
+        "window_overlap": window_overlap,
+        "per_residue": per_residue,
+        "layer": model.layer_index,  # the hidden state pooled (models.<key>.layer)
+        "format": 2,
+    }
 
 
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
+def partition_name(settings: dict[str, Any]) -> str:
+    """family.precision.layerN.hash: readable in a listing, unique by the fingerprint."""
+    precisions = "+".join(str(p) for p in settings.get("precisions") or ["any"])
+    return f"{settings.get('family', 'model')}.{precisions}.layer{settings.get('layer')}.{fingerprint(settings)[:16]}"
 
 
-def fingerprint(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(_canonical(settings).encode()).hexdigest()[:32]
-
-
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    flat = tensor.detach().cpu().contiguous().reshape(-1)
-    return f"{tuple(tensor.shape)}{tensor.dtype}".encode() + flat.view(torch.uint8).numpy().tobytes()
-
-
-def chunk_checksum(chunk: dict[str, Any]) -> str:
-    """sha256 over everything a chunk says: settings, fingerprint, digests, notes and every tensor's shape, dtype
-    and bytes. torch.load does not check the zip's CRCs, so without this a flipped bit would be read as data."""
-    digest = hashlib.sha256()
-    for key in ("format", "fingerprint", "settings", "digests", "notes"):
-        digest.update(_canonical(chunk.get(key)).encode())
-    digest.update(_tensor_bytes(chunk["pooled"]))
-    for rows in chunk["residues"] or ():
-        digest.update(_tensor_bytes(rows))
-    return digest.hexdigest()
-
-
-def chunk_problem(chunk: Any, dim: int | None = None) -> str | None:
-    """Why a loaded chunk cannot be trusted (damaged or malformed), or None. The fingerprint is not compared here."""
-    if not isinstance(chunk, dict):
-        return f"not a chunk (a {type(chunk).__name__})"
-    if chunk.get("format") != CHUNK_FORMAT:
-        return f"chunk format {chunk.get('format', 1)!r}, not {CHUNK_FORMAT}"
-    digests, pooled, residues, notes = (chunk.get(k) for k in ("digests", "pooled", "residues", "notes"))
-    if not isinstance(digests, list) or not digests or not all(isinstance(d, str) for d in digests):
-        return "no list of sequence digests"
-    if not isinstance(pooled, torch.Tensor) or pooled.dtype != torch.float32 or pooled.dim() != 2:
-        return "pooled embeddings are not a float32 [N, D] tensor"
-    if pooled.shape[0] != len(digests) or (dim is not None and pooled.shape[1] != dim):
-        return f"pooled embeddings have shape {tuple(pooled.shape)}, expected ({len(digests)}, {dim or 'D'})"
-    if residues is not None:
-        if not isinstance(residues, list) or len(residues) != len(digests):
-            return "residue rows are not a list with one entry per protein"
-        for rows in residues:
-            if not isinstance(rows, torch.Tensor) or rows.dim() != 2 or rows.shape[1] != pooled.shape[1]:
-                return "residue rows are not [L, D] tensors"
-    if not isinstance(notes, dict) or not isinstance(chunk.get("settings"), dict):
-        return "no notes or settings"
-    if chunk.get("checksum") != chunk_checksum(chunk):
-        return "checksum mismatch: its bytes changed after it was written"
-    if not bool(torch.isfinite(pooled).all()) or not all(bool(torch.isfinite(r).all()) for r in residues or ()):
-        return "non-finite values"
-    return None
-
-
-def _changed_settings(old: dict[str, Any], new: dict[str, Any]) -> dict[str, str]:
+def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> dict[str, str]:
     """setting → 'old → new' for every setting that differs."""
     changed = {}
     for key in sorted(set(old) | set(new), key=str):
@@ -112,253 +104,290 @@ def describe_changes(changed: dict[str, str]) -> str:
 
 
 @dataclass
-class StoredEmbedding:
-    pooled: torch.Tensor  # [D] float32
-    note: dict[str, Any] | None
+class Damaged:
+    """Chunks a pass found damaged or unreadable, by path, with the reason; each was moved to quarantine/."""
 
-
-@dataclass
-class SetAside:
-    """What one pass over the chunks did not trust: damaged chunks by name with the reason, chunks of other settings
-    with the settings that differ."""
-
-    directory: Path
-    damaged: list[tuple[str, str]] = field(default_factory=list)
-    other_settings: int = 0
-    changed: dict[str, str] = field(default_factory=dict)
-    moved: bool = True  # set aside; False: only skipped (an array shard leaves other shards' chunks alone)
-
-    def __bool__(self) -> bool:
-        return bool(self.damaged or self.other_settings)
+    found: list[tuple[Path, str]] = field(default_factory=list)
 
     def lines(self, label: str) -> list[str]:
-        """One note per damaged chunk (the first few, then a count) and one for the chunks of other settings."""
-        where = self.directory / SET_ASIDE
-        fate = f"moved to {where}" if self.moved else "skipped (left in place for a run without --shard)"
         lines = [
-            f"{label}: chunk {name} is damaged or unreadable ({reason}); {fate}, its proteins are redone"
-            for name, reason in self.damaged[:NOTES_LISTED]
+            f"{label}: chunk {path} is damaged or unreadable ({reason}); moved to {QUARANTINE}/ beside it (kept, "
+            "never read); the sequences it held are computed again by the run or shard they belong to"
+            for path, reason in self.found[:NOTES_LISTED]
         ]
-        if len(self.damaged) > NOTES_LISTED:
-            lines.append(f"{label}: {len(self.damaged) - NOTES_LISTED} more damaged chunk(s) {fate}")
-        if self.other_settings:
-            lines.append(
-                f"{label}: {self.other_settings} chunk(s) made with other settings ({describe_changes(self.changed)}) "
-                f"were {fate}; their proteins are redone"
-            )
+        if len(self.found) > NOTES_LISTED:
+            lines.append(f"{label}: {len(self.found) - NOTES_LISTED} more damaged chunk(s) moved to {QUARANTINE}/")
         return lines
 
 
 class ChunkStore:
-    """The chunks of one model in one directory. `settings` is what produced them (stored in every chunk, so a
-    chunk of other settings can say what changed); `dim` is the embedding width, checked on every chunk read."""
+    """One partition of the store under `root`: the chunks of one set of `settings` (vector_settings); `dim`, the
+    vector width, is checked on every chunk read. Many processes may use one partition at once."""
 
-    def __init__(self, directory: Path, settings: dict[str, Any], dim: int | None = None):
-        self.directory = directory
+    def __init__(self, root: Path, settings: dict[str, Any], dim: int | None = None):
+        self.root = root
         self.settings = settings
         self.fingerprint = fingerprint(settings)
+        self.directory = root / partition_name(settings)
         self.dim = dim
+        self.damaged = Damaged()
+        self.chunks_read = 0  # trusted chunks that held sequences asked for
+        self._seen: set[Path] = set()
 
     def chunk_files(self) -> list[Path]:
-        return sorted(self.directory.glob(f"*{CHUNK_SUFFIX}")) if self.directory.is_dir() else []
+        """This partition's chunks, and those of the earlier layout made with these settings."""
+        own = sorted(self.directory.glob(f"*{CHUNK_SUFFIX}")) if self.directory.is_dir() else []
+        return own + legacy_chunks(self.root).get(self.fingerprint, [])
 
-    def _read(self, path: Path) -> tuple[dict | None, str | None, bool]:
-        """→ (chunk if trusted and of these settings, why not trusted, whether it is of other settings)."""
-        try:
-            chunk = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # any unreadable file is set aside, never fatal
-            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-            return None, f"unreadable: {reason}", False
-        problem = chunk_problem(chunk, self.dim)
-        if problem is not None:
-            return None, problem, False
-        if chunk["fingerprint"] != self.fingerprint or fingerprint(chunk["settings"]) != chunk["fingerprint"]:
-            return chunk, None, True
-        if (chunk["residues"] is not None) != bool(self.settings.get("per_residue", chunk["residues"] is not None)):
-            return None, "residue rows present or absent against its settings", False
-        return chunk, None, False
-
-    def set_aside(self, path: Path) -> Path:
-        """Move a chunk (or whatever sits under a chunk's name) out of the way, keeping it for inspection."""
-        target_dir = self.directory / SET_ASIDE
-        target_dir.mkdir(parents=True, exist_ok=True)
-        target = target_dir / path.name
-        n = 1
-        while target.exists() or target.is_symlink():
-            target, n = target_dir / f"{path.name}.{n}", n + 1
-        os.replace(path, target)
-        return target
-
-    def load(self, set_aside: bool = False) -> tuple[dict[str, StoredEmbedding], SetAside]:
-        """Pooled embeddings of trusted chunks of these settings, by sequence digest; and what was not trusted
-        (moved into set_aside/ when `set_aside`, else only skipped).
-
-        Residue rows are left on disk (residue_rows streams them): all of a job's would not fit in memory.
-        """
-        found: dict[str, StoredEmbedding] = {}
-        report = SetAside(self.directory, moved=set_aside)
-        for chunk in self.trusted(report, set_aside):
-            for i, digest in enumerate(chunk["digests"]):
-                found[digest] = StoredEmbedding(chunk["pooled"][i], chunk["notes"].get(digest))
-        return found, report
-
-    def trusted(self, report: SetAside, set_aside: bool = False) -> Iterator[dict[str, Any]]:
-        """Each trusted chunk of these settings in turn; the others are noted in `report` (and set aside)."""
+    def chunks_holding(self, wanted: np.ndarray, new_only: bool = False) -> Iterator[dict[str, Any]]:
+        """Each trusted chunk that holds any of `wanted` (DIGEST), checked in full as it is read; a damaged chunk is
+        quarantined and added to self.damaged. Chunks that hold none of them are only glanced at (their header).
+        `new_only`: only chunk files this ChunkStore has not looked at before (written meanwhile by another run)."""
+        wanted = np.unique(wanted)
         for path in self.chunk_files():
-            chunk, problem, other = self._read(path)
-            if problem is not None or other:
-                if problem is not None:
-                    report.damaged.append((path.name, problem))
-                else:
-                    report.other_settings += 1
-                    for key, change in _changed_settings(chunk["settings"], self.settings).items():
-                        report.changed.setdefault(key, change)
-                if set_aside:
-                    self.set_aside(path)
+            if new_only and path in self._seen:
                 continue
+            self._seen.add(path)
+            try:
+                header = read_header(path)
+                if header is not None and header[0] != self.fingerprint:  # put here by hand, or a legacy mix-up
+                    changed = describe_changes(changed_settings(header[1], self.settings))
+                    self._quarantine(path, f"made with other settings ({changed})")
+                    continue
+                if header is not None and not np.isin(hex_to_digests(header[2]), wanted).any():
+                    continue
+                chunk, problem = read_chunk(path, self.dim)
+            except FileNotFoundError:  # moved meanwhile: quarantined by another run, or tidied into a partition
+                continue
+            if problem is not None:
+                self._quarantine(path, problem)
+                continue
+            self.chunks_read += 1
             yield chunk
 
-    def done_digests(self, set_aside: bool = False) -> tuple[np.ndarray, SetAside]:
-        """Digests (utils.inputs.unique.DIGEST, sorted) of the sequences in trusted chunks of these settings, and what
-        was not trusted (moved into set_aside/ when `set_aside`): a worker's view of what a previous run finished,
-        without a tensor per protein."""
-        from utils.inputs.unique import hex_to_digests
+    def held(self, wanted: np.ndarray, new_only: bool = False) -> np.ndarray:
+        """The digests of `wanted` (DIGEST) that trusted chunks hold, sorted; see chunks_holding."""
+        found = [hex_to_digests(chunk["digests"]) for chunk in self.chunks_holding(wanted, new_only)]
+        if not found:
+            return np.zeros(0, dtype=DIGEST)
+        return np.intersect1d(np.concatenate(found), wanted)
 
-        report = SetAside(self.directory, moved=set_aside)
-        parts = [hex_to_digests(chunk["digests"]) for chunk in self.trusted(report, set_aside)]
-        return np.unique(np.concatenate(parts) if parts else hex_to_digests([])), report
-
-    def survey(self) -> dict[str, tuple[dict[str, Any], int]]:
-        """fingerprint → (settings, number of chunks) of the chunks here, read cheaply (tensors memory-mapped, not
-        checked); a chunk that cannot be read this way is left to the full check."""
-        found: dict[str, tuple[dict[str, Any], int]] = {}
+    def claimed(self, wanted: np.ndarray) -> np.ndarray:
+        """The digests of `wanted` that chunk headers claim, read cheaply and nothing checked (a damaged chunk counts
+        until a run checks it): for estimates (--dry-run, the disk check), which must not move anything."""
+        wanted = np.unique(wanted)
+        found = []
         for path in self.chunk_files():
             try:
-                chunk = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                stamp, settings = chunk["fingerprint"], chunk["settings"]
-            except Exception:  # damaged: the full check names it
+                header = read_header(path)
+            except FileNotFoundError:
                 continue
-            if isinstance(stamp, str) and isinstance(settings, dict):
-                found[stamp] = (settings, found.get(stamp, ({}, 0))[1] + 1)
-        return found
+            if header is not None and header[0] == self.fingerprint:
+                found.append(np.intersect1d(hex_to_digests(header[2]), wanted))
+        return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=DIGEST)
 
-    def claimed(self) -> dict[str, Any] | None:
-        """The settings settings.json claims the store for, or None when there is none (or it is unreadable)."""
-        try:
-            claim = json.loads((self.directory / SETTINGS_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        settings = claim.get("settings") if isinstance(claim, dict) else None
-        return settings if isinstance(settings, dict) else None
-
-    def claim(self, shard: str | None, reconcile: str) -> list[str]:
-        """Before any work: make the store this run's. A whole-store run (`shard` None) claims it outright (its
-        workers set aside chunks of other settings); a shard refuses (UserError naming the settings that differ and
-        `reconcile`, the commands that settle it) a store claimed for, or holding chunks of, other settings, and
-        else claims it exclusively, so that of two shards started at once with different settings one refuses.
-        Then brings back set-aside chunks of these settings. Returns notes for the user."""
-        if shard is not None:
-            self._refuse_other_settings(shard, reconcile)
-        record = json.dumps({"fingerprint": self.fingerprint, "settings": self.settings}, default=str).encode()
-        path = self.directory / SETTINGS_FILE
-        if shard is None:
-            atomic_write_bytes(path, record)
-        elif self.claimed() is None:
-            self._create_exclusively(path, record)
-            self._refuse_other_settings(shard, reconcile)  # another shard may have claimed it first
-        restored = self.restore_set_aside()
-        if not restored:
-            return []
-        return [f"{restored} chunk(s) of these settings brought back from {self.directory / SET_ASIDE}"]
-
-    def _refuse_other_settings(self, shard: str, reconcile: str) -> None:
-        claimed = self.claimed()
-        others = {fp: entry for fp, entry in self.survey().items() if fp != self.fingerprint}
-        if claimed is not None and fingerprint(claimed) != self.fingerprint:
-            others.setdefault(fingerprint(claimed), (claimed, 0))
-        if not others:
-            return
-        chunks = sum(count for _, count in others.values())
-        settings = max(others.values(), key=lambda entry: entry[1])[0]
-        held = f"holds {chunks} chunk(s) made" if chunks else "was started by another run"
-        raise UserError(
-            f"--shard {shard}: {self.directory} {held} with other settings "
-            f"({describe_changes(_changed_settings(settings, self.settings))}); a shard adds only to a store of its "
-            f"own settings and sets nothing aside. {reconcile}"
-        )
-
-    @staticmethod
-    def _create_exclusively(path: Path, data: bytes) -> None:
-        """Write `path` only if it does not exist (a hard link publishes the whole file or fails)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def restore_set_aside(self) -> int:
-        """Move chunks of these settings that pass every check back from set_aside/ (e.g. after a change of
-        settings was undone); returns how many. A chunk whose name is taken again stays where it is."""
-        aside = self.directory / SET_ASIDE
-        if not aside.is_dir():
-            return 0
-        restored = 0
-        for path in sorted(aside.iterdir()):
-            name = re.sub(r"(\.chk)\.\d+$", r"\1", path.name)  # set_aside() numbers a name it met before
-            target = self.directory / name
-            if not name.endswith(CHUNK_SUFFIX) or not path.is_file() or target.exists() or target.is_symlink():
-                continue
-            chunk, problem, other = self._read(path)
-            if chunk is None or problem is not None or other:
-                continue
-            try:
-                os.replace(path, target)
-            except FileNotFoundError:  # another shard brought it back first
-                continue
-            restored += 1
-        return restored
-
-    def present_digests(self) -> set[str]:
-        """Digests in chunks of these settings, read cheaply (tensors memory-mapped, not checked): for estimates."""
-        present: set[str] = set()
-        for path in self.chunk_files():
-            try:
-                chunk = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                if chunk.get("fingerprint") == self.fingerprint:
-                    present.update(d for d in chunk["digests"] if isinstance(d, str))
-            except Exception:  # damaged: it will be set aside and redone, so it counts as not present
-                continue
-        return present
-
-    def residue_rows(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(digest, [L, D] float16) for every protein in trusted chunks of these settings, one chunk at a time."""
-        for path in self.chunk_files():
-            chunk, problem, other = self._read(path)
-            if chunk is not None and problem is None and not other and chunk["residues"] is not None:
+    def residue_rows(self, wanted: np.ndarray) -> Iterator[tuple[str, torch.Tensor]]:
+        """(digest, [L, D] float16) for every protein of trusted chunks that hold any of `wanted`, a chunk at a time."""
+        for chunk in self.chunks_holding(wanted):
+            if chunk["residues"] is not None:
                 yield from zip(chunk["digests"], chunk["residues"], strict=True)
 
     def write(self, digests: list[str], embedded: list[Any], per_residue: bool) -> Path:
-        name = hashlib.sha1("".join(digests).encode()).hexdigest()[:20] + CHUNK_SUFFIX
-        chunk: dict[str, Any] = {
-            "format": CHUNK_FORMAT,
-            "fingerprint": self.fingerprint,
-            "settings": self.settings,
-            "digests": digests,
-            "pooled": torch.stack([e.pooled for e in embedded]).float(),
-            "residues": [e.residues for e in embedded] if per_residue else None,
-            "notes": {d: e.note for d, e in zip(digests, embedded, strict=True) if e.note},
-        }
-        chunk["checksum"] = chunk_checksum(chunk)
-        path = self.directory / name
+        """A new chunk of `embedded` (one per digest). Where another run published a chunk of the same batch first,
+        its file stays and this one is dropped: the same sequences, embedded with the same settings."""
+        self.make_partition()
+        path = self.directory / chunk_name(digests)
         if path.is_dir() and not path.is_symlink():  # something else under this chunk's name: keep it, out of the way
-            self.set_aside(path)
-        atomic_torch_save(chunk, path)
+            self._quarantine(path, "a directory under a chunk's name")
+        buffer = io.BytesIO()
+        torch.save(new_chunk(self.settings, digests, embedded, per_residue), buffer)
+        write_new_bytes(path, buffer.getvalue())
+        self._seen.add(path)  # its own: nothing to look up in it
         return path
+
+    def make_partition(self) -> None:
+        if not (self.directory / PARTITION_FILE).is_file():
+            record = {"fingerprint": self.fingerprint, "settings": self.settings}
+            atomic_write_bytes(self.directory / PARTITION_FILE, (json.dumps(record, indent=1) + "\n").encode())
+
+    def _quarantine(self, path: Path, reason: str) -> None:
+        self.damaged.found.append((path, reason))
+        move_aside(path, self.directory / QUARANTINE)
+
+    def others(self) -> list[tuple[Path, dict[str, Any]]]:
+        """Other partitions of this checkpoint and family (other precision, layer, long-protein settings …): where a
+        sequence missing here may have been embedded with other settings."""
+        found = [(p.directory, p.settings) for p in partitions(self.root) if p.settings is not None]
+        for stamp, paths in legacy_chunks(self.root).items():  # the earlier layout's, not yet tidied
+            header = read_header(paths[0]) if stamp is not None and paths[0].exists() else None
+            if header is not None:
+                found.append((paths[0].parent, header[1]))
+        return [
+            (directory, settings)
+            for directory, settings in found
+            if fingerprint(settings) != self.fingerprint
+            and all(settings.get(k) == self.settings.get(k) for k in ("checkpoint", "family"))
+        ]
+
+
+def move_aside(path: Path, directory: Path) -> Path | None:
+    """Move `path` into `directory` under a free name (kept, never deleted). None when it was gone already."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target, n = directory / path.name, 1
+    while target.exists() or target.is_symlink():
+        target, n = directory / f"{path.name}.{n}", n + 1
+    try:
+        os.replace(path, target)
+    except FileNotFoundError:
+        return None
+    return target
+
+
+# -- the store as a whole: partitions, sizes, pruning, the earlier layout ----------------------------------------------
+@dataclass(frozen=True)
+class Partition:
+    directory: Path
+    settings: dict[str, Any] | None  # None: a directory of the earlier layout (its chunks' settings vary)
+    chunks: int
+    bytes: int
+    quarantined: int
+
+    @property
+    def fingerprint(self) -> str | None:
+        return fingerprint(self.settings) if self.settings is not None else None
+
+
+def partitions(root: Path) -> list[Partition]:
+    """Every partition under `root` (and each directory of the earlier layout), with its chunks' count and size."""
+    found = []
+    for directory in sorted(root.iterdir()) if root.is_dir() else []:
+        if not directory.is_dir() or directory.name.startswith(".") or directory.name == QUARANTINE:
+            continue
+        settings = _partition_settings(directory)
+        if settings is None and not _PARTITION_NAME.search(directory.name) and not _legacy_files(directory):
+            continue
+        chunks = [p for p in directory.glob(f"*{CHUNK_SUFFIX}") if p.is_file()]
+        chunks += _legacy_files(directory) if settings is None else []
+        quarantine = directory / QUARANTINE
+        found.append(
+            Partition(
+                directory,
+                settings,
+                len(chunks),
+                sum(_size(p) for p in chunks),
+                len(list(quarantine.iterdir())) if quarantine.is_dir() else 0,
+            )
+        )
+    return found
+
+
+def prune(root: Path, keep: set[str]) -> list[Partition]:
+    """Remove every partition whose fingerprint is not in `keep` (quarantined chunks with it); the caller holds the
+    store alone (utils.files.StoreLock). Directories of the earlier layout are tidied into partitions first."""
+    tidy(root)
+    removed = []
+    for partition in partitions(root):
+        if partition.settings is not None and partition.fingerprint not in keep:
+            shutil.rmtree(partition.directory)
+            removed.append(partition)
+    return removed
+
+
+def _partition_settings(directory: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads((directory / PARTITION_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    settings = record.get("settings") if isinstance(record, dict) else None
+    return settings if isinstance(settings, dict) else None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _legacy_files(directory: Path) -> list[Path]:
+    """The chunk files of one directory of the earlier layout: its chunks and those it had set aside."""
+    files = [p for p in directory.glob(f"*{CHUNK_SUFFIX}") if p.is_file()]
+    aside = directory / LEGACY_SET_ASIDE
+    if aside.is_dir():  # set_aside/ numbered a name it met twice: name.chk.1
+        files += [p for p in aside.iterdir() if p.is_file() and re.search(r"\.chk(\.\d+)?$", p.name)]
+    return sorted(files)
+
+
+def _legacy_dirs(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return [
+        d for d in sorted(root.iterdir())
+        if d.is_dir() and not d.name.startswith(".") and d.name != QUARANTINE and not _PARTITION_NAME.search(d.name)
+    ]  # fmt: skip
+
+
+_LEGACY: dict[Path, tuple[tuple, dict[str | None, list[Path]]]] = {}  # root → (directories' mtimes, index)
+
+
+def legacy_chunks(root: Path) -> dict[str | None, list[Path]]:
+    """fingerprint → chunk files of the earlier layout under `root` (None: unreadable ones), read once per process
+    while those directories are unchanged."""
+    directories = _legacy_dirs(root)
+    stamp = tuple((d, d.stat().st_mtime_ns, _mtime(d / LEGACY_SET_ASIDE)) for d in directories)
+    cached = _LEGACY.get(root)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    index: dict[str | None, list[Path]] = {}
+    for directory in directories:
+        for path in _legacy_files(directory):
+            try:
+                header = read_header(path)
+            except FileNotFoundError:
+                continue
+            index.setdefault(header[0] if header else None, []).append(path)
+    _LEGACY[root] = (stamp, index)
+    return index
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def tidy(root: Path) -> list[str]:
+    """Chunks of the earlier layout moved into the partitions of their settings (unreadable ones into
+    {root}/quarantine/), its claims and empty directories removed, dead temporary files removed. Safe while other
+    runs use the store: they find a moved chunk in its partition. → notes for the user."""
+    moved = 0
+    for stamp, paths in legacy_chunks(root).items():
+        for path in paths:
+            if stamp is None:
+                move_aside(path, root / QUARANTINE)
+                continue
+            header = read_header(path) if path.exists() else None
+            if header is None:
+                continue
+            store = ChunkStore(root, header[1])
+            store.make_partition()
+            name = re.sub(r"(\.chk)\.\d+$", r"\1", path.name)
+            if (store.directory / name).exists():  # the same batch in both: keep both, under a free name
+                name = f"{path.stem.split('.')[0]}.{os.getpid()}{CHUNK_SUFFIX}"
+            try:
+                os.replace(path, store.directory / name)
+                moved += 1
+            except FileNotFoundError:
+                continue
+    for directory in [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []:
+        remove_dead_temporary_files(directory)
+    for directory in _legacy_dirs(root):
+        (directory / LEGACY_CLAIM).unlink(missing_ok=True)
+        for empty in (directory / LEGACY_SET_ASIDE, directory):
+            try:
+                empty.rmdir()
+            except OSError:
+                pass
+    _LEGACY.pop(root, None)
+    return [f"{moved} chunk(s) of the earlier store layout moved into the partitions of {root}"] if moved else []

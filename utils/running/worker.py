@@ -1,8 +1,9 @@
 """One worker process: one work order (a model, or one shard of it, on one device), in checkpoint chunks.
 
-The worker loads its model once, plans length-sorted batches over all its sequences (utils.engine.embedder), skips the
-chunks a previous run finished, and writes each new chunk atomically. SIGTERM / Ctrl-C: the current batch finishes,
-the finished batches of the current chunk are written, and the worker exits with exits.INTERRUPTED.
+The worker loads its model once, plans length-sorted batches over all its sequences (utils.engine.embedder), skips
+the sequences its partition of the chunk store already holds (a previous run's, another config's, or those a run
+working at the same time wrote meanwhile), and writes each new chunk atomically. SIGTERM / Ctrl-C: the current batch
+finishes, the finished batches of the current chunk are written, and the worker exits with exits.INTERRUPTED.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from utils.engine.embedder import embed_batches
 from utils.engine.encode import Encoder, ModelError, load_encoder
 from utils.engine.finite import Fp32Redo
 from utils.inputs.fasta import sequence_lengths
-from utils.inputs.unique import digests_of
+from utils.inputs.unique import digest_hex, digests_of
 from utils.malloc import give_back_free_memory
 from utils.outputs.progress import ProgressLog
 from utils.running.plan import WorkOrder
-from utils.running.store import ChunkStore, sequence_digest
+from utils.running.store import ChunkStore, changed_settings, describe_changes
 
 
 def _die_with_main(main_pid: int) -> None:
@@ -126,6 +127,14 @@ def run_work_order(order: WorkOrder, main_pid: int) -> int:
         raise
 
 
+def report_damaged(store: ChunkStore, label: str, log: logging.Logger) -> None:
+    """Damaged chunks the store met since the last call: a note each (quarantined; their sequences are redone)."""
+    for message in store.damaged.lines(label):
+        log.warning(message)
+        print(f"note: {message}", file=sys.stderr)
+    store.damaged.found.clear()
+
+
 def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) -> int:
     """Every sequence of the order not yet in a chunk → new chunks. Returns exits.OK or exits.INTERRUPTED."""
     from tqdm import tqdm
@@ -135,16 +144,12 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
     tqdm.set_lock(threading.RLock())
     torch.manual_seed(order.run.seed)
     family = order.model.family
-    store = ChunkStore(order.chunk_dir, order.chunk_settings, order.model.dim)
-    done, set_aside = store.done_digests(set_aside=order.owns_store)  # a shard leaves other shards' chunks alone
-    for message in set_aside.lines(order.label):
-        log.warning(message)
-        print(f"note: {message}", file=sys.stderr)
-
+    store = ChunkStore(order.store_dir, order.chunk_settings, order.model.dim)
     # Packed (utils.inputs.fasta.Strings, numpy): a proteome's order costs bytes per protein, not objects per protein
     sequences = order.sequences
-    # Digests of every sequence only when earlier chunks exist; new chunks hash their own sequences as they go
-    is_done = np.isin(digests_of(sequences), done) if len(done) else np.zeros(len(sequences), dtype=bool)
+    digests = digests_of(sequences)
+    is_done = np.isin(digests, store.held(digests))
+    report_damaged(store, order.label, log)
     lengths = sequence_lengths(sequences)
     limits = order.limits()
     # The plan covers every sequence, done or not, so a rerun cuts the same batches and chunks as the first run.
@@ -159,14 +164,21 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
         limits.max_tokens_per_batch, limits.max_residues,
     )  # fmt: skip
     if 0 < reused < len(sequences):
-        print(
-            f"note: {order.label}: {reused} sequences reused from earlier chunks, computing the rest", file=sys.stderr
-        )
+        print(f"note: {order.label}: {reused} sequences already in the store, computing the rest", file=sys.stderr)
+    elif not reused and len(sequences):
+        others = store.others()
+        if others:  # say why nothing is reused: the store has this checkpoint, but under other settings
+            what = describe_changes(changed_settings(others[0][1], order.chunk_settings))
+            print(
+                f"note: {order.label}: the store holds this checkpoint's vectors only under other settings ({what}); "
+                "computing them for these settings",
+                file=sys.stderr,
+            )
     # For the run report (utils/outputs/report.py): one JSON line per event, a flush per chunk.
     progress = ProgressLog(order.progress_path, label=order.label, model=order.model.config.key, device=order.device)
     progress.write(
         "start", precision=order.precision, sequences=len(sequences), reused=reused,
-        reused_chunks=len(store.chunk_files()), max_residues=limits.max_residues,
+        reused_chunks=store.chunks_read, max_residues=limits.max_residues,
     )  # fmt: skip
     if not pending:
         progress.write("end", status="done")
@@ -204,19 +216,21 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
     try:
         for chunk in chunked(batches, order.run.save_every_n_batches):
             todo = [b for b in chunk if not is_done[b].all()]
+            if todo:  # a run at work on the same store at the same time may have written some of them meanwhile
+                is_done |= np.isin(digests, store.held(digests[np.concatenate(todo)], new_only=True))
+                report_damaged(store, order.label, log)
+                todo = [b for b in chunk if not is_done[b].all()]
             if not todo:
                 continue
             chunk_digests: list[str] = []
             chunk_embedded: list = []
             chunk_residues, chunk_windowed, chunk_redone = 0, [], 0
             for batch, embedded in embed_batches(encoder, sequences, todo, order.precision, fp32):
-                chunk_digests += [sequence_digest(sequences[i]) for i in batch]
+                chunk_digests += [digest_hex(d) for d in digests[batch].tolist()]
                 chunk_embedded += embedded
                 for e, i in zip(embedded, batch, strict=True):
                     if e.note:
-                        log.info(
-                            "sequence %s (%d residues): %s", sequence_digest(sequences[i])[:12], lengths[i], e.note
-                        )
+                        log.info("sequence %s (%d residues): %s", digest_hex(digests[i])[:12], lengths[i], e.note)
                         if "windows" in e.note:  # a protein redone in fp32 in one pass has a note, no windows
                             chunk_windowed.append(int(lengths[i]))
                         chunk_redone += "redone" in e.note
