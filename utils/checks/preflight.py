@@ -33,7 +33,7 @@ def check_devices(config: Config) -> list[str]:
 
 
 def check_engine(config: Config) -> list[str]:
-    """engine: ray needs Ray where the job runs; --merge, --dry-run and --set-aside use no engine and do not ask."""
+    """engine: ray needs Ray where the job runs; --merge and --dry-run use no engine and do not ask."""
     import importlib.util
 
     if config.run.engine != "ray":

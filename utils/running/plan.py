@@ -64,8 +64,8 @@ def prepare(config_path: Path) -> tuple[Config, dict[str, Records], list[Resolve
 def prepare_inputs(
     config: Config, devices: bool = True, engine: bool = True
 ) -> tuple[dict[str, Records], list[ResolvedModel]]:
-    """prepare's checks of a loaded config: paths, devices (unless `devices` is False: --merge and --set-aside run
-    nothing on them), the engine (unless `engine` is False: nor does --dry-run), the FASTA splits, the models, the
+    """prepare's checks of a loaded config: paths, devices (unless `devices` is False: --merge runs nothing on
+    them), the engine (unless `engine` is False: nor does --dry-run), the FASTA splits, the models, the
     disk. Raises UserError listing every problem found."""
     from utils.checks import preflight, resolve
 
