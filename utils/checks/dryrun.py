@@ -281,8 +281,12 @@ def store_line(config: Config, jobs: list) -> str:
     if not found:
         return f"store: {config.store}: empty; every vector computed goes there, for this run and any later one"
     used = {fingerprint(order.chunk_settings) for job in jobs for order in job.orders}
-    unused = [p for p in found if p.fingerprint not in used]
-    text = f"store: {config.store}: {len(found)} partition(s), {size_text(sum(p.bytes for p in found))}"
+    earlier = [p for p in found if p.settings is None]
+    unused = [p for p in found if p.settings is not None and p.fingerprint not in used]
+    text = f"store: {config.store}: {len(found) - len(earlier)} partition(s)"
+    if earlier:
+        text += f" and {len(earlier)} directory(ies) of the earlier layout (read as they are; tidied by the next run)"
+    text += f", {size_text(sum(p.bytes for p in found))}"
     if unused:
         text += (
             f"; {len(unused)} not used by this config ({size_text(sum(p.bytes for p in unused))}: other models or "
