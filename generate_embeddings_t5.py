@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from utils.errors import UserError
     from utils.running.local import run_job, start_worker_server
     from utils.running.merge import merge_job
-    from utils.running.plan import prepare_inputs
+    from utils.running.plan import input_spill, prepare_inputs
     from utils.running.shards import parse_shard
 
     if args.set_aside:
@@ -113,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         # The lock before the input is read: a second run on this output directory fails at once, not after the
         # FASTA and the checkpoints were read. With the directory unusable, prepare_inputs names that instead.
         lock = OutputLock(config.output_dir, shared=shard is not None) if not check_paths(config) else nullcontext()
-        with lock:
+        with lock, input_spill(config, shard, args.merge) as keep:
             runs_nothing = args.merge  # on a node without the configured GPU, or without Ray
-            splits, models = prepare_inputs(config, devices=not runs_nothing, engine=not runs_nothing)
+            splits, models = prepare_inputs(config, devices=not runs_nothing, engine=not runs_nothing, keep=keep)
             if args.merge:
                 return merge_job(config, splits, models)
             return run_job(config, splits, models, shard)

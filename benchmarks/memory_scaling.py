@@ -1,13 +1,17 @@
 #!/usr/bin/env python
-"""Peak memory and wall time of the main job against the number of proteins, on a zero-layer model.
+"""Peak memory and wall time of the job against the number of proteins, on a zero-layer model: a whole run, one
+array shard, and the merge after every shard.
 
-    python benchmarks/memory_scaling.py --sizes 100000,1000000 --format parquet [--json PATH]
+    python benchmarks/memory_scaling.py --sizes 100000,1000000 --modes whole,shard,merge [--json PATH]
 
-For each size: N short random proteins (20-60 residues, seeded, ~1 % duplicates) in one FASTA split, a tiny ESM-2
-checkpoint with no transformer layer (embedding lookup and layer norm: what is left is the job's own bookkeeping),
-the real CLI in a subprocess. Reports the peak RSS of the whole process tree (main process + worker, sampled every
-50 ms) and of its largest process (ru_maxrss), wall time, and between consecutive sizes the peak bytes per extra
-protein and the time ratio. The output matrix itself is N × 32 × 2 bytes here (hidden size 32).
+For each size: N random proteins (30-200 residues by default, seeded, ~1 % duplicates) in one FASTA split, a tiny
+ESM-2 checkpoint with no transformer layer (embedding lookup and layer norm: what is left is the job's own
+bookkeeping), the real CLI in a subprocess, Parquet output. Modes: `whole` (one run of the whole job), `shard` (the
+first of `--shards` array tasks, `--shard 0/N`), `merge` (`--merge` once all N shards have run; the shards
+themselves are not measured). Reports the peak RSS of the whole process tree (main process, worker server and
+workers, sampled every 50 ms) and of its largest process (ru_maxrss), wall time; between consecutive sizes, the peak
+bytes per extra protein and the time ratio; and, from the largest two sizes, a projection to UniRef50 (`--project`,
+60 M proteins) of each mode's peak. The output matrix itself is N × 32 × 2 bytes here (hidden size 32).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,12 +42,12 @@ def zero_layer_checkpoint(directory: Path) -> Path:
     return tiny_checkpoints.build_esm2(directory / "esm2_zero_layers")
 
 
-def write_proteins(path: Path, count: int, seed: int = 0) -> None:
+def write_proteins(path: Path, count: int, lengths: tuple[int, int], seed: int = 0) -> None:
     rng = random.Random(seed)
     with open(path, "w") as handle:
         previous = "MKV"
         for i in range(count):
-            sequence = previous if rng.random() < 0.01 else "".join(rng.choices(AMINO, k=rng.randint(20, 60)))
+            sequence = previous if rng.random() < 0.01 else "".join(rng.choices(AMINO, k=rng.randint(*lengths)))
             handle.write(f">prot_{i} some description\n{sequence}\n")
             previous = sequence
 
@@ -71,10 +76,7 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def run_size(directory: Path, checkpoint: Path, count: int, output_format: str, batch_size: int) -> dict:
-    work = directory / f"n{count}"
-    work.mkdir()
-    write_proteins(work / "proteins.fasta", count)
+def job_config(work: Path, checkpoint: Path, output_format: str, batch_size: int) -> Path:
     config = {
         "paths": {
             "data_dir": str(work),
@@ -86,15 +88,20 @@ def run_size(directory: Path, checkpoint: Path, count: int, output_format: str, 
             "batch_size": batch_size,
             "save_every_n_batches": 100,
             "output_format": output_format,
-            "max_tokens_per_batch": batch_size * 64,
+            "max_tokens_per_batch": batch_size * 256,
         },
         "models": {"esm": {"name": str(checkpoint), "device": "cpu"}},
     }
     (work / "config.yaml").write_text(yaml.safe_dump(config))
+    return work / "config.yaml"
+
+
+def measure(config: Path, *flags: str) -> dict:
+    """The CLI with `flags`, its process tree's peak RSS sampled every 50 ms, and its wall time."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "generate_embeddings_t5.py"), "--config", str(work / "config.yaml")],
+        [sys.executable, str(REPO / "generate_embeddings_t5.py"), "--config", str(config), *flags],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     peak = 0
@@ -104,40 +111,77 @@ def run_size(directory: Path, checkpoint: Path, count: int, output_format: str, 
     stderr = process.stderr.read() if process.stderr else ""
     wall = time.perf_counter() - started
     if process.returncode != 0:
-        raise SystemExit(f"n={count}: the job failed ({process.returncode}):\n{stderr[-3000:]}")
+        raise SystemExit(f"{' '.join(flags) or 'whole run'} failed ({process.returncode}):\n{stderr[-3000:]}")
     largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest child so far
-    return {"proteins": count, "wall_s": round(wall, 2), "peak_tree_rss": peak, "peak_largest_process_rss": largest}
+    return {"wall_s": round(wall, 2), "peak_tree_rss": peak, "peak_largest_process_rss": largest}
+
+
+def run_size(directory: Path, checkpoint: Path, count: int, mode: str, args: argparse.Namespace) -> dict:
+    work = directory / f"{mode}_n{count}"
+    work.mkdir()
+    write_proteins(work / "proteins.fasta", count, args.lengths)
+    config = job_config(work, checkpoint, args.format, args.batch_size)
+    if mode == "whole":
+        figures = measure(config)
+    elif mode == "shard":
+        figures = measure(config, "--shard", f"0/{args.shards}")
+    else:
+        for index in range(args.shards):
+            measure(config, "--shard", f"{index}/{args.shards}")
+        figures = measure(config, "--merge")
+    shutil.rmtree(work)
+    return {"mode": mode, "proteins": count, **figures}
+
+
+def project(small: dict, large: dict, proteins: int) -> float:
+    """Peak tree RSS at `proteins`, on the line through the two measured sizes."""
+    slope = (large["peak_tree_rss"] - small["peak_tree_rss"]) / (large["proteins"] - small["proteins"])
+    return large["peak_tree_rss"] + slope * (proteins - large["proteins"])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000", help="comma-separated protein counts, ascending")
+    parser.add_argument("--modes", default="whole,shard,merge", help="comma-separated: whole, shard, merge")
+    parser.add_argument("--shards", type=int, default=8, help="array tasks for the shard and merge modes")
+    parser.add_argument("--lengths", default="30,200", help="min,max residues of the random proteins")
     parser.add_argument("--format", default="parquet", help="run_params.output_format")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--project", type=int, default=60_000_000, help="proteins to project the peaks to")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
+    args.lengths = tuple(int(n) for n in args.lengths.split(","))
     sizes = [int(s) for s in args.sizes.split(",")]
-    results = []
+    results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="memory_scaling_") as tmp:
         checkpoint = zero_layer_checkpoint(Path(tmp))
-        for count in sizes:
-            results.append(run_size(Path(tmp), checkpoint, count, args.format, args.batch_size))
-            r = results[-1]
+        for mode in args.modes.split(","):
+            for count in sizes:
+                r = run_size(Path(tmp), checkpoint, count, mode, args)
+                results.setdefault(mode, []).append(r)
+                tree, largest = r["peak_tree_rss"] / 2**20, r["peak_largest_process_rss"] / 2**20
+                print(
+                    f"{mode:>5} n={count:>9,}  wall {r['wall_s']:8.1f} s  peak RSS (tree) {tree:8.1f} MiB  "
+                    f"largest process {largest:8.1f} MiB",
+                    flush=True,
+                )
+    projections = {}
+    for mode, runs in results.items():
+        for small, large in zip(runs[:-1], runs[1:], strict=True):
+            extra = large["proteins"] - small["proteins"]
+            per = (large["peak_tree_rss"] - small["peak_tree_rss"]) / extra
+            times, more = large["wall_s"] / small["wall_s"], large["proteins"] / small["proteins"]
             print(
-                f"n={count:>9,}  wall {r['wall_s']:8.1f} s  peak RSS (tree) {r['peak_tree_rss'] / 2**20:8.1f} MiB  "
-                f"largest process {r['peak_largest_process_rss'] / 2**20:8.1f} MiB",
-                flush=True,
+                f"{mode}: {small['proteins']:,} → {large['proteins']:,}: {per:.0f} bytes of peak RSS per extra "
+                f"protein; wall time × {times:.2f} for × {more:.0f} proteins"
             )
-    for small, large in zip(results[:-1], results[1:], strict=True):
-        extra = large["proteins"] - small["proteins"]
-        per = (large["peak_tree_rss"] - small["peak_tree_rss"]) / extra
-        print(
-            f"{small['proteins']:,} → {large['proteins']:,}: {per:.0f} bytes of peak RSS per extra protein; "
-            f"wall time × {large['wall_s'] / small['wall_s']:.2f} for × {large['proteins'] / small['proteins']:.0f} "
-            "proteins"
-        )
+        if len(runs) > 1:
+            projections[mode] = project(runs[-2], runs[-1], args.project)
+            print(f"{mode}: projected peak at {args.project:,} proteins: {projections[mode] / 2**30:.1f} GiB")
     if args.json:
-        args.json.write_text(json.dumps({"format": args.format, "results": results}, indent=2))
+        settings = {k: v for k, v in vars(args).items() if k != "json"}
+        document = {"settings": settings, "results": results, "projected_peak_bytes": projections}
+        args.json.write_text(json.dumps(document, indent=2, default=str))
     return 0
 
 

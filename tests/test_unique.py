@@ -11,7 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from utils.inputs.fasta import Record, Records, Strings, parse_fasta, read_fasta
+from utils.inputs.fasta import Record, Records, parse_fasta, read_fasta
+from utils.inputs.strings import Strings
 from utils.inputs.unique import digest_hex, hex_to_digests, share_sequences, shared_splits, split_digests, unique_of
 from utils.running.store import ChunkStore, sequence_digest
 

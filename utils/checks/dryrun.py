@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from utils.checks.resolve import ResolvedModel
-from utils.inputs.fasta import Record
+from utils.inputs.fasta import Records, sequence_lengths
 from utils.inputs.keys import Config
 
 if TYPE_CHECKING:
@@ -64,32 +64,37 @@ def percentile(sorted_values: Sequence[int], q: float) -> int:
     return sorted_values[int(rank) - 1]
 
 
-def length_line(lengths: Sequence[int]) -> str:
-    ordered = sorted(lengths)
+def length_line(lengths: Sequence[int] | np.ndarray) -> str:
+    ordered = np.sort(np.asarray(lengths, dtype=np.int64)).tolist()
     marks = ", ".join(f"p{q} {percentile(ordered, q):,}" for q in PERCENTILES)
     return f"length min {ordered[0]:,}, {marks}, max {ordered[-1]:,}"
 
 
-def split_lines(config: Config, splits: dict[str, list[Record]]) -> list[str]:
+def split_lines(config: Config, splits: dict[str, Records]) -> list[str]:
+    """Per split: proteins, distinct sequences, residues and length percentiles; then the job's distinct sequences
+    and duplicates, from the positions of the splits' proteins in the job's unique set (no string per protein)."""
+    from utils.inputs.unique import shared_splits, unique_of
+
+    splits = shared_splits(splits)
+    unique = unique_of(splits)
     lines = ["splits:"]
-    seen: Counter[str] = Counter()
-    within = 0
+    within = distinct_per_split = 0
     for name, records in splits.items():
-        here = Counter(r.sequence for r in records)
-        within += sum(count - 1 for count in here.values())
-        residues = sum(len(r.sequence) for r in records)
+        index = records.sequences.index  # type: ignore[attr-defined]  # shared_splits made them SharedSequences
+        distinct = len(np.unique(index))
+        within += len(index) - distinct
+        distinct_per_split += distinct
+        lengths = records.lengths()
         lines.append(
-            f"  {name}: {len(records):,} proteins, {len(here):,} unique, {residues:,} residues; "
-            f"{length_line([len(r.sequence) for r in records])}  ({config.splits[name]})"
+            f"  {name}: {len(records):,} proteins, {distinct:,} unique, {int(lengths.sum()):,} residues; "
+            f"{length_line(lengths)}  ({config.splits[name]})"
         )
-        seen.update(here.keys())
-    unique = len(seen)
     total = sum(len(records) for records in splits.values())
-    across = sum(count - 1 for count in seen.values())
-    residues = sum(len(s) for s in seen)
+    across = distinct_per_split - len(unique)
     lines.append(
-        f"  all: {total:,} proteins, {unique:,} unique sequences embedded once each ({total - unique:,} duplicates: "
-        f"{within:,} within a split, {across:,} more across splits), {residues:,} unique residues"
+        f"  all: {total:,} proteins, {len(unique):,} unique sequences embedded once each ({total - len(unique):,} "
+        f"duplicates: {within:,} within a split, {across:,} more across splits), {int(unique.lengths().sum()):,} "
+        "unique residues"
     )
     return lines
 
@@ -112,7 +117,8 @@ def plan_order(config: Config, order: WorkOrder, held: Sequence[bool] | None = N
     model = order.model
     limits = order.limits()
     special = model.family.special_tokens
-    lengths = [len(s) for i, s in enumerate(order.sequences) if held is None or not held[i]]
+    lengths = sequence_lengths(order.sequences)
+    lengths = (lengths if held is None else lengths[~np.asarray(held, dtype=bool)]).tolist()
     batches = limits.plan_batches(lengths, special)
     overlap = min(config.run.window_overlap, limits.max_residues // 4)  # as utils.engine.encode.Encoder.embed_windows
     windowed, flops = [], 0.0
@@ -176,7 +182,7 @@ def duration(seconds: float) -> str:
 
 def dry_run(
     config: Config,
-    splits: dict[str, list[Record]],
+    splits: dict[str, Records],
     models: list[ResolvedModel],
     rate: dict[tuple[str, str], float] | None = None,
     shard: Shard | None = None,
@@ -188,7 +194,7 @@ def dry_run(
     from utils.running.plan import plan_jobs, unique_sequences
 
     rates = dict(rate or {})
-    total_residues = sum(len(s) for s in unique_sequences(splits))
+    total_residues = int(sequence_lengths(unique_sequences(splits)).sum())
     lines = [f"dry run of {config.path}: nothing is loaded or written", *split_lines(config, splits), "models:"]
     device_seconds: Counter[str] = Counter()
     device_flop_per_residue: Counter[str] = Counter()

@@ -31,6 +31,7 @@ import numpy as np
 
 from utils.errors import UserError
 from utils.inputs.paths import input_file_problem
+from utils.inputs.strings import Strings, StringsBuilder
 
 # The 20 standard amino acids plus the ambiguity/rare codes every supported family has in its vocabulary.
 ALPHABET = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")
@@ -60,105 +61,6 @@ class Record:
     id: str
     sequence: str
     header: str = field(default="", compare=False)  # the whole header line after '>', kept for the outputs
-
-
-class Strings(Sequence[str]):
-    """Many strings packed as one UTF-8 buffer and their end offsets. A list of str costs ~57 bytes per string
-    beyond its characters; this costs 4 (or 8) bytes, so a proteome's ids, headers and sequences stay compact."""
-
-    __slots__ = ("data", "ends")
-
-    def __init__(self, data: bytes | bytearray | None, ends: np.ndarray):
-        self.data = data
-        self.ends = ends
-
-    @classmethod
-    def of(cls, items: Iterable[str]) -> Strings:
-        builder = StringsBuilder()
-        for item in items:
-            builder.append(item)
-        return builder.build()
-
-    def __len__(self) -> int:
-        return len(self.ends)
-
-    def _span(self, index: int) -> tuple[int, int]:
-        if index < 0:
-            index += len(self.ends)
-        if not 0 <= index < len(self.ends):
-            raise IndexError(index)
-        return (int(self.ends[index - 1]) if index else 0), int(self.ends[index])
-
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[str]: ...
-    def __getitem__(self, index: int | slice) -> str | list[str]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        return self.raw(index).decode()
-
-    def raw(self, index: int) -> bytes | bytearray:
-        """One string's UTF-8 bytes (a copy)."""
-        start, end = self._span(int(index))
-        return self._text()[start:end]
-
-    def raw_items(self) -> Iterator[bytes | bytearray]:
-        """Every string's UTF-8 bytes in turn."""
-        start, data = 0, self._text()
-        for end in self.ends.tolist():
-            yield data[start:end]
-            start = end
-
-    def _text(self) -> bytes | bytearray:
-        if self.data is None:
-            raise RuntimeError("these strings were released (only their lengths were kept)")
-        return self.data
-
-    def release(self) -> None:
-        """Drop the text, keep the lengths: a job lets its residues go once the workers have them."""
-        self.data = None
-
-    def __iter__(self) -> Iterator[str]:
-        for item in self.raw_items():
-            yield item.decode()
-
-    def byte_lengths(self) -> np.ndarray:
-        """Bytes per string (characters, for ASCII text such as sequences), int64; no temporary arrays."""
-        lengths = np.empty(len(self.ends), dtype=np.int64)
-        if len(lengths):
-            lengths[0] = self.ends[0]
-            np.subtract(self.ends[1:], self.ends[:-1], out=lengths[1:], casting="unsafe")
-        return lengths
-
-    def take(self, indices: Iterable[int]) -> Strings:
-        """The strings at `indices`, in that order, as new packed strings."""
-        builder = StringsBuilder()
-        for index in indices:
-            builder.append_bytes(self.raw(index))
-        return builder.build()
-
-
-class StringsBuilder:
-    """Appends into one growing buffer; build() packs the offsets as uint32 when they fit (4 bytes a string)."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.ends = array("q")
-
-    def append(self, text: str) -> None:
-        self.append_bytes(text.encode())
-
-    def append_bytes(self, data: bytes | bytearray) -> None:
-        self.data += data
-        self.ends.append(len(self.data))
-
-    def build(self) -> Strings:
-        ends = np.frombuffer(self.ends, dtype=np.int64) if self.ends else np.zeros(0, dtype=np.int64)
-        dtype = np.uint32 if len(self.data) < 2**32 else np.int64
-        packed = Strings(self.data, ends.astype(dtype))
-        self.data, self.ends = bytearray(), array("q")
-        return packed
 
 
 @dataclass(frozen=True)
@@ -277,17 +179,40 @@ def parse_lines(lines: Iterable[str], source: str) -> Records:
     ids, sequences, headers = StringsBuilder(), StringsBuilder(), StringsBuilder()
     # Duplicate ids are found after the reading, from these two compact columns, not from a dict of every id.
     id_hashes, header_lines = array("q"), array("q")
+    for rec_id, sequence, header, header_line in iter_records(lines, source, problems):
+        ids.append(rec_id)
+        sequences.append_bytes(sequence)
+        headers.append(header)
+        id_hashes.append(hash(rec_id))
+        header_lines.append(header_line)
+    records = Records(ids.build(), sequences.build(), headers.build())
+    problems += _duplicate_ids(records.ids, id_hashes, header_lines, source)
+    if not records and not problems:
+        problems.append(no_records(source))
+    if problems:
+        raise UserError(problems)
+    return records
+
+
+def no_records(source: str) -> str:
+    return f"{source}: no FASTA records found; check that the path names the right file"
+
+
+def iter_records(lines: Iterable[str], source: str, problems: list[str]) -> Iterator[tuple[str, bytes, str, int]]:
+    """(id, upper-case residues as ASCII bytes, whole header line, its line number) for every record, in order, one
+    record in flight at a time; each problem found (see the module docstring) is appended to `problems` as one line
+    naming the file, the line and the protein, and the record is still given (so that every problem is listed)."""
     header: str | None = None
     header_line = 0
     pieces: list[tuple[int, str]] = []  # (line number, residues on that line)
 
-    def finish() -> None:
+    def finish() -> tuple[str, bytes, str, int] | None:
         if header is None:
-            return
+            return None
         words = header.split(maxsplit=1)
         if not words:
             problems.append(f"{source}:{header_line}: header has no id; write an id right after '>'")
-            return
+            return None
         rec_id = words[0]
         hidden = None
         if not rec_id.isprintable():  # printable text has no control or format character: the common case
@@ -314,35 +239,28 @@ def parse_lines(lines: Iterable[str], source: str) -> Records:
                 fix = _HINTS.get(char, f"only the letters {_ALPHABET_TEXT} are residues: remove or replace it")
             also = f" (and {more} more bad character(s) after it)" if more else ""
             problems.append(f"{source}:{line}: protein {_shown(rec_id)} has {what} at residue {position}{also}; {fix}")
-        ids.append(rec_id)
-        sequences.append_bytes(sequence.upper().encode("ascii", "replace"))
-        headers.append(header)
-        id_hashes.append(hash(rec_id))
-        header_lines.append(header_line)
+        return rec_id, sequence.upper().encode("ascii", "replace"), header, header_line
 
     for number, line in enumerate(lines, start=1):
         stripped = line.strip(_BLANKS)
         if not stripped:
             continue
         if stripped.startswith(">"):
-            finish()
+            record = finish()
+            if record is not None:
+                yield record
             header, header_line, pieces = stripped[1:].lstrip(_BLANKS), number, []
         elif header is None:
             problems.append(
                 f"{source}:{number}: text before the first '>' header; this does not look like FASTA "
                 "(each record starts with a line '>id description')"
             )
-            break
+            return
         else:
             pieces.append((number, stripped.translate(_DROP_BLANKS)))
-    finish()
-    records = Records(ids.build(), sequences.build(), headers.build())
-    problems += _duplicate_ids(records.ids, id_hashes, header_lines, source)
-    if not records and not problems:
-        problems.append(f"{source}: no FASTA records found; check that the path names the right file")
-    if problems:
-        raise UserError(problems)
-    return records
+    record = finish()
+    if record is not None:
+        yield record
 
 
 def repeated_ids(ids: Strings, hashes: np.ndarray | None = None) -> list[tuple[int, int]]:
@@ -366,10 +284,16 @@ def _duplicate_ids(ids: Strings, id_hashes: array, header_lines: array, source: 
     """One problem per record whose id an earlier record has, naming both header lines."""
     hashes = np.frombuffer(id_hashes, dtype=np.int64) if id_hashes else np.zeros(0, dtype=np.int64)
     return [
-        f"{source}:{header_lines[later]}: protein id {_shown(ids[later])} appears twice (lines "
-        f"{header_lines[first]} and {header_lines[later]}); ids must be unique: rename or remove one"
+        duplicate_id(source, ids[later], header_lines[first], header_lines[later])
         for first, later in repeated_ids(ids, hashes)
     ]
+
+
+def duplicate_id(source: str, rec_id: str, first_line: int, later_line: int) -> str:
+    return (
+        f"{source}:{later_line}: protein id {_shown(rec_id)} appears twice (lines {first_line} and {later_line}); "
+        "ids must be unique: rename or remove one"
+    )
 
 
 class _NotText(Exception):
@@ -421,3 +345,18 @@ def read_fasta(path: Path) -> Records:
     except _NotText:
         # Binary or not UTF-8: the whole file read at once says where and what, as one message
         return parse_fasta(_read_text(path), str(path))
+
+
+def fasta_lines(path: Path) -> Iterator[str]:
+    """A FASTA file's lines for iter_records, streamed; raises UserError for anything that is not a readable FASTA
+    text file (a missing file, a directory or pipe, binary or undecodable content), one line naming it."""
+    problem = input_file_problem(path)
+    if problem:
+        raise UserError(f"{path}: {problem}; name a FASTA file (plain or gzip) in the config")
+    if not path.is_file():
+        raise UserError(f"{path}: FASTA file not found; check paths.data_dir and the split's file name in the config")
+    try:
+        yield from _stream_lines(path)
+    except _NotText:
+        parse_fasta(_read_text(path), str(path))  # raises UserError saying where and what
+        raise UserError(f"{path}: not a FASTA text file") from None

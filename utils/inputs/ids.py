@@ -22,7 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from utils.errors import UserError
-from utils.inputs.fasta import Record, Records, Strings, repeated_ids
+from utils.inputs.fasta import Record, Records, repeated_ids
+from utils.inputs.strings import Strings
 
 ID_FORMATS = ("first_word", "uniprot")
 # The database tag, the accession, then the entry name: the layout of every UniProtKB FASTA header.
@@ -57,14 +58,26 @@ def apply_id_format(records: Sequence[Record], id_format: str, source: str) -> R
         return records
     mapped = replace(records, ids=Strings.of(protein_id(rec_id, id_format) for rec_id in records.ids))
     problems = [
-        f"{source}: headers {_shown(mapped.headers[first])} and {_shown(mapped.headers[later])} both give "
-        f"protein id {mapped.ids[later]!r} under paths.id_format: {id_format}; ids must be unique: remove one of the "
-        "two proteins, or set id_format: first_word"
+        shared_id(source, mapped.headers[first], mapped.headers[later], mapped.ids[later], id_format)
         for first, later in repeated_ids(mapped.ids)
     ]
     if problems:
         raise UserError(problems)
     return mapped
+
+
+def shared_id(source: str, first_header: str, later_header: str, rec_id: str, id_format: str) -> str:
+    """The problem of two headers that `id_format` maps to one id."""
+    return (
+        f"{source}: headers {_shown(first_header)} and {_shown(later_header)} both give protein id {rec_id!r} under "
+        f"paths.id_format: {id_format}; ids must be unique: remove one of the two proteins, or set id_format: "
+        "first_word"
+    )
+
+
+def looks_like_uniprot(first_word: str) -> bool:
+    """A header's first word that starts like a UniProt header but is not one (it keeps its first word as id)."""
+    return bool(_UNIPROT_LIKE.match(first_word)) and not _UNIPROT_HEADER.match(first_word)
 
 
 def uniprot_lookalikes(files: Iterable[Records], id_format: str) -> str | None:
@@ -75,9 +88,14 @@ def uniprot_lookalikes(files: Iterable[Records], id_format: str) -> str | None:
     count, example = 0, None
     for records in files:
         for first_word in records.ids:
-            if _UNIPROT_LIKE.match(first_word) and not _UNIPROT_HEADER.match(first_word):
+            if looks_like_uniprot(first_word):
                 count += 1
                 example = example or first_word
+    return lookalike_note(count, example)
+
+
+def lookalike_note(count: int, example: str | None) -> str | None:
+    """The note on `count` UniProt look-alike headers (looks_like_uniprot), or None when there are none."""
     if not count:
         return None
     return (

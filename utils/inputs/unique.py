@@ -18,7 +18,8 @@ from typing import overload
 
 import numpy as np
 
-from utils.inputs.fasta import Records, Strings, StringsBuilder
+from utils.inputs.fasta import Records
+from utils.inputs.strings import Strings, StringsBuilder
 
 DIGEST = np.dtype("S20")  # sha1, raw bytes
 
@@ -92,7 +93,7 @@ def hex_to_digests(keys: Sequence[str]) -> np.ndarray:
 def digests_of(sequences: Sequence[str] | Strings) -> np.ndarray:
     """sha1 of each sequence, as a DIGEST array."""
     digests = np.empty(len(sequences), dtype=DIGEST)
-    if isinstance(sequences, Strings):
+    if hasattr(sequences, "raw_items"):  # packed (Strings) or in a file (utils.inputs.spill.FileStrings)
         for i, sequence in enumerate(sequences.raw_items()):
             digests[i] = hashlib.sha1(sequence).digest()
         return digests
@@ -101,22 +102,40 @@ def digests_of(sequences: Sequence[str] | Strings) -> np.ndarray:
     return digests
 
 
+def dedupe(digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each distinct digest once, numbered in order of first appearance: (the position of each one's first
+    appearance, ascending; for every position, the number of its digest, uint32 or int64). A sort and a few arrays
+    of 1-8 bytes per digest, one at a time: at a proteome's size the transient arrays are the reading's peak."""
+    count = len(digests)
+    if not count:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint32)
+    order = np.argsort(digests, kind="stable")  # equal digests stay in input order: the first one first
+    new = np.empty(count, dtype=bool)
+    new[0] = True
+    ordered = digests[order]
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    del ordered
+    first = order[new]  # per distinct digest (in digest order), where it first appears
+    group = np.cumsum(new, dtype=np.int64)
+    group -= 1
+    del new
+    appearance = np.argsort(first, kind="stable")
+    rank = np.empty(len(first), dtype=np.uint32 if len(first) < 2**32 else np.int64)
+    rank[appearance] = np.arange(len(first), dtype=rank.dtype)
+    index = np.empty(count, dtype=rank.dtype)
+    index[order] = rank[group]
+    return first[appearance], index
+
+
 def share_sequences(splits: dict[str, Records]) -> tuple[dict[str, Records], UniqueSequences]:
     """Splits whose records' sequences point into one UniqueSequences, and that set. The splits' own residue buffers
     are no longer referenced afterwards, so they are freed."""
     parts = [digests_of(records.sequences) for records in splits.values()]
     every = np.concatenate(parts) if parts else np.zeros(0, dtype=DIGEST)
     del parts
-    distinct, first, inverse = np.unique(every, return_index=True, return_inverse=True)
+    first, index = dedupe(every)
+    digests = every[first]
     del every
-    # np.unique numbers the sequences in digest order; renumber them in order of first appearance
-    appearance = np.argsort(first, kind="stable")
-    rank = np.empty_like(appearance)
-    rank[appearance] = np.arange(len(appearance))
-    index = rank[inverse.reshape(-1)].astype(np.uint32 if len(first) < 2**32 else np.int64)
-    del inverse, rank
-    digests, first = distinct[appearance], first[appearance]
-    del distinct
     # Each unique sequence's residues, copied from the split and row of its first appearance
     bounds = np.cumsum([0] + [len(records) for records in splits.values()])
     columns = [records.sequences for records in splits.values()]
@@ -126,11 +145,17 @@ def share_sequences(splits: dict[str, Records]) -> tuple[dict[str, Records], Uni
         column, row = columns[part], position - int(bounds[part])
         builder.append_bytes(column.raw(row) if isinstance(column, Strings) else column[row].encode("ascii"))
     unique = UniqueSequences(builder.build(), digests)
-    shared = {}
-    for part, (name, records) in enumerate(splits.items()):
-        rows = SharedSequences(unique, index[bounds[part] : bounds[part + 1]])
+    return share_index(splits, unique, index), unique
+
+
+def share_index(splits: dict[str, Records], unique: UniqueSequences, index: np.ndarray) -> dict[str, Records]:
+    """The splits with their sequences as positions in `unique`: `index` holds every split's proteins in turn."""
+    shared, start = {}, 0
+    for name, records in splits.items():
+        rows = SharedSequences(unique, index[start : start + len(records)])
         shared[name] = replace(records, sequences=rows)  # type: ignore[arg-type]
-    return shared, unique
+        start += len(records)
+    return shared
 
 
 def shared_unique(splits: dict[str, Sequence]) -> UniqueSequences | None:

@@ -24,8 +24,9 @@ from pathlib import Path
 
 from utils import exits
 from utils.checks.resolve import ResolvedModel
-from utils.inputs.fasta import Records, Strings
+from utils.inputs.fasta import Records
 from utils.inputs.keys import Config
+from utils.inputs.strings import Strings
 from utils.inputs.unique import shared_splits, shared_unique
 from utils.malloc import give_back_free_memory
 from utils.running.merge import finish_jobs

@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,32 +27,39 @@ from utils.checks.resolve import ResolvedModel
 from utils.engine.limits import Limits, device_limits
 from utils.errors import UserError
 from utils.inputs.config import load_config
-from utils.inputs.fasta import Records, read_fasta
-from utils.inputs.ids import apply_id_format, uniprot_lookalikes
+from utils.inputs.fasta import Records
 from utils.inputs.keys import Config, RunParams
-from utils.inputs.unique import digest_hex, share_sequences, unique_of
+from utils.inputs.reading import Keep, read_fasta_splits
+from utils.inputs.spill import Spill
+from utils.inputs.unique import digest_hex, unique_of
 from utils.malloc import give_back_free_memory
 from utils.outputs.progress import progress_path
 from utils.running.shards import Shard
 
 
 # -- checks -----------------------------------------------------------------------------------------------------------
-def read_splits(config: Config) -> dict[str, Records]:
-    """Every split's records; their sequences point into the job's unique set (utils.inputs.unique)."""
-    splits, problems = {}, []
-    for name, path in config.splits.items():
-        try:
-            splits[name] = apply_id_format(read_fasta(path), config.id_format, str(path))
-        except UserError as exc:
-            problems += exc.problems
-    if problems:
-        raise UserError(problems)
-    unmapped = uniprot_lookalikes(splits.values(), config.id_format)
-    if unmapped:
-        print(f"note: {unmapped}", file=sys.stderr)
-    shared = share_sequences(splits)[0]
+def read_splits(config: Config, keep: Keep | None = None) -> dict[str, Records]:
+    """Every split's records (what `keep` asks for); their sequences point into the job's unique set."""
+    splits, note = read_fasta_splits(config.splits, config.id_format, keep)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     give_back_free_memory()  # the reading's and the deduplication's transient arrays
-    return shared
+    return splits
+
+
+@contextmanager
+def input_spill(config: Config, shard: Shard | None, merge: bool) -> Iterator[Keep | None]:
+    """What a run keeps of its input (utils.inputs.reading.Keep): residues and header lines in scratch files in the
+    output directory (which the caller holds the lock of), not in memory; a shard only its own proteins' residues,
+    --merge only header lines. The files go when the run ends (a killed run's, when the next run takes the lock)."""
+    if not config.output_dir.is_dir():  # refused by the checks that follow: nothing to spill into
+        yield None
+        return
+    spill = Spill(config.output_dir, residues=not merge, headers=shard is None)
+    try:
+        yield Keep(belongs=shard.holds if shard is not None else None, residues=not merge, spill=spill)
+    finally:
+        spill.close()
 
 
 def prepare(config_path: Path) -> tuple[Config, dict[str, Records], list[ResolvedModel]]:
@@ -62,18 +70,18 @@ def prepare(config_path: Path) -> tuple[Config, dict[str, Records], list[Resolve
 
 
 def prepare_inputs(
-    config: Config, devices: bool = True, engine: bool = True
+    config: Config, devices: bool = True, engine: bool = True, keep: Keep | None = None
 ) -> tuple[dict[str, Records], list[ResolvedModel]]:
     """prepare's checks of a loaded config: paths, devices (unless `devices` is False: --merge runs nothing on
-    them), the engine (unless `engine` is False: nor does --dry-run), the FASTA splits, the models, the
-    disk. Raises UserError listing every problem found."""
+    them), the engine (unless `engine` is False: nor does --dry-run), the FASTA splits (what `keep` asks to keep of
+    them: utils.inputs.reading), the models, the disk. Raises UserError listing every problem found."""
     from utils.checks import preflight, resolve
 
     problems = preflight.check_paths(config)
     problems += preflight.check_devices(config) if devices else []
     problems += preflight.check_engine(config) if engine else []
     try:
-        splits = read_splits(config)
+        splits = read_splits(config, keep)
     except UserError as exc:
         problems += exc.problems
         splits = {}
