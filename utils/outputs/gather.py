@@ -38,21 +38,18 @@ class UniqueVectors:
         one at a time, into `path` (created sparse; the caller removes it). A sequence in several chunks (two runs
         computed it) is taken once: from the first partition, then the first chunk, that holds it."""
         count, dim = len(unique), stores[0].dim or 0
-        by_digest = np.argsort(unique.digests)  # unique positions in digest order: a chunk's digests are looked up
-        sorted_digests = unique.digests[by_digest]
         filled = np.zeros(count, dtype=bool)
         notes: dict[str, Any] = {}
         with open(path, "wb") as handle:
             handle.truncate(count * dim * 2)
         for store in stores:
-            for chunk in store.chunks_holding(unique.digests):
-                digests = hex_to_digests(chunk["digests"])
-                at = np.minimum(np.searchsorted(sorted_digests, digests), max(count - 1, 0))
-                known = np.flatnonzero(sorted_digests[at] == digests) if count else np.zeros(0, dtype=np.int64)
-                known = known[~filled[by_digest[at[known]]]]
+            for chunk in store.chunks_holding(unique.sorted_digests()):
+                where, found = unique.positions_of(hex_to_digests(chunk["digests"]))
+                known = np.flatnonzero(found)
+                known = known[~filled[where[known]]]
                 if not len(known):
                     continue
-                positions = by_digest[at[known]]
+                positions = where[known]
                 vectors = chunk["pooled"][torch.from_numpy(known)].to(torch.float16).numpy()
                 mapped = np.memmap(path, dtype=np.float16, mode="r+", shape=(count, dim))
                 mapped[positions] = vectors

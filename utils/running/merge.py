@@ -171,7 +171,8 @@ def _write_splits(
     from utils.outputs.writers import h5_path, residues_h5_path, write_outputs
 
     model = job.model
-    noted_unique = np.flatnonzero(np.isin(unique.digests, hex_to_digests(list(vectors.notes))))
+    where, found = unique.positions_of(hex_to_digests(list(vectors.notes)))
+    noted_unique = np.sort(where[found])
     lines, merged = [], {}
     for split, records in splits.items():
         if stopping is not None and stopping.is_set():
@@ -302,7 +303,9 @@ def merge_job(config: Config, splits: dict[str, Records], models: list[ResolvedM
         stores = job_stores(job)
         have = np.zeros(len(unique), dtype=bool)
         for store in stores:
-            have |= np.isin(unique.digests, store.held(unique.digests))
+            for chunk in store.chunks_holding(unique.sorted_digests()):
+                where, found = unique.positions_of(hex_to_digests(chunk["digests"]))
+                have[where[found]] = True
         missing_rows = [(r, np.flatnonzero(~have[r.sequences.index])) for r in splits.values()]
         count = sum(len(rows) for _, rows in missing_rows)
         if count:

@@ -143,7 +143,7 @@ class ChunkStore:
         """Each trusted chunk that holds any of `wanted` (DIGEST), checked in full as it is read; a damaged chunk is
         quarantined and added to self.damaged. Chunks that hold none of them are only glanced at (their header).
         `new_only`: only chunk files this ChunkStore has not looked at before (written meanwhile by another run)."""
-        wanted = np.unique(wanted)
+        wanted = sorted_set(wanted)
         for path in self.chunk_files():
             if new_only and path in self._seen:
                 continue
@@ -154,7 +154,7 @@ class ChunkStore:
                     changed = describe_changes(changed_settings(header[1], self.settings))
                     self._quarantine(path, f"made with other settings ({changed})")
                     continue
-                if header is not None and not np.isin(hex_to_digests(header[2]), wanted).any():
+                if header is not None and not contains(wanted, hex_to_digests(header[2])).any():
                     continue
                 chunk, problem = read_chunk(path, self.dim)
             except FileNotFoundError:  # moved meanwhile: quarantined by another run, or tidied into a partition
@@ -167,15 +167,17 @@ class ChunkStore:
 
     def held(self, wanted: np.ndarray, new_only: bool = False) -> np.ndarray:
         """The digests of `wanted` (DIGEST) that trusted chunks hold, sorted; see chunks_holding."""
-        found = [hex_to_digests(chunk["digests"]) for chunk in self.chunks_holding(wanted, new_only)]
-        if not found:
-            return np.zeros(0, dtype=DIGEST)
-        return np.intersect1d(np.concatenate(found), wanted)
+        wanted = sorted_set(wanted)
+        found = []
+        for chunk in self.chunks_holding(wanted, new_only):
+            digests = hex_to_digests(chunk["digests"])
+            found.append(digests[contains(wanted, digests)])
+        return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=DIGEST)
 
     def claimed(self, wanted: np.ndarray) -> np.ndarray:
         """The digests of `wanted` that chunk headers claim, read cheaply and nothing checked (a damaged chunk counts
         until a run checks it): for estimates (--dry-run, the disk check), which must not move anything."""
-        wanted = np.unique(wanted)
+        wanted = sorted_set(wanted)
         found = []
         for path in self.chunk_files():
             try:
@@ -183,7 +185,8 @@ class ChunkStore:
             except FileNotFoundError:
                 continue
             if header is not None and header[0] == self.fingerprint:
-                found.append(np.intersect1d(hex_to_digests(header[2]), wanted))
+                digests = hex_to_digests(header[2])
+                found.append(digests[contains(wanted, digests)])
         return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=DIGEST)
 
     def residue_rows(self, wanted: np.ndarray) -> Iterator[tuple[str, torch.Tensor]]:
@@ -228,6 +231,20 @@ class ChunkStore:
             if fingerprint(settings) != self.fingerprint
             and all(settings.get(k) == self.settings.get(k) for k in ("checkpoint", "family"))
         ]
+
+
+def sorted_set(digests: np.ndarray) -> np.ndarray:
+    """`digests` sorted, each once (as given when they are already: a comparison, not a sort)."""
+    if len(digests) < 2 or bool((digests[1:] > digests[:-1]).all()):
+        return digests
+    return np.unique(digests)
+
+
+def contains(ordered: np.ndarray, digests: np.ndarray) -> np.ndarray:
+    """Whether each of `digests` is in `ordered` (sorted): a binary search each, no sort of `ordered` again."""
+    if not len(ordered):
+        return np.zeros(len(digests), dtype=bool)
+    return ordered[np.minimum(np.searchsorted(ordered, digests), len(ordered) - 1)] == digests
 
 
 def move_aside(path: Path, directory: Path) -> Path | None:
