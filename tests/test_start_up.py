@@ -140,6 +140,13 @@ def test_the_python_api_raises_one_import_error(hook, broken_torch):
     assert uncaught.stderr.splitlines()[-1].startswith("utils.requirements.MissingRequirement: torch is not installed")
 
 
+def test_the_python_api_does_not_ask_for_what_only_the_job_needs(hook):
+    """The output writers' h5py and pyarrow and the report's matplotlib are the job's: the API works without them."""
+    result = run(["-c", "from utils import Embedder; print(Embedder.__name__)"], hook,
+                 TEST_HIDE_MODULES="h5py,pyarrow,matplotlib")  # fmt: skip
+    assert result.returncode == 0 and result.stdout.strip() == "Embedder", result.stderr
+
+
 def test_the_requirement_table_lists_requirements_txt():
     """Every package requirements_t5.txt installs for running (the lines before its tests) is checked up front."""
     text = (REPO / "requirements_t5.txt").read_text().split("# tests and linting")[0]

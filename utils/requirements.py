@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from utils.errors import UserError
@@ -36,6 +36,9 @@ REQUIREMENTS = {
     "pyarrow": "pyarrow",
     "matplotlib": "matplotlib",
 }
+# What the Python API's Embedder needs: not the writers' (h5py, pyarrow) nor the report's (matplotlib)
+ENGINE_REQUIREMENTS = ("torch", "transformers", "sentencepiece", "google.protobuf", "tokenizers", "safetensors",
+                       "huggingface_hub", "yaml", "numpy", "tqdm")  # fmt: skip
 INSTALL = (
     "install the requirements as README.md says: on a CPU machine `pip install torch==2.13.0 && pip install -r "
     "requirements_t5.txt`; on a GPU machine the CUDA build of torch for your GPU (https://pytorch.org), then "
@@ -59,13 +62,14 @@ def _installed(module: str) -> bool:
         return False
 
 
-def missing_requirements() -> list[str]:
-    """The pip names of the requirements that are not installed, in requirements_t5.txt's order."""
-    return [package for module, package in REQUIREMENTS.items() if not _installed(module)]
+def missing_requirements(modules: Iterable[str] = tuple(REQUIREMENTS)) -> list[str]:
+    """The pip names of the requirements (of `modules`, import names) that are not installed, in
+    requirements_t5.txt's order."""
+    return [REQUIREMENTS[module] for module in modules if not _installed(module)]
 
 
-def require() -> None:
-    missing = missing_requirements()
+def require(modules: Iterable[str] = tuple(REQUIREMENTS)) -> None:
+    missing = missing_requirements(modules)
     if missing:
         what = f"{missing[0]} is" if len(missing) == 1 else f"{', '.join(missing)} are"
         raise MissingRequirement(f"{what} not installed in this Python ({sys.executable})", missing[0])
