@@ -22,6 +22,7 @@ from pathlib import Path
 
 from utils import exits
 from utils.inputs.keys import describe_config_keys
+from utils.requirements import require
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,6 +77,7 @@ def _shard_value_attached(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    require()  # before torch is imported: a missing requirement is one line, not an import's traceback
     # Imported after parsing: --help must not need torch.
     from utils.errors import UserError
     from utils.running.local import run_job, start_worker_server
@@ -123,10 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.lines():
             print(f"error: {line}", file=sys.stderr)
         return exits.BAD_INPUT
-    except KeyboardInterrupt:  # during the checks, before any worker started: nothing was written
-        print("\ninterrupted before any work started; rerun the same command to start", file=sys.stderr)
-        return exits.INTERRUPTED
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Ctrl-C before the run's own handlers are in place (torch's import alone takes a second or more; then the
+    # checks, before any worker started) ends here, in one line
+    sys.exit(exits.run_script(main, "interrupted before any work started; rerun the same command to start"))

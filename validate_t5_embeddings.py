@@ -19,7 +19,9 @@ import math
 import sys
 from pathlib import Path
 
+from utils import exits
 from utils.inputs.keys import describe_config_keys
+from utils.requirements import require
 
 
 def positive_gb(text: str) -> float:
@@ -55,6 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    require()  # before torch is imported: a missing requirement is one line, not an import's traceback
     # Imported after parsing: --help must not need torch.
     from utils.checks.preflight_check import run_preflight_check
 
@@ -62,4 +65,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exits.run_script(main, "interrupted: the pre-flight check stopped before its report; rerun it to check"))

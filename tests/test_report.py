@@ -90,7 +90,7 @@ def test_report_numbers_and_self_contained_html(tmp_path):
     assert titles == ["protein lengths per split", "residues / s over time, per worker", "time per model and device",
                       "unique sequences reused and computed, per worker"]  # fmt: skip
     shown = "".join(charts[0].itertext())
-    assert "train: 5 proteins" in shown and "dead, esm1b, t5: 1,022" in shown  # the one-pass limit, dashed
+    assert "train: 5 proteins" in shown and "every model: 1,022" in shown  # the one-pass limit, dashed
     assert "windows (some model)" in shown  # the two 1,300-residue proteins are marked
     assert "train_embeddings_esm1b.pt" in text and "local:abc" in text
 

@@ -20,6 +20,10 @@ __all__ = ["Embedder"]
 
 def __getattr__(name: str) -> Any:
     if name == "Embedder":
+        # A requirement not installed: one ImportError naming it and the install commands, not a traceback later
+        from utils.requirements import ENGINE_REQUIREMENTS, require
+
+        require(ENGINE_REQUIREMENTS)
         from utils.engine.embedder import Embedder
 
         return Embedder

@@ -279,8 +279,8 @@ def store_partition(order: WorkOrder) -> str:
 
 def store_line(config: Config, jobs: list) -> str:
     """The store as a whole: its partitions and size, and those this config does not use."""
+    from utils.outputs.report_text import size_text
     from utils.running.chunks import fingerprint
-    from utils.running.prune import size_text
     from utils.running.store import partitions
 
     found = partitions(config.store)

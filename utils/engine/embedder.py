@@ -106,14 +106,17 @@ class Embedder:
         attention: str = "auto",
         store_dir: str | Path | None = None,
     ):
-        from utils.checks.preflight import check_devices
-        from utils.checks.resolve import resolve_model
-        from utils.engine.encode import Encoder, load_encoder, resolve_precision
-        from utils.engine.finite import Fp32Redo
-        from utils.engine.limits import device_limits
-        from utils.errors import UserError
-        from utils.inputs.config import setting_problems
-        from utils.inputs.keys import ATTENTION_PATHS, PRECISIONS, Config, ModelConfig, RunParams, normalise_device
+        from utils.requirements import requirements_checked
+
+        with requirements_checked():  # one that fails to import: an ImportError naming it, not a traceback into it
+            from utils.checks.preflight import check_devices
+            from utils.checks.resolve import resolve_model
+            from utils.engine.encode import Encoder, load_encoder, resolve_precision
+            from utils.engine.finite import Fp32Redo
+            from utils.engine.limits import device_limits
+            from utils.errors import UserError
+            from utils.inputs.config import setting_problems
+            from utils.inputs.keys import ATTENTION_PATHS, PRECISIONS, Config, ModelConfig, RunParams, normalise_device
 
         where = normalise_device(device)
         problems = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -25,6 +26,8 @@ from utils.outputs.progress import WorkerSummary, read_progress, summarise_worke
 
 REPORT_NAME = "run_report.html"
 SUMMARY_NAME = "run_summary.json"
+MAX_ERROR_CHARS = 300  # of a worker's error in the report: its first line is what a reader needs
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")  # a record's time, as worker logs write it
 
 
 def nearest_rank(sorted_values: Sequence[int], q: float) -> int:
@@ -171,6 +174,35 @@ def write_report(
     return report
 
 
+def worker_error(log_path: Path, since: float) -> str | None:
+    """The last error a worker's log recorded at or after `since` (a log keeps the records of earlier runs): an ERROR
+    record's message or, when a traceback follows it, the exception's line, which ends the traceback."""
+    try:
+        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    error = None
+    for i, line in enumerate(lines):
+        stamp = LOG_TIME.match(line)
+        if not stamp or " ERROR " not in line or time.mktime(time.strptime(stamp[1], "%Y-%m-%d %H:%M:%S")) < since - 1:
+            continue
+        error = line.split(" ERROR ", 1)[1]
+        if lines[i + 1 : i + 2] == ["Traceback (most recent call last):"]:
+            error = next((text for text in lines[i + 2 :] if text and not text[0].isspace()), error)
+    return error[:MAX_ERROR_CHARS] if error else None
+
+
+def failure_reasons(job: Any, since: float) -> list[str]:
+    """Why a model failed, as far as the main process (a worker that could not start) and the logs its workers wrote
+    since the run began know it."""
+    reasons = list(job.problems)
+    for order in job.orders:
+        error = worker_error(order.log_path, since)
+        if error:
+            reasons.append(f"{order.label}: {error}" if len(job.orders) > 1 else error)
+    return reasons
+
+
 def report_run(config: Any, splits: dict[str, Any], jobs: list[Any], started: float, status: str) -> None:
     """The job's last step (utils.running.local.run_job): the report of the run that began at `started`, for whatever
     was done. A report that cannot be written is a note, never a failure of the run."""
@@ -189,6 +221,10 @@ def report_run(config: Any, splits: dict[str, Any], jobs: list[Any], started: fl
             "devices": list(model.config.devices),
             "checkpoint": model.identity,
             "status": state,
+            "problems": failure_reasons(job, started) if job.failed else [],
+            "log": f"{config.log_dir}/{model.config.output_key}*.log",
+            # why proteins went through windows (utils.outputs.report_text.window_reason): the limit set, or the model's
+            "max_residues": {"set": config.run.max_residues, "model": model.arch.max_residues},
         })  # fmt: skip
     sequences = {name: records.sequences for name, records in splits.items()}
     paths = [order.progress_path for job in jobs for order in job.orders if order.progress_path is not None]

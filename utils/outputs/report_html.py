@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from utils.outputs.progress import WorkerSummary
+from utils.outputs.report_text import Status, run_status, size_text
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -26,6 +27,7 @@ HISTOGRAM_BINS = 40
 SERIES_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf")
 LOAD_COLOUR = "#bbbbbb"
 STATUS_COLOURS = {"done": "#4c9a5f", "interrupted": "#e0a030", "failed": "#d0473c"}
+STATUS_BLOCK_COLOURS = {**STATUS_COLOURS, "notes": "#e0a030"}  # the status block's edge, by its Status.kind
 ONE_PASS_COLOUR, WINDOWS_COLOUR = "#7a9cc6", "#d0473c"
 REUSED_COLOUR, COMPUTED_COLOUR = "#7a9cc6", "#4c9a5f"
 MARKERS_UP_TO = 100  # points per line; past that the markers merge into the line and only add bytes
@@ -209,9 +211,11 @@ def chart_lengths(split_lengths: dict[str, list[int]], limits: dict[str, int]) -
             for row, (limit, models) in enumerate(shown_limits):
                 axes.axvline(limit, color=WINDOWS_COLOUR, linestyle="--", linewidth=1)
                 right = limit < math.sqrt(edges[0] * edges[-1])  # the label on the side with more room
-                axes.text(limit, 0.97 - 0.09 * row, f" {', '.join(sorted(models))}: {limit:,} ",
-                          transform=axes.get_xaxis_transform(), color=WINDOWS_COLOUR, fontsize=7, va="top",
-                          ha="left" if right else "right")  # fmt: skip
+                # On a white ground: the label often crosses the red bars of the proteins past that very limit
+                named = "every model" if len(models) == len(limits) > 1 else ", ".join(sorted(models))
+                axes.text(limit, 0.97 - 0.09 * row, f" {named}: {limit:,} ", transform=axes.get_xaxis_transform(),
+                          color=WINDOWS_COLOUR, fontsize=7, va="top", ha="left" if right else "right",
+                          bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1})  # fmt: skip
         _legend(figure, entries)
         return _svg(figure, "protein lengths per split")
 
@@ -273,6 +277,22 @@ def _chart(svg: str | None, name: str) -> str:
     return f"<figure>{svg}</figure>"
 
 
+def _short_identity(identity: str) -> str:
+    """'sha256:<64 hex digits>' → 'sha256:0e61381008d8…', enough to tell checkpoints apart (the whole identity is in
+    the JSON): the whole one made the models table wider than the page."""
+    kind, _, digest = identity.partition(":")
+    return f"{kind}:{digest[:12]}…" if len(digest) > 16 else identity
+
+
+def _status_block(status: Status) -> str:
+    """What a reader must know first, in sentences, before any table or chart."""
+    notes = "".join(f"<li>{html.escape(note)}</li>" for note in status.notes)
+    return (
+        f"<div class='status' style='border-color: {STATUS_BLOCK_COLOURS[status.kind]}'>"
+        f"<p><b>{html.escape(status.headline)}</b></p>{f'<ul>{notes}</ul>' if notes else ''}</div>"
+    )
+
+
 def render_html(
     summary: dict[str, Any], split_lengths: dict[str, list[int]], workers: list[WorkerSummary], summary_name: str
 ) -> str:
@@ -289,8 +309,8 @@ def render_html(
         for name, s in summary["splits"].items()
     ]  # fmt: skip
     model_rows = [
-        (m["key"], m["name"], m["model_name"], m["family"], m["layer"], ", ".join(m["devices"]), m["checkpoint"],
-         m["status"])
+        (m["key"], m["name"], m["model_name"], m["family"], m["layer"], ", ".join(m["devices"]),
+         _short_identity(m["checkpoint"]), m["status"])
         for m in summary["models"]
     ]  # fmt: skip
     worker_rows = [
@@ -300,25 +320,29 @@ def render_html(
          len(w["windowed_lengths"]))
         for w in summary["workers"]
     ]  # fmt: skip
-    output_rows = [(o["file"], f"{o['bytes'] / 1e6:,.2f} MB") for o in summary["outputs"]]
+    output_rows = [(o["file"], size_text(o["bytes"])) for o in summary["outputs"]]
+    status = run_status(summary)
     store = summary.get("store") or {"path": "", "partitions": []}
     store_rows = [
-        (p["directory"], f"{p['chunks']:,}", f"{p['bytes'] / 1e6:,.2f} MB", p["quarantined"] or "",
+        (p["directory"], f"{p['chunks']:,}", size_text(p["bytes"]), p["quarantined"] or "",
          "yes" if p["used_by_this_run"] else "no")
         for p in store["partitions"]
     ]  # fmt: skip
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Embedding run report</title>
+<html lang="en"><head><meta charset="utf-8"><title>Embedding run report: {status.word}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
 th {{ background: #f0f0f0; }} .none {{ color: #888; }} code {{ font-size: 0.95em; }}
 svg {{ max-width: 100%; height: auto; }} figure {{ margin: 0.5em 0; }}
+.status {{ border-left: 0.4em solid; padding: 0.1em 1em; margin: 1em 0; background: #f7f7f7; }}
+.status ul {{ padding-left: 1.2em; }} .status li {{ margin: 0.3em 0; }}
 </style></head><body>
 <h1>Embedding run report</h1>
-<p><code>{html.escape(summary["config"])}</code>: <b>{html.escape(summary["status"])}</b>,
-{summary["wall_seconds"]:,.1f} s ({html.escape(summary["started"])} → {html.escape(summary["ended"])}).
+{_status_block(status)}
+<p><code>{html.escape(summary["config"])}</code>: {summary["wall_seconds"]:,.1f} s
+({html.escape(summary["started"])} → {html.escape(summary["ended"])}).
 Python {v["python"]}, torch {v["torch"]}, transformers {v["transformers"]} (CUDA {v["cuda"]}),
 {html.escape(v["platform"])}. The numbers are in <code>{html.escape(summary_name)}</code> beside this file.</p>
 <h2>Inputs</h2>

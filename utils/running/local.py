@@ -132,7 +132,14 @@ def start_worker_server() -> None:
     from multiprocessing import forkserver
 
     worker_context()
-    forkserver.ensure_running()
+    # The server starts with SIGINT ignored (a disposition a child inherits): a Ctrl-C in the terminal reaches the
+    # whole process group, and during the server's imports (seconds) it would kill the server with a traceback and
+    # fail every model after it. This process handles Ctrl-C and stops the workers itself.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _worker_process(order: WorkOrder, main_pid: int) -> None:

@@ -8,7 +8,6 @@ store (utils.files.StoreLock). Quarantined chunks of a kept partition stay (look
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from utils import exits
 from utils.errors import UserError
@@ -37,6 +36,7 @@ def used_partitions(config: Config) -> set[str]:
 def prune_store(config: Config, remove: bool) -> int:
     """Remove (or, without `remove`, list) the partitions of config.store that the config does not use."""
     from utils.files import StoreLock
+    from utils.outputs.report_text import size_text
     from utils.running.store import partitions, prune
 
     root = config.store
@@ -62,18 +62,3 @@ def prune_store(config: Config, remove: bool) -> int:
         file=sys.stderr,
     )
     return exits.OK
-
-
-def size_text(count: float) -> str:
-    """Bytes in the unit that fits: 512 B, 12.3 KB, 4.5 MB, 1.2 GB."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1000 or unit == "GB":
-            return f"{count:,.0f} {unit}" if unit == "B" else f"{count:,.1f} {unit}"
-        count /= 1000
-    return f"{count:,.1f} TB"
-
-
-def store_size(root: Path) -> int:
-    from utils.running.store import partitions
-
-    return sum(p.bytes for p in partitions(root))
