@@ -55,7 +55,14 @@ def report_text(tmp_path: Path, models: list[dict], paths: list[Path], status: s
     for n in range(outputs):
         (out / f"train_embeddings_m{n}.pt").write_bytes(b"x" * 10**n)
     splits = {"train": ["M" * n for n in (10, 50, 300, 1300, 2000)]}
-    return write_report(out, paths, Path("c.yaml"), splits, models, time.time() - 5, status).read_text()
+    store = {
+        "path": str(out / ".chunks"),
+        "partitions": [
+            {"directory": "esm2.fp32.layer6.0123456789abcdef", "settings": {}, "chunks": 3, "bytes": 12_000,
+             "quarantined": 0, "used_by_this_run": True},
+        ],
+    }  # fmt: skip
+    return write_report(out, paths, Path("c.yaml"), splits, models, time.time() - 5, status, store).read_text()
 
 
 def test_windows_fp32_redos_and_a_failed_model_are_the_first_lines(tmp_path):

@@ -293,6 +293,15 @@ def _status_block(status: Status) -> str:
     )
 
 
+def store_section(path: str, rows: list[tuple]) -> str:
+    """The chunk store after the run: its partitions, their size, and which this run used."""
+    return f"""<h2>Chunk store</h2>
+<p><code>{html.escape(path)}</code>: every vector computed, one partition per set of settings, shared by every run and
+config that names it (a later run reuses what is here). <code>--prune-store</code> removes the partitions a config
+does not use.</p>
+{_table(("partition", "chunks", "size", "quarantined", "used by this run"), rows)}"""
+
+
 def render_html(
     summary: dict[str, Any], split_lengths: dict[str, list[int]], workers: list[WorkerSummary], summary_name: str
 ) -> str:
@@ -362,10 +371,6 @@ Python {v["python"]}, torch {v["torch"]}, transformers {v["transformers"]} (CUDA
 {_chart(chart_reuse(workers), "reused and computed")}
 <h2>Outputs written</h2>
 {_table(("file", "size"), output_rows) if output_rows else "<p class='none'>none in this run</p>"}
-<h2>Chunk store</h2>
-<p><code>{html.escape(store["path"])}</code>: every vector computed, one partition per set of settings, shared by
-every run and config that names it (a later run reuses what is here). <code>--prune-store</code> removes the
-partitions a config does not use.</p>
-{_table(("partition", "chunks", "size", "quarantined", "used by this run"), store_rows) if store_rows else ""}
+{store_section(store["path"], store_rows) if "store" in summary else ""}
 </body></html>
 """
