@@ -8,6 +8,7 @@ signal lands in it), and ENOSPC from the chunk writer or from the merge. The pro
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -80,6 +81,9 @@ def _patch_output(module):
             time.sleep(1.5)
         if os.environ.get("TEST_MERGE_ENOSPC"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(output_dir / f".{split}.tmp"))
+        if os.environ.get("TEST_MERGE_NO_MEMORY"):  # what pyarrow raises under ulimit -v
+            import pyarrow.lib
+            raise pyarrow.lib.ArrowMemoryError("malloc of size 1048576 failed")
         return original(output_dir, split, *args, **kwargs)
 
     module.write_outputs = write_outputs
@@ -91,7 +95,7 @@ if os.environ.get("TEST_MARKER") or os.environ.get("TEST_BLOCK_EMBED") or os.env
     PATCHES["utils.engine.encode"] = _patch_encode
 if os.environ.get("TEST_CHUNK_ENOSPC_AFTER"):
     PATCHES["utils.files"] = _patch_store  # every chunk is written through utils.files.write_new_bytes
-if os.environ.get("TEST_MERGE_MARKER") or os.environ.get("TEST_MERGE_ENOSPC"):
+if os.environ.get("TEST_MERGE_MARKER") or os.environ.get("TEST_MERGE_ENOSPC") or os.environ.get("TEST_MERGE_NO_MEMORY"):
     PATCHES["utils.outputs.writers"] = _patch_output
 
 if PATCHES:
@@ -300,6 +304,22 @@ def test_disk_full_during_merge_is_one_line_and_resumable(checkpoints, tmp_path,
     lines = [line for line in result.stderr.splitlines() if "No space left on device" in line]
     assert len(lines) == 1 and lines[0].startswith("error:") and "rerun the same command" in lines[0], result.stderr
     assert not _finals(tmp_path / "out") and not _temporary(tmp_path / "out")
+
+
+def test_merge_out_of_memory_is_one_line_and_the_rerun_finishes(checkpoints, tmp_path, hook_path):
+    """Under a memory limit pyarrow raises ArrowMemoryError in the merge: one line, exit 1, the report written and
+    the progress files gone; the same command again only merges."""
+    config = _setup(tmp_path, checkpoints, report=True)
+    result = _run(config, hook_path, TEST_MERGE_NO_MEMORY="1")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "ran out of memory" in line]
+    assert line.startswith("error:") and "malloc of size 1048576 failed" in line and "rerun the same command" in line
+    assert not _finals(tmp_path / "out") and not list((tmp_path / "logs").glob("*.progress.jsonl"))
+    assert json.loads((tmp_path / "out" / "run_summary.json").read_text())["status"] == "failed"
+    rerun = _run(config, hook_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert _finals(tmp_path / "out") == ["test_embeddings_esm.pt", "train_embeddings_esm.pt"]
 
 
 def test_closed_stdout_after_the_files_are_written_is_not_an_error(checkpoints, tmp_path, hook_path):

@@ -232,11 +232,14 @@ def report_run(config: Any, splits: dict[str, Any], jobs: list[Any], started: fl
         store = store_summary(config.store, [settings for job in jobs for settings in job.partitions()])
         path = write_report(config.output_dir, paths, config.path, sequences, models, started, status, store)
     except Exception as exc:  # noqa: BLE001 - the outputs are written; the report is only a picture of the run
-        print(f"note: the run report could not be written ({type(exc).__name__}: {exc})", file=sys.stderr)
-        return
-    for progress in paths:  # their numbers are in run_summary.json now; one file per run would pile up
+        reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        print(f"note: the run report could not be written ({reason}); the workers' logs say what they did",
+              file=sys.stderr)  # fmt: skip
+        path = None
+    for progress in paths:  # in run_summary.json now, or lost with the report: either way one file per run piles up
         progress.unlink(missing_ok=True)
-    print(f"report: {path}", file=sys.stderr)
+    if path is not None:
+        print(f"report: {path}", file=sys.stderr)
 
 
 def store_summary(root: Path, used: list[dict[str, Any]]) -> dict[str, Any]:

@@ -69,6 +69,16 @@ def finish_jobs(
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return exits.FAILED
+    except MemoryError as exc:  # pyarrow's ArrowMemoryError too: under a memory limit (ulimit -v, a cgroup, --mem)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no memory left"
+        print(
+            f"error: writing the final files in {config.output_dir} ran out of memory ({reason}); every vector is in "
+            "the chunk store: rerun the same command (it only merges), with more memory if the limit was the job's",
+            file=sys.stderr,
+        )
+        if config.run.report:
+            report_run(config, splits, jobs, started_at, "failed")
+        return exits.FAILED
     except OSError as exc:  # ENOSPC and the like, from h5py or torch.save: the chunks are all there
         where = exc.filename or config.output_dir
         print(
