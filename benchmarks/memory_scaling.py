@@ -100,15 +100,17 @@ def measure(config: Path, *flags: str) -> dict:
     """The CLI with `flags`, its process tree's peak RSS sampled every 50 ms, and its wall time."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "generate_embeddings_t5.py"), "--config", str(config), *flags],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    peak = 0
-    while process.poll() is None:
-        peak = max(peak, tree_rss(process.pid))
-        time.sleep(0.05)
-    stderr = process.stderr.read() if process.stderr else ""
+    log = config.parent / "stderr.log"  # a file, not a pipe: a pipe nobody reads until the end fills and blocks
+    with open(log, "w") as stderr_file:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "generate_embeddings_t5.py"), "--config", str(config), *flags],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr_file,
+        )  # fmt: skip
+        peak = 0
+        while process.poll() is None:
+            peak = max(peak, tree_rss(process.pid))
+            time.sleep(0.05)
+    stderr = log.read_text()
     wall = time.perf_counter() - started
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(flags) or 'whole run'} failed ({process.returncode}):\n{stderr[-3000:]}")

@@ -167,8 +167,8 @@ class Spill:
 
     def __init__(self, directory: Path, residues: bool = True, headers: bool = True):
         directory.mkdir(parents=True, exist_ok=True)
-        self.residues_path = temporary_path(directory / ".sequences") if residues else None
-        self.headers_path = temporary_path(directory / ".headers") if headers else None
+        self.residues_path = temporary_path(directory / "sequences") if residues else None
+        self.headers_path = temporary_path(directory / "headers") if headers else None
         self._residues = open(self.residues_path, "wb") if self.residues_path else None  # noqa: SIM115
         self._headers = open(self.headers_path, "wb") if self.headers_path else None  # noqa: SIM115
 

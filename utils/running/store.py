@@ -132,12 +132,15 @@ class ChunkStore:
         self.dim = dim
         self.damaged = Damaged()
         self.chunks_read = 0  # trusted chunks that held sequences asked for
-        self._seen: set[Path] = set()
+        self._seen: set[str] = set()  # chunk files looked at (chunks_holding's new_only)
 
     def chunk_files(self) -> list[Path]:
         """This partition's chunks, and those of the earlier layout made with these settings."""
-        own = sorted(self.directory.glob(f"*{CHUNK_SUFFIX}")) if self.directory.is_dir() else []
-        return own + legacy_chunks(self.root).get(self.fingerprint, [])
+        try:
+            names = sorted(name for name in os.listdir(self.directory) if name.endswith(CHUNK_SUFFIX))
+        except FileNotFoundError:
+            names = []
+        return [self.directory / name for name in names] + legacy_chunks(self.root).get(self.fingerprint, [])
 
     def chunks_holding(self, wanted: np.ndarray, new_only: bool = False) -> Iterator[dict[str, Any]]:
         """Each trusted chunk that holds any of `wanted` (DIGEST), checked in full as it is read; a damaged chunk is
@@ -145,9 +148,9 @@ class ChunkStore:
         `new_only`: only chunk files this ChunkStore has not looked at before (written meanwhile by another run)."""
         wanted = sorted_set(wanted)
         for path in self.chunk_files():
-            if new_only and path in self._seen:
+            if new_only and str(path) in self._seen:
                 continue
-            self._seen.add(path)
+            self._seen.add(str(path))
             try:
                 header = read_header(path)
                 if header is not None and header[0] != self.fingerprint:  # put here by hand, or a legacy mix-up
@@ -205,7 +208,7 @@ class ChunkStore:
         buffer = io.BytesIO()
         torch.save(new_chunk(self.settings, digests, embedded, per_residue), buffer)
         write_new_bytes(path, buffer.getvalue())
-        self._seen.add(path)  # its own: nothing to look up in it
+        self._seen.add(str(path))  # its own: nothing to look up in it
         return path
 
     def make_partition(self) -> None:
