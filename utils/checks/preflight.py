@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from utils.checks.resolve import ResolvedModel
 from utils.inputs.fasta import Records
 from utils.inputs.keys import Config, ModelConfig, output_formats
@@ -146,13 +148,11 @@ def estimate_output_bytes(
     config: Config,
     splits: dict[str, Records],
     models: list[ResolvedModel],
-    present: dict[str, set[str]] | None = None,
+    present: dict[str, np.ndarray] | None = None,
 ) -> int:
-    """Final files, plus chunks still to write (sequences in `present[output_key]`, already in chunks, are not
-    counted), with a margin for containers."""
-    import numpy as np
-
-    from utils.inputs.unique import digest_hex, unique_of
+    """Final files, plus chunks still to write (`present[output_key]`: which of the job's unique sequences the store
+    holds already, not counted), with a margin for containers."""
+    from utils.inputs.unique import unique_of
 
     present = present or {}
     proteins = sum(len(records) for records in splits.values())
@@ -162,9 +162,8 @@ def estimate_output_bytes(
     files = len(output_formats(config.run.output_format))
     total = 0
     for model in models:
-        done = present.get(model.config.output_key, set())
-        todo = np.array([digest_hex(d) not in done for d in unique.digests.tolist()], dtype=bool) if done else None
-        todo_lengths = lengths if todo is None else lengths[todo]
+        done = present.get(model.config.output_key)
+        todo_lengths = lengths if done is None else lengths[~done]
         total += proteins * model.dim * 2 * files  # float16 finals
         total += len(todo_lengths) * model.dim * 4  # float32 chunk rows
         if config.run.per_residue:
@@ -178,14 +177,16 @@ def estimate_output_bytes(
 
 
 def check_disk(config: Config, splits: dict[str, Records], models: list[ResolvedModel]) -> list[str]:
-    from utils.inputs.unique import digest_hex, unique_of
-    from utils.running.store import ChunkStore
+    from utils.inputs.unique import unique_of
+    from utils.running.store import ChunkStore, contains
 
     unique = unique_of(splits).digests
     present = {}
     for m in models:
-        held = [ChunkStore(config.store, chunk_settings(config, m, d)).claimed(unique) for d in m.config.devices]
-        present[m.config.output_key] = {digest_hex(d) for part in held for d in part.tolist()}
+        held = np.zeros(len(unique), dtype=bool)
+        for device in m.config.devices:
+            held |= contains(ChunkStore(config.store, chunk_settings(config, m, device)).claimed(unique), unique)
+        present[m.config.output_key] = held
     needed = estimate_output_bytes(config, splits, models, present)
     existing = config.output_dir.resolve()
     while not existing.exists():

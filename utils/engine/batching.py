@@ -54,14 +54,17 @@ def plan_batch_bounds(
     packed: bool = False,
 ) -> tuple[np.ndarray, list[int]]:
     """plan_batches as (indices longest first, batch boundaries into them): batch k is order[bounds[k]:bounds[k+1]].
-    Packed, for a worker with millions of proteins: 8 bytes a protein instead of a list entry and an int object.
+    Packed, for a worker with millions of proteins: 4 bytes a protein instead of a list entry and an int object.
 
     With `packed`, the batch's proteins are laid end to end with no padding (utils.engine.tokens.TokenTable.pack) and
     attention stays within each protein: the budget counts the sum of their tokens, and neither the square budget
     nor the padding cap applies."""
-    negated = np.negative(np.asarray(lengths, dtype=np.int64))  # a new array: the caller's is untouched
+    # int32 (a protein's length fits) and a new array: the caller's is untouched. Planning a proteome, memory counts
+    negated = np.negative(np.asarray(lengths, dtype=np.int32))
     order = np.argsort(negated, kind="stable")  # longest first, ties in input order
-    ordered = np.negative(negated[order], out=negated)  # reuses the buffer: planning a proteome, memory counts
+    if len(order) < 2**32:
+        order = order.astype(np.uint32)
+    ordered = np.negative(negated[order], out=negated)  # reuses the buffer
     if packed:
         return order, _packed_bounds(ordered, max_tokens_per_batch, batch_size, special_tokens)
     bounds = [0]

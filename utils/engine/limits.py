@@ -62,7 +62,7 @@ class Limits:
     ) -> tuple[np.ndarray, list[int]]:
         """plan_batches packed: (indices longest first, batch boundaries), see
         utils.engine.batching.plan_batch_bounds."""
-        clipped = np.minimum(np.asarray(lengths, dtype=np.int64), self.max_residues)
+        clipped = np.minimum(np.asarray(lengths), self.max_residues).astype(np.int32, copy=False)
         return plan_batch_bounds(clipped, self.max_tokens_per_batch, self.batch_size, special_tokens, packed=True)
 
 

@@ -111,12 +111,13 @@ class Records(Sequence[Record]):
         return sequence_lengths(self.sequences)
 
 
-def sequence_lengths(sequences: Sequence[str]) -> np.ndarray:
-    """Residues per protein, int64, of any column of sequences; packed ones (Strings, utils.inputs.unique's
-    SharedSequences) give theirs without making a string each."""
+def sequence_lengths(sequences: Sequence[str], dtype: type = np.int64) -> np.ndarray:
+    """Residues per protein (int64, or `dtype`: a worker planning a proteome keeps int32) of any column of sequences;
+    packed ones (Strings, FileStrings, utils.inputs.unique's SharedSequences) give theirs without making a string
+    each."""
     if hasattr(sequences, "byte_lengths"):
-        return sequences.byte_lengths()
-    return np.array([len(s) for s in sequences], dtype=np.int64)
+        return sequences.byte_lengths().astype(dtype, copy=False)
+    return np.array([len(s) for s in sequences], dtype=dtype)
 
 
 def _read_text(path: Path) -> str:

@@ -67,7 +67,8 @@ class _Kept:
         lengths = np.frombuffer(self.lengths, dtype=np.uint32)[first] if self.lengths else np.zeros(0, np.uint32)
         spill = self.keep.spill
         if not self.keep.residues:  # lengths alone: a released Strings
-            sequences = Strings(None, np.cumsum(lengths, dtype=np.int64))
+            ends = np.cumsum(lengths, dtype=np.int64)
+            sequences = Strings(None, ends.astype(np.uint32) if len(ends) and ends[-1] < 2**32 else ends)
         elif spill is not None:
             assert spill.residues_path is not None
             spill.finish()

@@ -74,7 +74,7 @@ class FileStrings(Sequence[str]):
             yield item.decode("ascii")
 
     def byte_lengths(self) -> np.ndarray:
-        return self.lengths.astype(np.int64)
+        return self.lengths
 
     def take(self, indices: Iterable[int] | np.ndarray) -> FileStrings:
         chosen = np.asarray(indices if isinstance(indices, np.ndarray) else list(indices), dtype=np.int64)

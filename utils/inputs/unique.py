@@ -47,6 +47,8 @@ class UniqueSequences:
         """The digests sorted (made once, with positions_of's index: 28 bytes a sequence while this set lives)."""
         if "_sorted" not in self.__dict__:
             order = np.argsort(self.digests, kind="stable")
+            if len(order) < 2**32:
+                order = order.astype(np.uint32)
             object.__setattr__(self, "_order", order)
             object.__setattr__(self, "_sorted", self.digests[order])
         return self.__dict__["_sorted"]
@@ -133,13 +135,14 @@ def dedupe(digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
     del ordered
     first = order[new]  # per distinct digest (in digest order), where it first appears
-    group = np.cumsum(new, dtype=np.int64)
+    small = np.uint32 if count < 2**32 else np.int64
+    group = np.cumsum(new, dtype=small)  # each sorted position's distinct digest, counted from 1
     group -= 1
     del new
     appearance = np.argsort(first, kind="stable")
-    rank = np.empty(len(first), dtype=np.uint32 if len(first) < 2**32 else np.int64)
-    rank[appearance] = np.arange(len(first), dtype=rank.dtype)
-    index = np.empty(count, dtype=rank.dtype)
+    rank = np.empty(len(first), dtype=small)
+    rank[appearance] = np.arange(len(first), dtype=small)
+    index = np.empty(count, dtype=small)
     index[order] = rank[group]
     return first[appearance], index
 

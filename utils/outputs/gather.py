@@ -4,8 +4,9 @@ Chunks hold proteins in batch order (longest first); the final files list them i
 vector in memory to reorder them (U × D × 2 bytes: 2 GB per million proteins at D = 1,024) would make the merge the
 job's memory ceiling, so the vectors are first scattered, one chunk at a time, into a float16 file laid out by unique
 index (`UniqueVectors`), and the writers gather a block of rows at a time from it (`DiskRows`). Unique indices follow
-first appearance, so a block of a split's rows reads a nearly contiguous stretch of that file. The file is mapped only
-while a chunk is scattered or a block gathered, so its pages stay in the page cache, not in the process.
+first appearance, so a block of a split's rows reads a nearly contiguous stretch of that file. Rows are written with
+plain writes and a block is mapped only while it is gathered, so the file's pages stay in the page cache, not in the
+process.
 """
 
 from __future__ import annotations
@@ -51,10 +52,7 @@ class UniqueVectors:
                     continue
                 positions = where[known]
                 vectors = chunk["pooled"][torch.from_numpy(known)].to(torch.float16).numpy()
-                mapped = np.memmap(path, dtype=np.float16, mode="r+", shape=(count, dim))
-                mapped[positions] = vectors
-                mapped.flush()
-                del mapped
+                write_rows(path, positions, vectors)
                 filled[positions] = True
                 if chunk["notes"]:
                     taken = {chunk["digests"][i] for i in known.tolist()}
@@ -85,6 +83,20 @@ class DiskRows(RowView):
         block = np.array(mapped[np.asarray(self.rows[start:end], dtype=np.int64)])  # a copy: the map goes now
         del mapped
         return torch.from_numpy(block)
+
+
+def write_rows(path: Path, positions: np.ndarray, vectors: np.ndarray) -> None:
+    """vectors[i] into row positions[i] of the [U, D] float16 file, with plain writes: a chunk's rows fall all over
+    the file, and a memory map would hold every page they touch in this process's memory while it is mapped."""
+    order = np.argsort(positions, kind="stable")
+    positions, vectors = positions[order], np.ascontiguousarray(vectors[order])
+    row = vectors.shape[1] * vectors.itemsize
+    # Runs of consecutive rows go in one write each
+    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+    with open(path, "r+b") as handle:
+        descriptor = handle.fileno()
+        for start, end in zip([0, *breaks.tolist()], [*breaks.tolist(), len(positions)], strict=True):
+            os.pwrite(descriptor, vectors[start:end].tobytes(), int(positions[start]) * row)
 
 
 def scratch_path(output_dir: Path, output_key: str) -> Path:

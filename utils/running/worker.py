@@ -33,7 +33,7 @@ from utils.inputs.unique import digest_hex, digests_of
 from utils.malloc import give_back_free_memory
 from utils.outputs.progress import ProgressLog
 from utils.running.plan import WorkOrder
-from utils.running.store import ChunkStore, changed_settings, describe_changes
+from utils.running.store import ChunkStore, changed_settings, contains, describe_changes
 
 
 def _die_with_main(main_pid: int) -> None:
@@ -147,10 +147,18 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
     store = ChunkStore(order.store_dir, order.chunk_settings, order.model.dim)
     # Packed (utils.inputs.fasta.Strings, numpy): a proteome's order costs bytes per protein, not objects per protein
     sequences = order.sequences
-    digests = digests_of(sequences)
-    is_done = np.isin(digests, store.held(digests))
+    # Every sequence's digest only when the store may hold some (a resume, a shared cache): a fresh partition's chunks
+    # hash their own sequences as they go, so a proteome's worker holds no 20 bytes a sequence for nothing
+    digests = digests_of(sequences) if store.chunk_files() else None
+    is_done = np.zeros(len(sequences), dtype=bool)
+    if digests is not None:
+        is_done = contains(store.held(digests), digests)
     report_damaged(store, order.label, log)
-    lengths = sequence_lengths(sequences)
+
+    def digests_at(indices: np.ndarray) -> np.ndarray:
+        return digests[indices] if digests is not None else digests_of([sequences[i] for i in indices.tolist()])
+
+    lengths = sequence_lengths(sequences, np.int32)
     limits = order.limits()
     # The plan covers every sequence, done or not, so a rerun cuts the same batches and chunks as the first run.
     batches = batch_views(*limits.plan_batch_bounds(lengths, family.special_tokens))
@@ -217,7 +225,9 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
         for chunk in chunked(batches, order.run.save_every_n_batches):
             todo = [b for b in chunk if not is_done[b].all()]
             if todo:  # a run at work on the same store at the same time may have written some of them meanwhile
-                is_done |= np.isin(digests, store.held(digests[np.concatenate(todo)], new_only=True))
+                wanted = np.concatenate(todo)
+                wanted_digests = digests_at(wanted)
+                is_done[wanted[contains(store.held(wanted_digests, new_only=True), wanted_digests)]] = True
                 report_damaged(store, order.label, log)
                 todo = [b for b in chunk if not is_done[b].all()]
             if not todo:
@@ -226,11 +236,12 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
             chunk_embedded: list = []
             chunk_residues, chunk_windowed, chunk_redone = 0, [], 0
             for batch, embedded in embed_batches(encoder, sequences, todo, order.precision, fp32):
-                chunk_digests += [digest_hex(d) for d in digests[batch].tolist()]
+                batch_digests = [digest_hex(d) for d in digests_at(batch).tolist()]
+                chunk_digests += batch_digests
                 chunk_embedded += embedded
-                for e, i in zip(embedded, batch, strict=True):
+                for e, i, digest in zip(embedded, batch, batch_digests, strict=True):
                     if e.note:
-                        log.info("sequence %s (%d residues): %s", digest_hex(digests[i])[:12], lengths[i], e.note)
+                        log.info("sequence %s (%d residues): %s", digest[:12], lengths[i], e.note)
                         if "windows" in e.note:  # a protein redone in fp32 in one pass has a note, no windows
                             chunk_windowed.append(int(lengths[i]))
                         chunk_redone += "redone" in e.note
