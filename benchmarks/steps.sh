@@ -36,14 +36,16 @@ step() {  # step NAME LIMIT COMMAND...: COMMAND under min(LIMIT × LIMIT_SCALE, 
   limit=$asked
   selected "$name" || return 0
   left=$(steps_left)
-  [ "$left" -lt "$limit" ] && limit=$left
-  # Too little left to finish, judged by a quarter of what the step asks for: skip it rather than cut it off
-  if [ "$limit" -lt 5 ] || [ "$limit" -lt $((asked / 4)) ]; then
+  # Too little of the budget left to finish (under a quarter of what the step asks for, or 5 s): skip the step
+  # rather than start it only to cut it off
+  if [ "$left" -lt "$limit" ] && { [ "$left" -lt 5 ] || [ "$left" -lt $((asked / 4)) ]; }; then
     banner "$name skipped: $((left > 0 ? left : 0)) s of the budget left"
     STEPS_SKIPPED+=("$name")
-    printf '{"step": "%s", "exit": "skipped", "seconds": 0, "limit": %d}\n' "$name" "$limit" >>"$STEPS_LOG"
+    printf '{"step": "%s", "exit": "skipped", "seconds": 0, "limit": %d}\n' "$name" "$((left > 0 ? left : 0))" \
+      >>"$STEPS_LOG"
     return 0
   fi
+  [ "$left" -lt "$limit" ] && limit=$left
   banner "$name (limit $limit s, $(($(date +%s) - STEPS_STARTED)) s in)"
   t0=$(date +%s.%N)
   timeout --kill-after=10 "$limit" "$@"
