@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The longer throughput check for a lent H100/H200 (after benchmarks/gpu_first_call.sh, which runs first), under
+# The longer throughput check for an H100/H200 (after benchmarks/gpu_first_call.sh, which runs first), under
 # 8 minutes: the per-step limits add up to 465 s, model building, compile warm-up and profiling included. The seed's
 # loop against the main job's engine on ProtT5-XL (with batches of up to 128 as a second engine side), ESM2 3B (with a
 # fair-esm-style loop as a second peer) and ESM C 600M, all random weights in the real shapes (no download),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The first command to run on a lent GPU machine: one call of at most 480 s (BUDGET 450 s of steps, the rest for the
+# The first command to run on a GPU machine: one call of at most 480 s (BUDGET 450 s of steps, the rest for the
 # tables) that answers, in this order, what matters most, and keeps what it finished if the call is cut off:
 #   environment      torch, CUDA, transformers, the GPU, FlexAttention / varlen / ESM C, where kernels are cached
 #   prot_t5_xl       ProtT5-XL (random weights, real shape): the seed's loop against the main job's engine: res/s,
@@ -23,7 +23,7 @@
 # job's output), run_report.html (the job's own report), nvidia_smi.txt, stderr.log.
 #
 #   on the GPU machine:  bash benchmarks/gpu_first_call.sh
-#   CPU dry run (tiny shapes, what CI runs; ~1 min on two cores):
+#   CPU dry run (tiny shapes, what CI runs; 3-4 min on two busy cores):
 #                        DEVICE=cpu OUT=/tmp/first bash benchmarks/gpu_first_call.sh
 # Other settings: STEPS (names of the steps to run, all by default), BUDGET, LIMIT_SCALE, EXTRA (appended to every
 # throughput.py call), PYTHON, WORK (kept when given; a temporary directory otherwise).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The user's whole job on a lent H100/H200, as users type it, with all four models of config_t5.yaml (after
+# The user's whole job on an H100/H200, as users type it, with all four models of config_t5.yaml (after
 # benchmarks/gpu_first_call.sh, which runs a two-model version of it first), in one call of at most 8 minutes with no
 # network: real-shape random-weight checkpoints and a CAFA-like FASTA pair are built (benchmarks/gpu_job.py build),
 # then
