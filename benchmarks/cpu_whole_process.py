@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
-    from benchmarks.throughput import build_checkpoint
+    from benchmarks.archs import build_checkpoint
 
     workdir = Path(tempfile.mkdtemp(prefix="cpu-whole-"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"}

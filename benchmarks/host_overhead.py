@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
@@ -112,9 +113,10 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint = zero_layer_checkpoint(family, workdir / "checkpoints")
             small = run_job(workdir, checkpoint, args.small, args.seed, args.save_every)
             large = run_job(workdir, checkpoint, args.large, args.seed + 1, args.save_every)
+            # Too few proteins (a dry run) or a noisy machine can make the larger run no slower: no rate then (NaN)
             extra = large["seconds"] - small["seconds"]
-            rate = (large["proteins"] - small["proteins"]) / extra
-            residue_rate = (large["residues"] - small["residues"]) / extra
+            rate = (large["proteins"] - small["proteins"]) / extra if extra > 0 else math.nan
+            residue_rate = (large["residues"] - small["residues"]) / extra if extra > 0 else math.nan
             startup = small["seconds"] - small["proteins"] / rate
             report["families"][family] = {
                 "marginal_proteins_per_s": rate, "marginal_residues_per_s": residue_rate,

@@ -39,7 +39,7 @@ length, layers, device, precision, attention, directory = (
 )
 if not (directory / "config.json").exists():
     shape = {"d_model": 1024, "num_heads": 32, "d_kv": 128, "d_ff": 16384, "num_layers": layers}
-    build_prot_t5(directory, sizes=shape)
+    build_prot_t5(directory, sizes=shape, device=device)  # on a GPU the weights are made there: seconds
 tokenizer, model = load_encoder(str(directory), PROT_T5, device, precision)
 encoder = Encoder(tokenizer, model, PROT_T5, device, 10**6, 256, attention=attention)
 sequence = "".join(random.Random(length).choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(length))
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     if args.json:
         report = {"device": args.device, "precision": precision, "layers": args.layers, "rows": rows}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 

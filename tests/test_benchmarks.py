@@ -48,7 +48,7 @@ def test_summarize_trace_without_device_events_reports_no_idle_share():
 
 
 def test_engine_variants_measuring_the_same_settings_run_once():
-    from benchmarks.throughput import select_variants
+    from benchmarks.engine_side import select_variants
 
     args = Namespace(arch="t5_cpu", attention="auto", max_items=128, variants=["current", "b128", "sdpa"])
     skipped = select_variants(args)

@@ -1,7 +1,6 @@
-"""benchmarks/gpu_job.py, the logic of the prepared GPU check (benchmarks/gpu_job_check.sh) without a device: the
-CAFA-like FASTA pair, the output comparison, the kill -9 and leftover search, and the summary from whatever steps
-left results. The whole script's CPU dry run (`DEVICE=cpu bash benchmarks/gpu_job_check.sh`, ~2 min) is too slow
-for the suite; these parts are what it is made of."""
+"""benchmarks/gpu_job.py, the logic of the prepared whole-job check (benchmarks/gpu_job_check.sh) without a device:
+the CAFA-like FASTA pair, the output comparison, the kill -9 and leftover search, and the summary from whatever steps
+left results. The scripts' CPU dry runs themselves are tests/test_gpu_scripts.py."""
 
 from __future__ import annotations
 
@@ -14,6 +13,9 @@ import numpy as np
 import pytest
 
 from benchmarks import gpu_job
+from benchmarks.job_build import cafa_like_fasta
+from benchmarks.job_outputs import compare
+from benchmarks.kill_resume import kill_mid_run
 from tests.conftest import REPO
 
 
@@ -21,7 +23,7 @@ def test_cafa_like_fasta_pair(tmp_path):
     from utils.inputs.fasta import read_fasta
     from utils.inputs.ids import apply_id_format
 
-    counts = gpu_job.cafa_like_fasta(tmp_path, 40, 0.25, 300, [900, 1200], seed=3)
+    counts = cafa_like_fasta(tmp_path, 40, 0.25, 300, [900, 1200], seed=3)
     train = apply_id_format(read_fasta(tmp_path / "train_sequences.fasta"), "uniprot", "train")
     test = apply_id_format(read_fasta(tmp_path / "testsuperset.fasta"), "uniprot", "test")
     assert (len(train), len(test)) == (counts["train"], counts["test"])
@@ -38,11 +40,11 @@ def test_cafa_like_fasta_pair(tmp_path):
 
 def test_compare_ids_order_and_delta():
     a = (["x", "y", "z"], np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=np.float32))
-    same = gpu_job.compare(a, (list(a[0]), a[1] + np.float32(0.5)))
+    same = compare(a, (list(a[0]), a[1] + np.float32(0.5)))
     assert same["same_order"] and same["max_abs_delta"] == 0.5
-    swapped = gpu_job.compare(a, (["y", "x", "z"], a[1][[1, 0, 2]]))
+    swapped = compare(a, (["y", "x", "z"], a[1][[1, 0, 2]]))
     assert swapped["same_ids"] and not swapped["same_order"] and swapped["max_abs_delta"] == 0.0
-    missing = gpu_job.compare(a, (["x", "y"], a[1][:2]))
+    missing = compare(a, (["x", "y"], a[1][:2]))
     assert not missing["same_ids"] and missing["max_abs_delta"] == float("inf")
 
 
@@ -63,7 +65,7 @@ def test_kill_mid_run_finds_and_ends_what_outlives_the_main_process(tmp_path):
     script = tmp_path / "job.py"
     script.write_text(LINGERING_JOB)
     started = time.monotonic()
-    result = gpu_job.kill_mid_run([sys.executable, str(script), str(tmp_path)], tmp_path, deadline_s=30, grace_s=0.5)
+    result = kill_mid_run([sys.executable, str(script), str(tmp_path)], tmp_path, deadline_s=30, grace_s=0.5)
     assert result["killed"] and result["chunks_before_kill"] == 1
     assert len(result["left_processes"]) == 1 and "time.sleep(60)" in result["left_processes"][0]
     pid = int(result["left_processes"][0].split()[0])
@@ -90,6 +92,7 @@ def write_results(
     build = {"device": "cuda:0", "device_name": "H100", "gpus": 1, "expected_auto": "cuda:0", "matmul_rate_flops": 7e14}
     (work / "results" / "build.json").write_text(json.dumps(build))
     worker = {"precision": "fp16", "status": "done", "computed": 1000, "residues_computed": 500_000,
+              "forward": "packed, flex attention", "compiles": 4, "compiled_anew": 0, "compile_seconds": 9.5,
               "residues_per_second": 25_000.0, "windowed_lengths": [35000], "redone_in_fp32": 0,
               "peak_memory_bytes": peak_gib * 2**30, "peak_memory_kind": "device allocated",
               "out_of_memory_retries": 0}  # fmt: skip
@@ -108,8 +111,8 @@ def write_results(
     (work / "results" / "kill_resume.json").write_text(json.dumps(resume))
 
 
-def summary(work: Path, out: Path) -> tuple[str, dict]:
-    assert gpu_job.main(["summary", "--work", str(work), "--out", str(out)]) == 0
+def summary(work: Path, out: Path, code: int = 0) -> tuple[str, dict]:
+    assert gpu_job.main(["summary", "--work", str(work), "--out", str(out)]) == code  # 1 when a check failed
     return (out / "summary.txt").read_text(), json.loads((out / "summary.json").read_text())
 
 
@@ -118,13 +121,14 @@ def test_summary_table_and_checks(tmp_path):
     text, document = summary(tmp_path / "work", tmp_path / "out")
     header = text.splitlines()[4]
     for column in ("model", "device", "proteins/s", "residues/s", "MFU", "peak GiB", "plan GiB", "OOM retries",
-                   "fp32 redos", "windows", "resume equal"):  # fmt: skip
+                   "fp32 redos", "windows", "resume equal", "compiles (new, s)", "forward"):  # fmt: skip
         assert column in header
     rows = {r["model"]: r for r in document["rows"]}
     assert rows["prot_t5_xl"]["proteins_per_s"] == pytest.approx(50.0) and rows["prot_t5_xl"]["resume_equal"] == "yes"
     assert rows["prot_t5_xl"]["validator_plan_gib"] == 40 and rows["prot_t5_xl"]["windows"] == 1
     assert rows["esmc"]["resume_equal"] == "-" and rows["esmc"]["validator_plan_gib"] is None
     assert "| prot_t5_xl | cuda:0 | 50.0" in text and "20.0 (18.0)" in text  # measured s (validator's projection)
+    assert "| 4 (0 new, 9.5 s)  | packed, flex attention |" in text
     checks = {c["check"]: c["passed"] for c in document["checks"]}
     assert checks["device: auto"] and checks["resume equals the uninterrupted run"] and checks["no out-of-memory retry"]
     assert checks["peak memory within the plan"]  # 30 GiB against the validator's 40 (no config here to plan from)
@@ -134,7 +138,7 @@ def test_summary_table_and_checks(tmp_path):
 
 def test_summary_flags_what_went_wrong(tmp_path):
     write_results(tmp_path / "work", auto_device="cpu", oom=2, resume_delta=0.5, peak_gib=41)
-    text, document = summary(tmp_path / "work", tmp_path / "out")
+    text, document = summary(tmp_path / "work", tmp_path / "out", code=1)
     checks = {c["check"]: c["passed"] for c in document["checks"]}
     assert checks["peak memory within the plan"] is False
     assert checks["device: auto"] is False and checks["no out-of-memory retry"] is False

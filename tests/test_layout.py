@@ -1,6 +1,7 @@
-"""The library's shape (issue 20): no import circle between utils/ modules, and no module too long to read in one
-sitting. Imports are read from the source (ast), function-level and TYPE_CHECKING ones included: a circle that
-only a deferred import keeps from failing is still a circle for the reader."""
+"""The library's shape, and the benchmarks' (they follow the same rules): no import circle between the modules of
+utils/ or of benchmarks/, and no module too long to read in one sitting. Imports are read from the source (ast),
+function-level and TYPE_CHECKING ones included: a circle that only a deferred import keeps from failing is still a
+circle for the reader."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from tests.conftest import REPO
 
 UTILS = REPO / "utils"
+HOUSE = (UTILS, REPO / "benchmarks")  # the folders the rules cover
 MAX_LINES = 450
 
 
@@ -19,7 +21,7 @@ def module_name(path: Path) -> str:
 
 
 def imports_of(path: Path, modules: set[str]) -> set[str]:
-    """The utils modules that `path` imports (`from utils.x import y` → utils.x, or utils.x.y when y is a module)."""
+    """The modules of ours that `path` imports (`from utils.x import y` → utils.x, or utils.x.y when y is a module)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -34,8 +36,8 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
     return found - {module_name(path)}
 
 
-def import_graph() -> dict[str, set[str]]:
-    paths = {module_name(path): path for path in sorted(UTILS.rglob("*.py"))}
+def import_graph(root: Path = UTILS) -> dict[str, set[str]]:
+    paths = {module_name(path): path for path in sorted(root.rglob("*.py"))}
     modules = set(paths)
     graph = {name: imports_of(path, modules) for name, path in paths.items()}
     # `from utils.x import y` names the package utils.x too; a package's own __init__ imports nothing of ours but
@@ -83,10 +85,17 @@ def test_no_import_circle_in_utils():
     assert find_cycle(graph) is None, " → ".join(find_cycle(graph) or [])
 
 
-def test_no_module_in_utils_is_over_450_lines():
+def test_no_import_circle_in_benchmarks():
+    graph = import_graph(REPO / "benchmarks")
+    assert "benchmarks.throughput" in graph and "benchmarks.engine_side" in graph["benchmarks.throughput"]
+    assert find_cycle(graph) is None, " → ".join(find_cycle(graph) or [])
+
+
+def test_no_module_in_utils_or_benchmarks_is_over_450_lines():
     long = {
         str(path.relative_to(REPO)): n
-        for path in UTILS.rglob("*.py")
+        for folder in HOUSE
+        for path in folder.rglob("*.py")
         if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
     }
     assert not long, f"over {MAX_LINES} lines (split along a seam): {long}"

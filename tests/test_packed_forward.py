@@ -140,6 +140,66 @@ def test_compiled_flex_attention_with_t5_bias_matches_segments(loaded):
     assert _min_cosine(_pooled(flex.embed(sequences)), segments) >= 0.9999
 
 
+def test_every_row_within_the_token_budget_and_the_self_check_share_one_flex_length(loaded, monkeypatch):
+    # One compiled kernel per row length: rows up to the budget (and the kernel's self-check at load) are padded to
+    # one length, longer rows to the next power of two. Uncompiled flex here: the arithmetic, not the compiler.
+    from torch.nn.attention.flex_attention import flex_attention
+
+    import utils.engine.attention as attention
+
+    lengths = []
+    real_plan = attention.flex_plan
+
+    def recording_plan(*args, **kwargs):
+        plan = real_plan(*args, **kwargs)
+        lengths.append(plan.length)
+        return plan
+
+    monkeypatch.setattr(attention, "flex_plan", recording_plan)
+    monkeypatch.setattr(attention, "compiled_flex", lambda: flex_attention)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*without torch.compile")
+        encoder = _encoder(loaded, "prot_t5", "flex", tokens_per_pass=1000)
+        assert encoder.path == "packed, flex attention"
+        for batch in ([300, 1, 127], [5], [400, 500], [2000]):
+            encoder.embed(_proteins(8, batch))
+    assert len(lengths) == 5 and lengths[0] == 1024  # the self-check at load, then the four batches
+    assert lengths[1:] == [1024, 1024, 1024, 2048]  # 2,001 tokens: the one row over the budget
+    assert attention.flex_row_length(100, 0) == 128 and attention.flex_row_length(129, 0) == 256
+    assert attention.flex_row_length(100, 20_000) == 32768  # the floor itself is rounded to a power of two
+
+
+def test_compiled_kernels_land_in_the_documented_cache_even_after_transformers_set_torch_default(tmp_path):
+    # transformers imports torch._dynamo, which writes torch's default (under /tmp) into TORCHINDUCTOR_CACHE_DIR
+    # before our code runs; the kernels must still land under $XDG_CACHE_HOME/torchinductor, and a directory the
+    # user chose must be kept.
+    code = textwrap.dedent("""
+        import os, transformers.modeling_utils
+        from utils.engine.attention import compiled_flex
+        before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        compiled_flex()
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+        print(before, cache_dir())
+    """)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    before, used = run.stdout.split()
+    assert before != "None"  # torch's default was already in the environment
+    assert used == str(tmp_path / "xdg" / "torchinductor")
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "mine")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[1] == str(tmp_path / "mine")
+
+
+def test_varlen_asked_for_on_a_cpu_says_why_it_runs_as_segments(loaded):
+    encoder = _encoder(loaded, "esm2", "varlen")
+    assert encoder.kernel == "segments"
+    assert encoder.path == "packed, segments attention (varlen needs a CUDA device and torch ≥ 2.9, not cpu)"
+
+
 def test_a_kernel_failing_at_run_time_hands_over_to_the_next(loaded, monkeypatch):
     import utils.engine.attention as attention
 

@@ -145,16 +145,36 @@ def test_a_cut_last_line_keeps_the_records_before_it(tmp_path):
     assert worker.computed == 4 and worker.status == "failed"
 
 
+def test_compiles_and_the_last_forward_path_reach_the_summary(tmp_path):
+    started = time.time()
+    path = progress_path(tmp_path / "w.log", "run1")
+    progress = ProgressLog(path, label="w", model="w", device="cuda:0")
+    progress.write("start", precision="fp16", sequences=4)
+    progress.write("loaded", seconds=1.0)
+    progress.write("forward", path="packed, flex attention", fallback="")
+    progress.write("chunk", proteins=2, residues=100, compiles=3, compile_seconds=41.5, compiled_anew=3)
+    failed = "flex failed on a 9000-token batch: RuntimeError: x"
+    progress.write("forward", path=f"packed, segments attention ({failed})", fallback=failed)
+    progress.write("end", status="done", compiles=4, compile_seconds=50.0, compiled_anew=3)
+    progress.close()
+    summary = write_report(tmp_path / "out", [path], Path("c.yaml"), {"s": ["M" * 10]}, MODELS, started, "done")
+    (worker,) = json.loads((tmp_path / "out" / "run_summary.json").read_text())["workers"]
+    assert worker["forward"] == f"packed, segments attention ({failed})" and worker["forward_fallback"] == failed
+    assert (worker["compiles"], worker["compile_seconds"], worker["compiled_anew"]) == (4, 50.0, 3)
+    assert "4 (3 new, 50.0 s)" in summary.read_text()
+
+
 # -- through the real CLI -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def reported_runs(checkpoints, tmp_path_factory):
-    """The same command twice: a first run, then a rerun that finds every chunk done."""
+    """The same command twice: a first run, then a rerun that finds every chunk done. The first asks for varlen
+    attention, which needs CUDA: it runs as segments, and says so."""
     directory = tmp_path_factory.mktemp("reported")
     rng = random.Random(29)
     train = [(f"p{i}", random_protein(rng, rng.randint(20, 300))) for i in range(24)] + [("long", "M" * 1500)]
     test = [("t0", train[0][1]), ("t1", random_protein(rng, 90))]
     models = {"esm1b": {"name": checkpoints["esm1b"]}, "esm2": {"name": checkpoints["esm2"]}}
-    run_params = {"report": True, "save_every_n_batches": 1, "output_format": "both"}
+    run_params = {"report": True, "save_every_n_batches": 1, "output_format": "both", "attention": "varlen"}
     first = run_job(directory, models, train, test, run_params=run_params)
     summaries = [json.loads((directory / "out" / "run_summary.json").read_text())]
     first_html = (directory / "out" / "run_report.html").read_text()
@@ -180,6 +200,13 @@ def test_cli_run_report(reported_runs):
         assert (worker["status"], worker["computed"], worker["reused"]) == ("done", unique, 0)
         assert worker["computed_chunks"] == len(worker["rate_over_time"]) > 1
     assert workers["esm1b"]["windowed_lengths"] == [1500] and workers["esm2"]["windowed_lengths"] == []
+    # The forward path that ran, why it is not the configured one, and what was compiled (nothing, for segments)
+    reason = "varlen needs a CUDA device and torch ≥ 2.9, not cpu"
+    for label, worker in workers.items():
+        assert worker["forward"] == f"packed, segments attention ({reason})" and worker["forward_fallback"] == reason
+        assert (worker["compiles"], worker["compiled_anew"]) == (0, 0)
+        assert first.stderr.count(f"note: {label}: attention 'varlen' runs as segments: {reason}") == 1
+    assert "<th>forward</th>" in text and f"packed, segments attention ({reason})" in text
     files = {o["file"] for o in summary["outputs"]}
     names = {f"{split}_embeddings_{key}" for split in ("train", "test") for key in models}
     assert files == {f"{name}.{ext}" for name in names for ext in ("pt", "h5")}

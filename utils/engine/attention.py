@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,27 @@ def segments_attention(
 # -- FlexAttention ------------------------------------------------------------------------------------------------
 
 _compiled_flex: Any = None
+# Rows of up to this many tokens are padded to one length at least this long (or the token budget, when smaller):
+# every ordinary batch of a run, and the kernel's self-check at load, then share one compiled kernel. Padding tokens
+# cost little (each attends only within its own 128-token block, and the linear layers never see them), but a GPU
+# batch of 32 short proteins padded to a 131,072-token budget would copy q, k and v ten times over: hence the cap.
+FLEX_SHORTEST_ROW = 8192
+
+
+def inductor_cache_dir() -> Path:
+    """Where compiled kernels persist: `$TORCHINDUCTOR_CACHE_DIR` when the user set it, else
+    `$XDG_CACHE_HOME/torchinductor` (`~/.cache/torchinductor`), which, unlike torch's default under /tmp, survives a
+    reboot and a cluster job's scratch being wiped, so a rerun, another lane or shard on the machine, and the next
+    split skip the compiler."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torchinductor"
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None:
+        return default
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    # Importing torch._dynamo (transformers does, at import) writes torch's default into the environment: that one
+    # is no choice of the user's. Torch reads the variable again at every cache lookup, so setting it later works.
+    return default if os.path.abspath(current) == os.path.abspath(default_cache_dir()) else Path(current)
 
 
 def compiled_flex() -> Any:
@@ -148,10 +170,7 @@ def compiled_flex() -> Any:
     if _compiled_flex is None:
         import torch._dynamo
 
-        # Compiled kernels persist across runs (and, unlike torch's default under /tmp, across a cluster job's
-        # scratch being wiped): a rerun or the next split skips the compiler.
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torchinductor"
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_cache_dir())
         from torch.nn.attention.flex_attention import flex_attention
 
         # One compiled kernel per padded row length (flex_row_length gives a few); past Dynamo's default limit of 8
@@ -162,12 +181,30 @@ def compiled_flex() -> Any:
     return _compiled_flex
 
 
-def flex_row_length(total: int) -> int:
-    """A packed row is padded to the next power of two (at least one block), so the kernel compiles at most a dozen
-    times per model (once per length, then from the cache). The padding costs little: padding tokens attend only
-    within their own 128-token block, and the linear layers never see them."""
+def compile_stats() -> dict[str, float]:
+    """This process's compiler work so far, from torch's own counters: `compiles` (graphs Dynamo compiled, each
+    FlexAttention row length once), `compile_seconds` (Dynamo's timer; 0 where its key is not found),
+    `compiled_anew` (kernels Inductor built because its cache did not hold them; 0 when every one came from
+    inductor_cache_dir). Nothing is imported that the process has not imported already."""
+    if "torch._dynamo" not in sys.modules:
+        return {"compiles": 0, "compile_seconds": 0.0, "compiled_anew": 0}
+    from torch._dynamo.utils import compilation_time_metrics, counters
+
+    seconds = sum(sum(v) for k, v in compilation_time_metrics.items() if k.endswith("compile_inner"))
+    inductor = counters["inductor"]
+    return {
+        "compiles": int(counters["stats"]["unique_graphs"]),
+        "compile_seconds": round(float(seconds), 3),
+        "compiled_anew": int(inductor["fxgraph_cache_miss"] + inductor["fxgraph_cache_bypass"]),
+    }
+
+
+def flex_row_length(total: int, floor: int = 0) -> int:
+    """A packed row is padded to the next power of two, at least `floor` (Encoder: min(token budget,
+    FLEX_SHORTEST_ROW)) and one block, so the kernel compiles a few times per model (once per length, then from
+    the cache): one length for every row up to the floor, one per power of two above it."""
     n = FLEX_BLOCK
-    while n < total:
+    while n < max(total, floor):
         n *= 2
     return n
 
@@ -181,7 +218,7 @@ class FlexPlan:
     block_mask: Any
 
 
-def flex_plan(layout: PackedLayout, device: torch.device) -> FlexPlan:
+def flex_plan(layout: PackedLayout, device: torch.device, floor: int = 0) -> FlexPlan:
     """The document block mask from the proteins' boundaries, without evaluating a T × T mask.
 
     Proteins are contiguous, so the keys a block of queries may see form one contiguous range of key blocks: from the
@@ -190,7 +227,7 @@ def flex_plan(layout: PackedLayout, device: torch.device) -> FlexPlan:
     are partial (the mask_mod compares protein ids). Padding tokens see only their own block."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    length = flex_row_length(layout.total)
+    length = flex_row_length(layout.total, floor)
     blocks = length // FLEX_BLOCK
     sizes = torch.tensor(layout.sizes, dtype=torch.int64)
     document = torch.repeat_interleave(torch.arange(len(sizes), dtype=torch.int32), sizes)
@@ -302,13 +339,19 @@ class PackedAttention:
     and shared by every layer."""
 
     def __init__(
-        self, kernel: str, layout: PackedLayout, device: torch.device, bias: RelativeBias | None, compiled: bool = True
+        self,
+        kernel: str,
+        layout: PackedLayout,
+        device: torch.device,
+        bias: RelativeBias | None,
+        compiled: bool = True,
+        row_floor: int = 0,
     ):
         self.kernel = kernel
         self.layout = layout
         self.compiled = compiled
         self.device = device
-        self.plan = flex_plan(layout, device) if kernel == "flex" else None
+        self.plan = flex_plan(layout, device, row_floor) if kernel == "flex" else None
         self.bias = bias
         self._table: torch.Tensor | None = None
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from utils.engine.attention import PackedAttention, PackedLayout, varlen_available
+from utils.engine.attention import FLEX_SHORTEST_ROW, PackedAttention, PackedLayout, varlen_available
 from utils.engine.batching import padded_tokens, window_spans
 from utils.engine.encoders import build_forward, relative_bias
 from utils.engine.families import Family
@@ -149,6 +149,9 @@ class Encoder:
         self.window_overlap = window_overlap
         self.per_residue = per_residue
         self.tokens_per_pass = tokens_per_pass  # windows of long proteins are packed up to this many tokens a pass
+        # FlexAttention pads every row up to this length to one length: one compiled kernel for all ordinary
+        # batches (the token budget bounds them) and for the self-check below (utils.engine.attention)
+        self.flex_row_floor = min(tokens_per_pass, FLEX_SHORTEST_ROW)
         self.table = build_table(tokenizer, family)  # raises TokenLayoutError when the tokenizer is not the family's
         self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self.out_of_memory_events = 0
@@ -177,6 +180,9 @@ class Encoder:
         sequences = ["MKTAYIAKQRQISFVKSHFSRQ" * 3, "M" * 7, "ACDEFGHIKLMNPQRSTVWY" * 9]
         tokens = self.tokenize(sequences)
         chosen = self.kernel
+        if chosen == "varlen" and not varlen_available(self.device):
+            self.fallback_reason = f"varlen needs a CUDA device and torch ≥ 2.9, not {self.device.type}"
+            return False
         try:
             fast = self._pooled_with(chosen, tokens)
             slow = self._pooled_with("segments", tokens)
@@ -232,7 +238,9 @@ class Encoder:
         ids, positions = self._to_device(tokens["input_ids"]), self._to_device(tokens["positions"])
         while True:
             try:
-                attend = PackedAttention(self.kernel, layout, self.device, relative_bias(self.packed))
+                attend = PackedAttention(
+                    self.kernel, layout, self.device, relative_bias(self.packed), row_floor=self.flex_row_floor
+                )
                 hidden = self.packed(ids, positions, attend)
                 break
             except Exception as exc:

@@ -92,6 +92,10 @@ class WorkerSummary:
     out_of_memory_retries: int = 0  # batches that ran out of memory and were split (or went to windows)
     max_residues: int = 0
     forward: str = ""  # which forward pass and attention kernel ran (utils.engine.encode.Encoder.path)
+    forward_fallback: str = ""  # why the configured kernel did not run (it failed its check or a batch), or ""
+    compiles: int = 0  # graphs the compiler traced (FlexAttention: one per row length), cache hits included
+    compile_seconds: float = 0.0
+    compiled_anew: int = 0  # kernels built because the compile cache did not hold them
     rate: list[tuple[float, float]] = field(default_factory=list)  # (seconds since the run began, residues/s)
 
     computing_seconds: float = 0.0  # from the model loaded to the last chunk written
@@ -119,8 +123,9 @@ def summarise_worker(events: list[dict], run_started: float) -> WorkerSummary:
             worker.load_seconds = event.get("seconds", 0.0)
             worker.loaded = at - run_started
             previous = loaded = at
-        elif kind == "forward":
+        elif kind == "forward":  # again when a kernel failed mid-run and the next one took over: the last one counts
             worker.forward = event.get("path", "")
+            worker.forward_fallback = event.get("fallback", "")
         elif kind == "chunk":
             worker.computed += event.get("proteins", 0)
             worker.computed_chunks += 1
@@ -137,6 +142,10 @@ def summarise_worker(events: list[dict], run_started: float) -> WorkerSummary:
             worker.peak_memory_bytes = max(worker.peak_memory_bytes, event["peak_memory_bytes"])
             worker.peak_memory_kind = event.get("peak_memory_kind", "")
             worker.out_of_memory_retries = max(worker.out_of_memory_retries, event.get("out_of_memory_retries", 0))
+        if "compiles" in event:  # so far, in the worker
+            worker.compiles = max(worker.compiles, event["compiles"])
+            worker.compile_seconds = max(worker.compile_seconds, event.get("compile_seconds", 0.0))
+            worker.compiled_anew = max(worker.compiled_anew, event.get("compiled_anew", 0))
     if worker.status == "running":
         worker.status = "failed"  # no end event: the process died
     return worker

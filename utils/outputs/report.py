@@ -126,6 +126,11 @@ def build_summary(
                 "peak_memory_kind": w.peak_memory_kind,
                 "out_of_memory_retries": w.out_of_memory_retries,
                 "max_residues": w.max_residues,
+                "forward": w.forward,
+                "forward_fallback": w.forward_fallback,
+                "compiles": w.compiles,
+                "compile_seconds": round(w.compile_seconds, 3),
+                "compiled_anew": w.compiled_anew,
                 "rate_over_time": [[round(t, 3), round(r, 1)] for t, r in w.rate],  # [seconds since start, residues/s]
             }
             for w in workers

@@ -268,7 +268,7 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 WORKER_COLUMNS = ("worker", "device", "precision", "status", "load s", "total s", "reused", "computed", "residues/s",
-                  "windowed")  # fmt: skip
+                  "windowed", "forward", "compiles (new, s)")  # fmt: skip
 
 
 def _chart(svg: str | None, name: str) -> str:
@@ -326,7 +326,8 @@ def render_html(
         (w["label"], w["device"], w["precision"], w["status"], f"{w['load_seconds']:.1f}",
          f"{w['ended_seconds'] - w['started_seconds']:.1f}", f"{w['reused']:,} ({w['reused_chunks']} chunks)",
          f"{w['computed']:,} ({w['computed_chunks']} chunks)", f"{w['residues_per_second']:,.0f}",
-         len(w["windowed_lengths"]))
+         len(w["windowed_lengths"]), w["forward"] or "-",
+         f"{w['compiles']} ({w['compiled_anew']} new, {w['compile_seconds']:.1f} s)" if w["compiles"] else "-")
         for w in summary["workers"]
     ]  # fmt: skip
     output_rows = [(o["file"], size_text(o["bytes"])) for o in summary["outputs"]]

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from utils import exits
+from utils.engine.attention import compile_stats
 from utils.engine.batching import batch_views, chunked
 from utils.engine.embedder import embed_batches
 from utils.engine.encode import Encoder, ModelError, load_encoder
@@ -84,6 +85,27 @@ def memory_record(device: str, encoders: list[Any]) -> dict[str, Any]:
         peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process RSS"  # Linux: kB
     retries = sum(getattr(e, "out_of_memory_events", 0) for e in encoders if e is not None)
     return {"peak_memory_bytes": int(peak), "peak_memory_kind": kind, "out_of_memory_retries": retries}
+
+
+def compile_record(before: dict[str, float]) -> dict[str, float]:
+    """The compiler's work in this worker so far (utils.engine.attention.compile_stats, less what `before` had)."""
+    now = compile_stats()
+    return {key: round(now[key] - before.get(key, 0), 3) for key in now}
+
+
+def note_forward(encoder: Encoder, order: WorkOrder, log: logging.Logger, progress: ProgressLog) -> str:
+    """Which forward and kernel run, in the log and the progress record; a fallback from the configured kernel
+    (it failed its check at load, or a batch later) also as one line on the console. Returns the path noted."""
+    log.info("forward: %s", encoder.path)
+    progress.write("forward", path=encoder.path, fallback=encoder.fallback_reason)
+    if encoder.fallback_reason:
+        log.warning("attention %s fell back to %s", order.run.attention, encoder.kernel)
+        print(
+            f"note: {order.label}: attention '{order.run.attention}' runs as {encoder.kernel}: "
+            f"{encoder.fallback_reason}",
+            file=sys.stderr,
+        )
+    return encoder.path
 
 
 def open_log(path: Path) -> logging.Logger:
@@ -194,6 +216,7 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
         return exits.OK
 
     started = time.perf_counter()
+    compiled_before = compile_stats()
     tokenizer, model = load_encoder(
         order.model.source, family, order.device, order.precision, layer_index=order.model.layer_index
     )
@@ -207,8 +230,7 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
         )  # fmt: skip
 
     encoder = encoder_for(tokenizer, model)
-    log.info("forward: %s", encoder.path)
-    progress.write("forward", path=encoder.path)
+    forward = note_forward(encoder, order, log, progress)
     fp32 = None  # non-finite proteins (fp16/bf16 overflow) are redone in fp32: that copy loads on first need
     if order.precision != "fp32":
         fp32 = Fp32Redo(
@@ -256,16 +278,21 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
             del chunk_embedded
             give_back_free_memory()  # a chunk's tensors, once per chunk
             log.info("wrote %s (%d proteins)", path.name, len(chunk_digests))
+            if encoder.path != forward:  # a kernel failed on a batch: the next one took over
+                forward = note_forward(encoder, order, log, progress)
             memory = memory_record(order.device, [encoder, fp32 and fp32.encoder])
             progress.write(
                 "chunk", proteins=len(chunk_digests), residues=chunk_residues, windowed=chunk_windowed,
-                redone_in_fp32=chunk_redone, **memory,
+                redone_in_fp32=chunk_redone, **memory, **compile_record(compiled_before),
             )  # fmt: skip
             if stop["requested"]:
                 log.warning("stopped by signal after %d proteins; finished chunks are kept", proteins)
                 progress.write("end", status="interrupted")
                 return exits.INTERRUPTED
-        progress.write("end", status="done", **memory_record(order.device, [encoder, fp32 and fp32.encoder]))
+        progress.write(
+            "end", status="done", **memory_record(order.device, [encoder, fp32 and fp32.encoder]),
+            **compile_record(compiled_before),
+        )  # fmt: skip
     finally:
         bar.close()
         encoder.close()
