@@ -53,6 +53,11 @@ class UniqueSequences:
             object.__setattr__(self, "_sorted", self.digests[order])
         return self.__dict__["_sorted"]
 
+    def drop_sorted(self) -> None:
+        """Let sorted_digests' arrays go (the merge, once its files are written)."""
+        self.__dict__.pop("_sorted", None)
+        self.__dict__.pop("_order", None)
+
     def positions_of(self, digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(position in this set, whether it is in this set) of each of `digests`: a binary search in the sorted
         digests (the merge looks up every chunk's)."""

@@ -46,7 +46,7 @@ def unique_count(sequences: Sequence[str]) -> int:
 
 
 def split_summary(sequences: Sequence[str]) -> dict[str, Any]:
-    lengths = np.sort(sequence_lengths(sequences))
+    lengths = np.sort(sequence_lengths(sequences, np.int32))
     return {
         "proteins": len(lengths),
         "unique": unique_count(sequences),
@@ -171,7 +171,7 @@ def write_report(
     )
     if store is not None:
         summary["store"] = store
-    split_lengths = {name: sequence_lengths(sequences) for name, sequences in splits.items()}
+    split_lengths = {name: sequence_lengths(sequences, np.int32) for name, sequences in splits.items()}
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(output_dir / SUMMARY_NAME, (json.dumps(summary, indent=1) + "\n").encode())
     report = output_dir / REPORT_NAME

@@ -169,17 +169,17 @@ def chart_lengths(split_lengths: dict[str, list[int]], limits: dict[str, int]) -
         return None
     from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-    everything = np.concatenate([np.asarray(lengths, dtype=np.int64) for lengths in split_lengths.values()])
-    if not len(everything):
-        everything = np.ones(1, dtype=np.int64)
-    low, high = max(1, int(everything.min())), int(everything.max()) + 1
+    # Per split, not concatenated: a proteome's lengths are millions of numbers, and each copy costs 4-8 bytes each
+    present = [np.asarray(lengths) for lengths in split_lengths.values() if len(lengths)]
+    low = max(1, min((int(lengths.min()) for lengths in present), default=1))
+    high = max((int(lengths.max()) for lengths in present), default=1) + 1
     edges = np.asarray([low * (high / low) ** (i / HISTOGRAM_BINS) for i in range(HISTOGRAM_BINS + 1)])
     shortest_limit = min(limits.values()) if limits else None
     by_limit: dict[int, list[str]] = {}
     for model, limit in limits.items():
         by_limit.setdefault(limit, []).append(model)
     shown_limits = [(limit, models) for limit, models in sorted(by_limit.items()) if low <= limit < high - 1]
-    any_windows = shortest_limit is not None and bool((everything > shortest_limit).any())
+    any_windows = shortest_limit is not None and any(bool((lengths > shortest_limit).any()) for lengths in present)
     entries = [("one pass", ONE_PASS_COLOUR, "box")]
     entries += [("windows (some model)", WINDOWS_COLOUR, "box")] if any_windows else []
     entries += [("a model's one-pass limit", WINDOWS_COLOUR, "dash")] if shown_limits else []
@@ -187,8 +187,10 @@ def chart_lengths(split_lengths: dict[str, list[int]], limits: dict[str, int]) -
         figure = _figure(0.7 + 3.3 * len(split_lengths), 3.0)
         panels = figure.subplots(1, len(split_lengths), squeeze=False, sharex=True)[0]
         for index, (axes, (split, lengths)) in enumerate(zip(panels, split_lengths.items(), strict=True)):
-            lengths = np.asarray(lengths, dtype=np.int64)
-            which = np.clip(np.searchsorted(edges, lengths, side="right") - 1, 0, HISTOGRAM_BINS - 1)
+            lengths = np.asarray(lengths)
+            which = np.searchsorted(edges, lengths, side="right")
+            which -= 1
+            np.clip(which, 0, HISTOGRAM_BINS - 1, out=which)
             total = np.bincount(which, minlength=HISTOGRAM_BINS)
             long = which[lengths > shortest_limit] if shortest_limit is not None else which[:0]
             windowed = np.bincount(long, minlength=HISTOGRAM_BINS)

@@ -59,6 +59,7 @@ def finish_jobs(
         print(file=sys.stderr)  # a dead worker's progress bar may have left its line open
     try:
         summary = merge_finished(config, splits, jobs, stopping or threading.Event())
+        unique_of(shared_splits(splits)).drop_sorted()  # the report, next, needs memory more
     except Interrupted:
         if config.run.report:
             report_run(config, splits, jobs, started_at, "interrupted")
