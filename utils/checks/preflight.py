@@ -135,14 +135,15 @@ def check_paths(config: Config) -> list[str]:
 def chunk_settings(config: Config, model: ResolvedModel) -> dict[str, Any]:
     """Everything that decides a chunk's numbers; stored in every chunk so that a changed setting can be named."""
     from utils.engine.encode import resolve_precision
+    from utils.engine.limits import resolved_max_residues
 
     return {
         "checkpoint": model.identity,
         "family": model.family.name,
         "precisions": sorted({resolve_precision(model.config.precision, d) for d in model.config.devices}),
-        # Resolved here, the same on every machine: auto is the model's own positional limit (ESM-1b) or none. A device
-        # too small for a protein's one pass windows it at run time, and that protein's note says so.
-        "max_residues": config.run.max_residues or model.arch.max_residues,
+        # Resolved here, the same on every machine: the setting, never past the model's own positional limit (ESM-1b),
+        # which alone applies under auto; None: no windows. A device too small for a protein's pass fails the model.
+        "max_residues": resolved_max_residues(config.run.max_residues, model.arch),
         "window_overlap": config.run.window_overlap,
         "per_residue": config.run.per_residue,
         "layer": model.layer_index,  # the hidden state pooled (models.<key>.layer)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,7 +43,7 @@ def embed_batches(
     for k, batch in enumerate(batches):
         batch_sequences = [sequences[i] for i in batch]
         tokens = ahead.result()  # a TokenLayoutError raised on the thread is raised here
-        if any(len(s) > encoder.max_residues for s in batch_sequences):
+        if any(encoder.over_limit(s) for s in batch_sequences):
             tokens = None  # windows tokenize each window themselves
         if k + 1 < len(batches):
             ahead = encoder.tokenize_ahead([sequences[i] for i in batches[k + 1]])
@@ -105,7 +106,7 @@ class Embedder:
         from utils.checks.resolve import resolve_model
         from utils.engine.encode import Encoder, load_encoder, resolve_precision
         from utils.engine.finite import Fp32Redo
-        from utils.engine.limits import device_limits
+        from utils.engine.limits import DTYPE_BYTES, device_limits
         from utils.errors import UserError
         from utils.inputs.config import setting_problems
         from utils.inputs.keys import ATTENTION_PATHS, PRECISIONS, Config, ModelConfig, RunParams, normalise_device
@@ -162,10 +163,11 @@ class Embedder:
         )
         family, longest, layer_index = self.model.family, self.limits.max_residues, self.model.layer_index
         tokenizer, net = load_encoder(self.model.source, family, where, self.precision, layer_index=layer_index)
-        budget = self.limits.max_tokens_per_batch
+        budget, limits = self.limits.max_tokens_per_batch, self.limits
         self.encoder = Encoder(
-            tokenizer, net, family, where, longest, window_overlap, tokens_per_pass=budget, attention=attention
-        )
+            tokenizer, net, family, where, longest, window_overlap, tokens_per_pass=budget, attention=attention,
+            limits=limits,
+        )  # fmt: skip
         # As in the job: proteins that overflow fp16/bf16 (NaN/inf) are redone in fp32, loaded on first need.
         self.fp32 = None
         if self.precision != "fp32":
@@ -173,6 +175,7 @@ class Embedder:
                 lambda: Encoder(
                     *load_encoder(self.model.source, family, where, "fp32", layer_index=layer_index), family, where,
                     longest, window_overlap, self.encoder.per_residue, tokens_per_pass=budget, attention=attention,
+                    limits=replace(limits, dtype_bytes=DTYPE_BYTES["fp32"]),
                 )
             )  # fmt: skip
         self.windowed: dict[int, dict] = {}  # of the last embed() call: index → how it was split into windows
@@ -194,7 +197,7 @@ class Embedder:
         several threads run one after another."""
         import numpy as np
 
-        from utils.errors import UserError
+        from utils.errors import ModelError, UserError
         from utils.inputs.fasta import parse_fasta
 
         if isinstance(sequences, (str, bytes)):
@@ -221,6 +224,10 @@ class Embedder:
                 problems = [_RECORD_LINE.sub(r"sequences[\1] ", p).replace("the record", "it") for p in exc.problems]
                 raise UserError(problems) from None
             unique = list(dict.fromkeys(cleaned))
+            unfit = self.limits.first_unfit([len(s) for s in unique])
+            if unfit is not None:  # decided before any work, as the job does (utils.engine.limits)
+                index = cleaned.index(unique[unfit])
+                raise ModelError(self.limits.does_not_fit(f"sequences[{index}]", len(unique[unfit])))
             self.encoder.per_residue = per_residue
             if self.fp32 is not None and self.fp32.encoder is not None:
                 self.fp32.encoder.per_residue = per_residue

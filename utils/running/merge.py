@@ -171,7 +171,7 @@ def _write_splits(
             "devices": list(model.config.devices),
             "pooling": f"mean over residue token rows [{model.family.residue_offset}, "
             f"{model.family.residue_offset}+L): no special tokens, no prefix, no padding",
-            # longer proteins go to windows (None: none by setting; a device too small still windows, noted per protein)
+            # longer proteins went through windows (None: none did); never the device's choice (utils.engine.limits)
             "max_residues": job.chunk_settings["max_residues"],
             "windowed": windowed,
             "redone_in_fp32": redone,  # id → why (non-finite in fp16/bf16)

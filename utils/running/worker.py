@@ -27,12 +27,14 @@ from utils.engine.batching import batch_views, chunked
 from utils.engine.embedder import embed_batches
 from utils.engine.encode import Encoder, ModelError, load_encoder
 from utils.engine.finite import Fp32Redo
+from utils.engine.limits import protein_name, windows_text
 from utils.inputs.fasta import sequence_lengths
 from utils.inputs.unique import digests_of
 from utils.malloc import give_back_free_memory
 from utils.outputs.progress import ProgressLog
 from utils.running.plan import WorkOrder
 from utils.running.store import ChunkStore, sequence_digest
+from utils.units import size_text
 
 
 def _die_with_main(main_pid: int) -> None:
@@ -151,12 +153,17 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
     batches = batch_views(*limits.plan_batch_bounds(lengths, family.special_tokens))
     pending = [b for b in batches if not is_done[b].all()]
     residues_todo = sum(int(lengths[b].sum()) for b in pending)
+    longest = int(pending[0][0]) if pending else None  # the plan runs longest first
+    if longest is not None and not limits.fits(int(lengths[longest])):
+        # Memory never changes a vector: a protein that cannot run whole (or in its windows) fails the model, now
+        raise ModelError(limits.does_not_fit(protein_name(sequences[longest]), int(lengths[longest])))
     give_back_free_memory()  # the planning's transient arrays
     reused = int(is_done.sum())
     log.info(
-        "model %s (%s) on %s, %s; %d unique sequences, %d already in chunks; token budget %d, max residues %d",
+        "model %s (%s) on %s, %s; %d unique sequences, %d already in chunks; token budget %d; %s; memory %s (%s)",
         order.model.source, family.label, order.device, order.precision, len(sequences), reused,
-        limits.max_tokens_per_batch, limits.max_residues,
+        limits.max_tokens_per_batch, windows_text(limits.max_residues), size_text(limits.memory_bytes),
+        limits.memory_source,
     )  # fmt: skip
     if 0 < reused < len(sequences):
         print(
@@ -166,7 +173,7 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
     progress = ProgressLog(order.progress_path, label=order.label, model=order.model.config.key, device=order.device)
     progress.write(
         "start", precision=order.precision, sequences=len(sequences), reused=reused,
-        reused_chunks=len(store.chunk_files()), max_residues=limits.max_residues,
+        reused_chunks=len(store.chunk_files()), max_residues=limits.max_residues or 0,
     )  # fmt: skip
     if not pending:
         progress.write("end", status="done")
@@ -184,6 +191,7 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
         return Encoder(
             tokenizer, model, family, order.device, limits.max_residues, order.run.window_overlap,
             order.run.per_residue, tokens_per_pass=limits.max_tokens_per_batch, attention=order.run.attention,
+            limits=limits,
         )  # fmt: skip
 
     encoder = encoder_for(tokenizer, model)
