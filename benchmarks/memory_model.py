@@ -4,6 +4,7 @@ without: a random-weight ESM2 in a real architecture, short proteins, fp32 on th
 
     python benchmarks/memory_model.py --arch esm2_t33_650M --proteins 60 --slurm-mem 3200
     python benchmarks/memory_model.py --arch esm2_t6_8M --proteins 60 --slurm-mem 150     # seconds, a quick look
+    python benchmarks/memory_model.py --activations        # bytes per token: measured against the model, per family
 
 Runs the real CLI twice on the same proteins: without a limit, and with SLURM_MEM_PER_NODE (MiB) set as SLURM sets it
 for --mem. Prints, for each run, its exit code (and error line), the worker's peak RSS from run_summary.json and the
@@ -11,6 +12,11 @@ proteins embedded in windows; the memory model's estimate of the job's heaviest 
 process's own baseline (Python, torch and transformers imported, before any model); and the lowest cosine between
 the two runs' vectors. Memory never changes a vector: the limited run either gives the same vectors (cosine 1) or
 fails the model in one line. Asserts nothing.
+
+--activations: per family at real widths (ESM2-650M, ESM C 600M, ProtT5-XL; two layers: activations are freed layer
+by layer, so depth does not change them), the peak RSS a packed pass adds over the process before it, at ~800 and
+~3,600 tokens in fresh processes; the slope is the bytes per token the memory model's activation term must cover
+(Architecture.activation_widths).
 """
 
 from __future__ import annotations
@@ -33,6 +39,54 @@ BASELINE = (
     "import torch, transformers, transformers.modeling_utils, utils.running.worker\n"
     "print(next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')))"
 )
+
+
+ACTIVATIONS = r"""
+import json, random, sys
+sys.path.insert(0, sys.argv[1])
+from utils.engine.encode import Encoder, load_encoder
+from utils.engine.families import FAMILIES
+family, path, tokens = sys.argv[2], sys.argv[3], int(sys.argv[4])
+tokenizer, model = load_encoder(path, FAMILIES[family], "cpu", "fp32")
+encoder = Encoder(tokenizer, model, FAMILIES[family], "cpu", None, 256, tokens_per_pass=1 << 20)
+rng = random.Random(0)
+proteins = ["".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(400)) for _ in range(tokens // 402)]
+encoder.embed(proteins[:1])
+def status(field):
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field))
+open("/proc/self/clear_refs", "w").write("5")  # the peak starts over here
+before = status("VmRSS:")
+encoder.embed(proteins)
+print(json.dumps({"tokens": sum(len(p) + 2 for p in proteins), "added": status("VmHWM:") - before}))
+"""
+WIDTHS = {  # family: (builder, real widths with two layers)
+    "esm2": ("build_esm2", {"hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 20}),
+    "esmc": ("build_esmc", {"hidden_size": 1152, "intermediate_size": 3072, "num_attention_heads": 18,
+                            "num_key_value_heads": 18, "head_dim": 64}),
+    "prot_t5": ("build_prot_t5", {"d_model": 1024, "d_ff": 16384, "num_heads": 32, "d_kv": 128}),
+}  # fmt: skip
+
+
+def activations() -> None:
+    """Measured bytes per packed token (the slope between two pass sizes) against the memory model's."""
+    from tests import tiny_checkpoints
+    from utils.engine.families import architecture
+    from utils.engine.limits import linear_bytes_per_token
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for family, (builder, widths) in WIDTHS.items():
+            layers = {"num_layers": 2} if family == "prot_t5" else {"num_hidden_layers": 2}
+            path = getattr(tiny_checkpoints, builder)(Path(tmp) / family, sizes={**widths, **layers})
+            runs = []
+            for tokens in (800, 3600):
+                command = [sys.executable, "-c", ACTIVATIONS, str(REPO), family, str(path), str(tokens)]
+                runs.append(json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout))
+            measured = (runs[1]["added"] - runs[0]["added"]) / (runs[1]["tokens"] - runs[0]["tokens"])
+            import transformers
+
+            modeled = linear_bytes_per_token(architecture(transformers.AutoConfig.from_pretrained(path)), 4)
+            print(f"{family}: measured {measured / 1024:,.0f} KiB per token, modeled {modeled / 1024:,.0f} KiB "
+                  f"({modeled / measured:.2f}×)")  # fmt: skip
 
 
 def write_inputs(directory: Path, checkpoint: Path, proteins: int, seed: int) -> Path:
@@ -89,7 +143,11 @@ def main() -> int:
     parser.add_argument("--proteins", type=int, default=60)
     parser.add_argument("--slurm-mem", type=int, default=3200, help="MiB, as SLURM_MEM_PER_NODE")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--activations", action="store_true", help="bytes per token per family, then exit")
     args = parser.parse_args()
+    if args.activations:
+        activations()
+        return 0
 
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)

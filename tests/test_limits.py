@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 
 from utils.engine.families import Architecture
-from utils.engine.limits import device_limits, estimate_peak_bytes, heaviest_pass, weight_bytes
+from utils.engine.limits import device_limits, estimate_peak_bytes, heaviest_pass, linear_bytes_per_token, weight_bytes
+from utils.units import size_text
 
-PROT_T5_XL = Architecture(1024, 24, 32, 16384, 1_208_000_000, True, None)
+PROT_T5_XL = Architecture(1024, 24, 32, 16384, 1_208_000_000, True, None, 4096, (10.0, 2.5))
 ESM2_3B = Architecture(2560, 36, 40, 10240, 2_830_000_000, False, None)
 ESM2_650M = Architecture(1280, 33, 20, 5120, 650_000_000, False, None)
 ESM1B = Architecture(1280, 33, 20, 5120, 650_000_000, False, 1022)
@@ -37,28 +38,36 @@ def test_only_t5_pays_for_a_position_bias_workspace():
     # ESM's attention keeps O(T) state; the T5 bias blocks (up to 3 × 64 MB) were charged to every family.
     tokens = 194
     esm = estimate_peak_bytes(ESM2_650M, 4, tokens)
-    assert esm == weight_bytes(ESM2_650M, 4) + tokens * 4 * (8 * 1280 + 2 * 5120)
+    assert esm == weight_bytes(ESM2_650M, 4) + tokens * linear_bytes_per_token(ESM2_650M, 4)
     t5 = estimate_peak_bytes(PROT_T5_XL, 4, tokens)
-    assert t5 - weight_bytes(PROT_T5_XL, 4) - tokens * 4 * (8 * 1024 + 2 * 16384) == 3 * 32 * tokens * tokens * 4
+    linear = tokens * linear_bytes_per_token(PROT_T5_XL, 4)
+    assert t5 - weight_bytes(PROT_T5_XL, 4) - linear == 3 * 32 * tokens * tokens * 4
 
 
 def test_a_protein_that_does_not_fit_fails_in_one_line_naming_it_the_need_the_limit_and_the_fix():
     limits = device_limits(ESM2_650M, "cpu", "fp32", memory_bytes=3200 * MIB, memory_source="SLURM's --mem")
-    assert limits.fits(192) and limits.fits(1000)  # the proteins run whole
+    assert limits.fits(192) and limits.fits(800)  # the proteins (7-192 residues) run whole
     assert not limits.fits(40_000)
     assert limits.first_unfit([100, 40_000, 300]) == 1 and limits.first_unfit([100, 300]) is None
     line = limits.does_not_fit("MKTAYIAKQRQI…", 40_000)
+    need = weight_bytes(ESM2_650M, 4) + 40_002 * linear_bytes_per_token(ESM2_650M, 4)
     assert "\n" not in line
     assert "protein MKTAYIAKQRQI… (40,000 residues) does not fit in memory" in line
-    assert "SLURM's --mem allows 3.12 GiB" in line and "its one pass needs about 5.47 GiB" in line
+    assert f"its one pass needs about {size_text(need)}" in line and "SLURM's --mem allows 3.12 GiB" in line
+    # on the CPU the process itself (Python, torch) takes of the same memory: 95 % of it, less ~400 MiB
+    assert limits.usable_bytes == int(0.95 * 3200 * MIB) - (400 << 20)
     longest = limits.longest_fitting()
     assert 500 < longest < 40_000 and limits.fits(longest) and not limits.fits(longest + 100)
     assert f"run_params.max_residues: {longest}" in line
     # windows (an explicit max_residues) count at the window: a long protein fits when its windows do
-    windowed = device_limits(ESM2_650M, "cpu", "fp32", max_residues=1000, memory_bytes=3200 * MIB)
+    windowed = device_limits(ESM2_650M, "cpu", "fp32", max_residues=500, memory_bytes=3200 * MIB)
     assert windowed.fits(40_000)
-    # weights alone over the limit: no max_residues to suggest
-    assert "max_residues" not in device_limits(ESM2_650M, "cpu", "fp32", memory_bytes=2 * GIB).does_not_fit("P", 10)
+    # 150 MiB leaves nothing once the process is counted: no max_residues to suggest
+    tiny = device_limits(ESM2_650M, "cpu", "fp32", memory_bytes=150 * MIB, memory_source="SLURM's --mem")
+    assert not tiny.fits(10) and "max_residues" not in tiny.does_not_fit("P", 10)
+    assert "leaves nothing for the model" in tiny.does_not_fit("P", 10)
+    # a GPU's memory holds no process: 80 % of it is the model's
+    assert device_limits(ESM2_650M, "cuda:0", "fp16", memory_bytes=8 * GIB).usable_bytes == int(0.8 * 8 * GIB)
 
 
 def test_one_pass_is_limited_by_memory_linearly():
@@ -77,7 +86,7 @@ def test_token_budget_fixed_on_cpu_unless_the_memory_allows_less_and_grows_with_
     assert device_limits(PROT_T5_XL, "cpu", "fp32", memory_bytes=24 * GIB).max_tokens_per_batch == 4096
     tight = device_limits(ESM2_650M, "cpu", "fp32", memory_bytes=3200 * MIB)
     assert 500 < tight.max_tokens_per_batch < 4096
-    assert estimate_peak_bytes(ESM2_650M, 4, tight.max_tokens_per_batch) <= 0.8 * 3200 * MIB
+    assert estimate_peak_bytes(ESM2_650M, 4, tight.max_tokens_per_batch) <= tight.usable_bytes
     small = device_limits(PROT_T5_XL, "cuda:0", "fp16", memory_bytes=8 * GIB).max_tokens_per_batch
     large = device_limits(PROT_T5_XL, "cuda:0", "fp16", memory_bytes=80 * GIB).max_tokens_per_batch
     assert 1024 <= small < large <= 131072

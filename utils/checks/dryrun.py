@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from utils.checks.resolve import ResolvedModel
-from utils.engine.limits import DEVICE_MEMORY_FRACTION, heaviest_pass, protein_name
+from utils.engine.limits import heaviest_pass, protein_name
 from utils.inputs.fasta import Record
 from utils.inputs.keys import Config
 from utils.units import size_text
@@ -140,8 +140,8 @@ def plan_order(config: Config, order: WorkOrder, name: Callable[[str], str] = pr
         max_tokens_per_batch=limits.max_tokens_per_batch,
         max_residues=window,
         flops=flops,
-        memory=f"{size_text(limits.memory_bytes)} ({limits.memory_source}); the heaviest pass needs about "
-        f"{size_text(peak)} of the {DEVICE_MEMORY_FRACTION:.0%} the model may use",
+        memory=f"{size_text(limits.memory_bytes)} ({limits.memory_source}), {size_text(max(0, limits.usable_bytes))} "
+        f"of it for the model; the heaviest pass needs about {size_text(peak)}",
         unfit=None if unfit is None else limits.does_not_fit(name(order.sequences[unfit]), lengths[unfit]),
     )
 

@@ -20,7 +20,7 @@ from utils.checks.validation import CROSS_MODEL_MAX_COSINE, POOLING_CLEAN_RELATI
 from utils.engine.batching import window_spans
 from utils.engine.encode import Encoder
 from utils.engine.families import Architecture, Family
-from utils.engine.limits import DEVICE_MEMORY_FRACTION, Limits, heaviest_pass
+from utils.engine.limits import Limits, heaviest_pass
 
 
 # -- embeddings of the sample -------------------------------------------------------------------------------------
@@ -215,8 +215,7 @@ def check_memory(
     """The job's heaviest pass against the memory the model may use, the job's longest protein whole (`unfit`: why
     it does not fit, utils.engine.limits.Limits.does_not_fit), and on the CPU the sample's own process peak against
     the limit itself: a worker over it is killed."""
-    capacity, source = limits.memory_bytes, limits.memory_source
-    usable = int(DEVICE_MEMORY_FRACTION * capacity)
+    capacity, source, usable = limits.memory_bytes, limits.memory_source, limits.usable_bytes
     projected = job.peak_bytes
     notes = []
     if device.type == "cuda" and sample_estimate and measured > sample_estimate:
@@ -241,8 +240,8 @@ def check_memory(
         problems.append(unfit)
     elif projected > usable:
         problems.append(
-            f"the heaviest batch does not fit the {DEVICE_MEMORY_FRACTION:.0%} of {gb(capacity)} ({source}) the model "
-            f"may use on {device}: lower run_params.max_tokens_per_batch / batch_size"
+            f"the heaviest batch does not fit the {gb(usable)} of {gb(capacity)} ({source}) the model may use on "
+            f"{device}: lower run_params.max_tokens_per_batch / batch_size"
         )
     if device.type == "cpu" and measured > capacity:
         problems.append(
@@ -250,7 +249,7 @@ def check_memory(
             "the job's workers would be killed; give the job more memory"
         )
     detail = "; ".join([plan, *notes, *problems])
-    if not problems and fraction > DEVICE_MEMORY_FRACTION * 0.9:
+    if not problems and projected > 0.9 * usable:
         detail += "; close to the memory the model may use"
     values = {
         "measured_bytes": measured,

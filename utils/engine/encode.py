@@ -158,9 +158,13 @@ class Encoder:
         self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self.out_of_memory_events = 0
         self.smallest_failed_tokens = float("inf")  # tokens of the smallest batch that ran out of memory
-        self.packed = None if attention == "transformers" else build_forward(model, family.forward)
+        self.packed, self.layout_reason = None, ""  # why transformers' forward runs instead of ours, if it does
+        if attention != "transformers":
+            self.packed, self.layout_reason = build_forward(model, family.forward)
         self.kernels = ["transformers"] if self.packed is None else kernel_choices(attention, self.device, family)
         self.fallback_reason = ""
+        if self.packed is not None and not self._layout_agrees():
+            self.packed, self.kernels = None, ["transformers"]
         while len(self.kernels) > 1 and not self._kernel_agrees():
             self.kernels.pop(0)
 
@@ -172,9 +176,43 @@ class Encoder:
     def path(self) -> str:
         """Which forward and attention kernel run, for the log and the report."""
         if self.packed is None:
-            return f"transformers ({self.model.config._attn_implementation})"
+            why = f"; {self.layout_reason}" if self.layout_reason else ""
+            return f"transformers ({self.model.config._attn_implementation}{why})"
         note = f" ({self.fallback_reason})" if self.fallback_reason else ""
         return f"packed, {self.kernel} attention{note}"
+
+    def _layout_agrees(self) -> bool:
+        """Our forward (segments attention) against transformers' own, one protein at a time, on a probe batch: a
+        layout the config check let through but the packed forward gets wrong runs transformers' forward instead
+        (layout_reason says so). A checkpoint transformers itself cannot run is a ModelError, in one line."""
+        probe = ["M" * 7, "MKTAYIAKQRQISFVKSHFSRQ" * 3]  # shortest first: dynamic rotary state only grows
+        try:
+            theirs = torch.stack([self._reference_pooled(sequence) for sequence in probe])
+        except Exception as exc:  # noqa: BLE001  # the checkpoint itself is at fault: no forward can run it
+            raise ModelError(
+                f"transformers' own forward fails on this checkpoint ({_first_line(exc)}): its config.json does not "
+                "match its weights, or it needs another transformers version"
+            ) from None
+        try:
+            ours = self._pooled_with("segments", self.table.pack(probe)).to(theirs.device)
+        except Exception as exc:  # noqa: BLE001  # a layout our forward cannot run: transformers' can
+            self.layout_reason = f"the packed forward fails on this layout ({_first_line(exc)})"
+            return False
+        if not (torch.isfinite(ours).all() and torch.isfinite(theirs).all()):
+            return True  # non-finite weights or overflow: no verdict here, the fp32 redo and its checks judge
+        cosine = torch.nn.functional.cosine_similarity(ours.double(), theirs.double(), dim=-1).min().item()
+        tolerance = 0.9999 if self.model.dtype == torch.float32 else 0.99
+        if cosine < tolerance:
+            self.layout_reason = f"the packed forward disagreed with transformers' on a probe (cosine {cosine:.4f})"
+            return False
+        return True
+
+    @torch.inference_mode()
+    def _reference_pooled(self, sequence: str) -> torch.Tensor:
+        """transformers' forward on one protein, unpadded: the mean of its residue rows."""
+        ids = self._to_device(self.table.encode([sequence])["input_ids"])
+        hidden = self.model(input_ids=ids).last_hidden_state[0]
+        return hidden[self.family.residue_slice(len(sequence))].float().mean(dim=0)
 
     def _kernel_agrees(self) -> bool:
         """Run the first kernel once against segments on a few proteins (compiling it, where it compiles); on an

@@ -13,15 +13,15 @@ stays within each protein without ever building a T × T tensor for the batch (u
 linear in the batch's tokens. Memory model (per forward pass over `tokens` packed tokens whose longest protein has
 `longest` tokens; benchmarks/memory_model.py measures it against a real-size checkpoint):
   weights              parameters × bytes per value
-  activations          tokens × bytes × (8 × hidden + 2 × ffn): the residual stream, q/k/v/out, the feed-forward's
-                       inner width and the float32 pooling block
+  activations          tokens × bytes × (a × hidden + b × ffn), the values alive at the forward's peak per token
+                       (Architecture.activation_widths: measured per family, T5's ReLU keeps fewer than ESM's GELU)
   attention workspace  only where the family has a position bias (T5, Architecture.position_bias): the kept square
                        bias, one block of it and SDPA's scores for it, 3 × min(heads × longest² × 4 bytes,
                        ATTENTION_WORKSPACE_BYTES) (utils.engine.attention.segments_attention). Without a bias,
                        attention keeps O(T) state (SDPA's fused kernels, FlexAttention, FlashAttention), inside the
                        activations' term.
-A pass fits when weights + activations + workspace fit 80 % of the memory; the rest is the process itself (Python,
-torch) and the allocator's slack.
+A pass fits when weights + activations + workspace fit what the model may use (usable_bytes): on a GPU 80 % of its
+memory, on the CPU 95 % of the limit less the process's own ~400 MiB (Python, torch, transformers).
 """
 
 from __future__ import annotations
@@ -48,7 +48,12 @@ MIN_WINDOW = 16  # the least run_params.max_residues (utils.inputs.config.INT_SE
 CPU_TOKENS_PER_BATCH = 4096
 # The largest GPU batch in tokens: past it, a batch takes long enough that larger ones gain nothing.
 GPU_MAX_TOKENS_PER_BATCH = 131072
-DEVICE_MEMORY_FRACTION = 0.8  # of the memory, for weights and activations; the rest is the process and allocator slack
+# What one model's passes may use of the memory, by device kind: a share of it (the rest: the allocator's slack, and
+# on a GPU the CUDA context), less what the process holds before any model loads. On the CPU that is the same memory:
+# Python, torch and transformers imported took 383 MiB here (benchmarks/memory_model.py prints it), and with it counted
+# the model's estimate came within 3 % of the worker's measured peak RSS.
+MEMORY_SHARE = {"cpu": 0.95, "cuda": 0.8}
+PROCESS_BYTES = {"cpu": 400 << 20, "cuda": 0}
 # How the sources of cpu_memory_sources read in a message: the limit that applies, named as the user set it.
 MEMORY_SOURCES = {
     "machine": "this machine's memory",
@@ -69,6 +74,7 @@ class Limits:
     max_residues: int | None
     memory_bytes: int  # the memory these limits were derived from
     memory_source: str = "the device's memory"  # where memory_bytes comes from, as a message names it
+    usable_bytes: int = 0  # what one pass of the model may take of it (usable_bytes())
     arch: Architecture | None = None  # what the memory model needs to size one pass
     dtype_bytes: int = 4
 
@@ -97,7 +103,7 @@ class Limits:
         return estimate_peak_bytes(self.arch, self.dtype_bytes, self.pass_residues(length) + SPECIAL_TOKENS)
 
     def fits(self, length: int) -> bool:
-        return self.pass_bytes(length) <= DEVICE_MEMORY_FRACTION * self.memory_bytes
+        return self.pass_bytes(length) <= self.usable_bytes
 
     def first_unfit(self, lengths: Sequence[int] | np.ndarray) -> int | None:
         """The index of the longest protein when its pass does not fit this memory (then it fails its model, before
@@ -121,17 +127,22 @@ class Limits:
                 f", or set run_params.max_residues: {longest} to embed longer proteins in windows of that many "
                 "residues (recorded per protein in meta['windowed'])"
             )
+        left = (
+            f"of which {size_text(self.usable_bytes)} is left for the model"
+            if self.usable_bytes > 0
+            else "which leaves nothing for the model once the process itself is counted"
+        )
         return (
-            f"protein {protein} ({length:,} residues) does not fit in memory{seen}: {what} needs about {need} (the "
-            f"memory model of utils/engine/limits.py, weights included) and {self.memory_source} allows "
-            f"{size_text(self.memory_bytes)}, of which {DEVICE_MEMORY_FRACTION:.0%} is for the model; {fix}"
+            f"protein {protein} ({length:,} residues) does not fit in memory{seen}: {what} needs about {need}, "
+            f"weights included, and {self.memory_source} allows {size_text(self.memory_bytes)}, {left} (the memory "
+            f"model: utils/engine/limits.py); {fix}"
         )
 
     def longest_fitting(self) -> int:
         """The most residues one pass may hold within this memory by the memory model (0: not even the weights)."""
         if self.arch is None:
             return 0
-        return longest_one_pass(self.arch, self.dtype_bytes, self.memory_bytes)
+        return longest_one_pass(self.arch, self.dtype_bytes, self.usable_bytes)
 
 
 def windows_text(max_residues: int | None) -> str:
@@ -158,6 +169,12 @@ def device_memory(device: str) -> tuple[int, str]:
 
 def device_memory_bytes(device: str) -> int:
     return device_memory(device)[0]
+
+
+def usable_bytes(device: str, memory_bytes: int) -> int:
+    """What one model's passes (weights, activations, workspace) may take of `memory_bytes` on `device`."""
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    return int(MEMORY_SHARE[kind] * memory_bytes) - PROCESS_BYTES[kind]
 
 
 def cpu_memory_sources(
@@ -231,7 +248,8 @@ def weight_bytes(arch: Architecture, dtype_bytes: int) -> int:
 
 
 def linear_bytes_per_token(arch: Architecture, dtype_bytes: int) -> int:
-    return dtype_bytes * (8 * arch.hidden + 2 * arch.ffn)
+    per_hidden, per_ffn = arch.activation_widths
+    return int(dtype_bytes * (per_hidden * arch.hidden + per_ffn * arch.ffn))
 
 
 def attention_workspace_bytes(arch: Architecture, longest: int) -> int:
@@ -252,10 +270,9 @@ def estimate_peak_bytes(arch: Architecture, dtype_bytes: int, tokens: int, longe
     )
 
 
-def most_tokens(arch: Architecture, dtype_bytes: int, memory_bytes: int, cap: int = 1 << 30) -> int:
-    """The most tokens one pass may hold (at most `cap`) with weights + activations + workspace within 80 % of
-    `memory_bytes`; 0 when not even the weights fit. The estimate grows with the tokens: a bisection finds it."""
-    usable = DEVICE_MEMORY_FRACTION * memory_bytes
+def most_tokens(arch: Architecture, dtype_bytes: int, usable: int, cap: int = 1 << 30) -> int:
+    """The most tokens one pass may hold (at most `cap`) with weights + activations + workspace within `usable`
+    bytes; 0 when not even the weights fit. The estimate grows with the tokens: a bisection finds it."""
     low, high = 0, cap
     while low < high:
         middle = (low + high + 1) // 2
@@ -266,10 +283,10 @@ def most_tokens(arch: Architecture, dtype_bytes: int, memory_bytes: int, cap: in
     return low
 
 
-def longest_one_pass(arch: Architecture, dtype_bytes: int, memory_bytes: int) -> int:
-    """The most residues one protein's pass may hold within `memory_bytes`; 0 when not even the weights fit. Batch
-    sizes and the does-not-fit message use it; which proteins go through windows never does."""
-    return max(0, most_tokens(arch, dtype_bytes, memory_bytes) - SPECIAL_TOKENS)
+def longest_one_pass(arch: Architecture, dtype_bytes: int, usable: int) -> int:
+    """The most residues one protein's pass may hold within `usable` bytes; 0 when not even the weights fit. The
+    does-not-fit message suggests it; which proteins go through windows never depends on it."""
+    return max(0, most_tokens(arch, dtype_bytes, usable) - SPECIAL_TOKENS)
 
 
 def resolved_max_residues(max_residues: int | None, arch: Architecture) -> int | None:
@@ -295,14 +312,14 @@ def device_limits(
     dtype_bytes = DTYPE_BYTES[precision]
     if memory_bytes is None:
         memory_bytes, memory_source = device_memory(device)
+    usable = usable_bytes(device, memory_bytes)
     if max_tokens_per_batch is None:
         if device == "cpu":  # the fixed CPU budget, unless the memory allows less (a batch job's --mem)
-            fitting = most_tokens(arch, dtype_bytes, memory_bytes, CPU_TOKENS_PER_BATCH)
-            max_tokens_per_batch = max(SPECIAL_TOKENS + 1, fitting)
+            max_tokens_per_batch = max(SPECIAL_TOKENS + 1, most_tokens(arch, dtype_bytes, usable, CPU_TOKENS_PER_BATCH))
         else:
-            max_tokens_per_batch = max(1024, most_tokens(arch, dtype_bytes, memory_bytes, GPU_MAX_TOKENS_PER_BATCH))
+            max_tokens_per_batch = max(1024, most_tokens(arch, dtype_bytes, usable, GPU_MAX_TOKENS_PER_BATCH))
     windows = resolved_max_residues(max_residues, arch)
-    return Limits(max_tokens_per_batch, batch_size, windows, memory_bytes, memory_source, arch, dtype_bytes)
+    return Limits(max_tokens_per_batch, batch_size, windows, memory_bytes, memory_source, usable, arch, dtype_bytes)
 
 
 def heaviest_pass(

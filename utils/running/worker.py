@@ -123,9 +123,14 @@ def run_work_order(order: WorkOrder, main_pid: int) -> int:
             file=sys.stderr,
         )
         return exits.FAILED
-    except Exception:
+    except Exception as exc:  # anything else: one line here, the traceback in the log
         log.exception("worker failed")
-        raise
+        print(
+            f"\nerror: model {order.label}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]} "
+            f"(the traceback is in {order.log_path})",
+            file=sys.stderr,
+        )
+        return exits.FAILED
 
 
 def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) -> int:
@@ -197,6 +202,8 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
     encoder = encoder_for(tokenizer, model)
     log.info("forward: %s", encoder.path)
     progress.write("forward", path=encoder.path)
+    if encoder.layout_reason:  # not a setting the user chose: say so where they look
+        print(f"note: {order.label}: transformers' own forward runs ({encoder.layout_reason})", file=sys.stderr)
     fp32 = None  # non-finite proteins (fp16/bf16 overflow) are redone in fp32: that copy loads on first need
     if order.precision != "fp32":
         fp32 = Fp32Redo(
