@@ -197,11 +197,12 @@ def write_residue_rows(store: ChunkStore, records: Records, path: Path, meta: di
     """Per-residue rows streamed chunk by chunk, since a whole job's would not fit in memory. The datasets are
     created empty in input order first, so the file still lists proteins in input order."""
     from utils.inputs.unique import split_digests
-    from utils.outputs.writers import H5Writer
+    from utils.outputs.writers import H5Writer, h5_file_bytes, text_bytes
 
     ids_by_digest: dict[str, list[str]] = {}
-    with H5Writer(path, {**meta, "rows": "residue rows only, [L, D] float16 per protein"}) as writer:
-        lengths = records.lengths().tolist()
+    lengths = records.lengths().tolist()
+    size = h5_file_bytes(len(records), sum(lengths) * meta["dim"] * 2, text_bytes(records.ids, records.headers))
+    with H5Writer(path, {**meta, "rows": "residue rows only, [L, D] float16 per protein"}, size) as writer:
         for protein_id, length, digest in zip(records.ids, lengths, split_digests(records).tolist(), strict=True):
             writer.reserve(protein_id, (length, meta["dim"]))
             ids_by_digest.setdefault(digest_hex(digest), []).append(protein_id)
