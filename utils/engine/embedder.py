@@ -98,7 +98,7 @@ class Embedder:
         batch_size: int = 32,
         max_tokens_per_batch: int | None = None,
         max_residues: int | None = None,
-        window_overlap: int = 256,
+        window_overlap: int | None = None,
         layer: int = -1,
         attention: str = "auto",
     ):
@@ -120,19 +120,16 @@ class Embedder:
         if attention not in ATTENTION_PATHS:
             problems.append(f"attention: must be one of {', '.join(ATTENTION_PATHS)}, got {attention!r}")
         # The config's own rules (utils.inputs.config.INT_SETTINGS), so the API refuses what a config file would.
-        settings, setting_lines = setting_problems(
-            {
-                "layer": layer,
-                "batch_size": batch_size,
-                "max_tokens_per_batch": max_tokens_per_batch,
-                "max_residues": max_residues,
-                "window_overlap": window_overlap,
-            }
-        )
+        given = {"layer": layer, "batch_size": batch_size, "max_tokens_per_batch": max_tokens_per_batch}
+        given["max_residues"] = max_residues
+        if window_overlap is not None:  # the default is no choice of the caller's: never refused
+            given["window_overlap"] = window_overlap
+        settings, setting_lines = setting_problems(given)
         problems += setting_lines
         if problems:
             raise UserError(problems)
-        layer, batch_size, window_overlap = settings["layer"], settings["batch_size"], settings["window_overlap"]
+        layer, batch_size = settings["layer"], settings["batch_size"]
+        window_overlap = settings.get("window_overlap", RunParams().window_overlap)  # the default: a quarter at most
         max_tokens_per_batch, max_residues = settings["max_tokens_per_batch"], settings["max_residues"]
         model_config = ModelConfig(
             _KEY,
@@ -193,8 +190,10 @@ class Embedder:
         `sequences`: any iterable of str (a list, a generator, a numpy array of strings), read once. They are read
         as FASTA sequences are (upper-cased, one trailing '*' dropped, anything else that is not a residue refused
         with a UserError naming sequences[i]); each distinct sequence is embedded once. Proteins embedded in
-        windows are listed in `self.windowed` (index → windows, window_residues, overlap, reason). Calls from
-        several threads run one after another."""
+        windows are listed in `self.windowed` (index → windows, window_residues, overlap, reason): only past
+        max_residues or the model's own limit, never for memory; a protein whose pass does not fit the memory raises
+        ModelError naming it, before any is embedded (utils.engine.limits). Calls from several threads run one after
+        another."""
         import numpy as np
 
         from utils.errors import ModelError, UserError

@@ -74,10 +74,7 @@ def finish_jobs(
     for job in failed:
         for problem in job.problems:
             print(f"error: model {problem}", file=sys.stderr)
-        print(
-            f"error: model {job.model.config.key} failed; see {config.log_dir}/{job.model.config.output_key}*.log",
-            file=sys.stderr,
-        )
+        print(f"error: model {job.model.config.key} failed; {where_to_look(config, job)}", file=sys.stderr)
     interrupted = not failed and not all(job.finished for job in jobs)
     if config.run.report:
         report_run(config, splits, jobs, started_at, "failed" if failed else "interrupted" if interrupted else "done")
@@ -88,6 +85,16 @@ def finish_jobs(
         return exits.FAILED
     print(f"done in {time.perf_counter() - started:.1f} s; outputs in {config.output_dir}", file=sys.stderr)
     return exits.OK
+
+
+def where_to_look(config: Config, job: Job) -> str:
+    """Where a failed model's story is: its workers' logs where they exist; with Ray the actors log to Ray's own
+    session logs (the driver printed their error above)."""
+    if any(order.log_path.exists() for order in job.orders):
+        return f"see {config.log_dir}/{job.model.config.output_key}*.log"
+    if config.run.engine == "ray":
+        return "the error is above; the actors' own output is in Ray's session logs (`ray logs cluster` lists them)"
+    return "the error is above"
 
 
 def merge_finished(config: Config, splits: dict[str, Records], jobs: list[Job], stopping: threading.Event) -> list[str]:

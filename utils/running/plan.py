@@ -121,6 +121,7 @@ class WorkOrder:
     bar_position: int = 0  # the progress bar's line: the order's lane
     owns_store: bool = True  # a run over the whole store may set aside chunks it cannot use; a shard (--shard) may not
     progress_path: Path | None = None  # this run's progress records for the run report (None: no report)
+    run_id: str = ""  # on every line of the worker's log: runs of other configs may share the log file
 
     def limits(self, memory_bytes: int | None = None) -> Limits:
         """Batch budgets and the longest one-pass protein on this order's device (utils.engine.limits); `memory_bytes`
@@ -206,6 +207,7 @@ def plan_jobs(
                     log_path=log_path,
                     owns_store=shard is None,
                     progress_path=progress_path(log_path, run_id) if reported and run_id else None,
+                    run_id=run_id or "",
                 )
             )
         jobs.append(job)

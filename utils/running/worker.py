@@ -87,12 +87,13 @@ def memory_record(device: str, encoders: list[Any]) -> dict[str, Any]:
     return {"peak_memory_bytes": int(peak), "peak_memory_kind": kind, "out_of_memory_retries": retries}
 
 
-def open_log(path: Path) -> logging.Logger:
+def open_log(path: Path, run_id: str = "") -> logging.Logger:
+    """The worker's log file, appended to; every line names the run (runs of other configs may share the file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger(f"worker.{path.stem}")
     logger.setLevel(logging.INFO)
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setFormatter(logging.Formatter(f"%(asctime)s run {run_id or '-'} %(levelname)s %(message)s"))
     logger.addHandler(handler)
     return logger
 
@@ -107,7 +108,7 @@ def run_work_order(order: WorkOrder, main_pid: int) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    log = open_log(order.log_path)
+    log = open_log(order.log_path, order.run_id)
     try:
         return embed_order(order, log, stop)
     except ModelError as exc:
