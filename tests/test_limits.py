@@ -10,7 +10,7 @@ from utils.engine.families import Architecture
 from utils.engine.limits import device_limits, estimate_peak_bytes, heaviest_pass, linear_bytes_per_token, weight_bytes
 from utils.units import size_text
 
-PROT_T5_XL = Architecture(1024, 24, 32, 16384, 1_208_000_000, True, None, 4096, (10.0, 2.5))
+PROT_T5_XL = Architecture(1024, 24, 32, 16384, 1_208_000_000, True, None, 4096, (10.0, 2.6))
 ESM2_3B = Architecture(2560, 36, 40, 10240, 2_830_000_000, False, None)
 ESM2_650M = Architecture(1280, 33, 20, 5120, 650_000_000, False, None)
 ESM1B = Architecture(1280, 33, 20, 5120, 650_000_000, False, 1022)

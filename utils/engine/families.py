@@ -125,7 +125,7 @@ def architecture(model_config: Any) -> Architecture:
         inner = c.num_heads * c.d_kv
         gated = 3 if "gated" in str(getattr(c, "feed_forward_proj", "")) else 2
         params = layers * (4 * hidden * inner + gated * hidden * ffn) + c.vocab_size * hidden
-        return Architecture(hidden, layers, heads, ffn, params, True, None, inner, activation_widths=(10.0, 2.5))
+        return Architecture(hidden, layers, heads, ffn, params, True, None, inner, activation_widths=(10.0, 2.6))
     layers, hidden, heads = c.num_hidden_layers, c.hidden_size, c.num_attention_heads
     ffn = getattr(c, "intermediate_size", 4 * hidden)
     gated = 3 if getattr(c, "model_type", None) == "esmc" else 2
