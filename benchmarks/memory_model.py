@@ -155,16 +155,19 @@ def main() -> int:
         config = write_inputs(directory, checkpoint, args.proteins, args.seed)
         lengths = [len(line) for line in (directory / "train.fasta").read_text().splitlines()[1::2]]
         model = resolve_model(ModelConfig("esm2", str(checkpoint), ("cpu",), "esm2", "fp32", None, -1))
-        limits = device_limits(model.arch, "cpu", "fp32")
-        estimate, items, tokens = heaviest_pass(limits, model.arch, "fp32", lengths, model.family.special_tokens)
         baseline = int(subprocess.run([sys.executable, "-c", BASELINE], capture_output=True, text=True,
                                       cwd=REPO, check=True).stdout)  # fmt: skip
         print(f"{args.arch}: {model.arch.params / 1e6:,.0f} M parameters, {args.proteins} proteins of "
-              f"{min(lengths)}-{max(lengths)} residues, fp32 on the CPU")  # fmt: skip
-        print(
-            f"memory model, heaviest pass ({items} proteins, {tokens:,} tokens): {size_text(estimate)}; "
-            f"process baseline before any model: {size_text(baseline)}; sum {size_text(estimate + baseline)}"
-        )
+              f"{min(lengths)}-{max(lengths)} residues, fp32 on the CPU; process baseline before any model: "
+              f"{size_text(baseline)}")  # fmt: skip
+        estimates = {}
+        for name, memory in (("no limit", None), ("limit", args.slurm_mem << 20)):
+            limits = device_limits(model.arch, "cpu", "fp32", memory_bytes=memory)
+            estimate, items, tokens = heaviest_pass(limits, model.arch, "fp32", lengths, model.family.special_tokens)
+            estimates[name] = estimate + baseline
+            print(f"memory model, {name}: heaviest pass {items} proteins, {tokens:,} tokens (budget "
+                  f"{limits.max_tokens_per_batch:,}): {size_text(estimate)}, with the baseline "
+                  f"{size_text(estimate + baseline)}")  # fmt: skip
         runs = {"no limit": run(directory, config, "free", None),
                 f"SLURM --mem {args.slurm_mem}M": run(directory, config, "limited", args.slurm_mem)}  # fmt: skip
         for name, figures in runs.items():
@@ -177,8 +180,9 @@ def main() -> int:
 
             cosine = torch.nn.functional.cosine_similarity(free["embeddings"], limited["embeddings"], dim=1)
             print(f"lowest cosine between the two runs: {float(cosine.min()):.6f}")
-        if free.get("peak_rss"):
-            print(f"measured peak / (model + baseline): {free['peak_rss'] / (estimate + baseline):.2f}")
+        for figures, estimate in zip((free, limited), estimates.values(), strict=True):
+            if figures.get("peak_rss"):
+                print(f"measured peak / (model + baseline): {figures['peak_rss'] / estimate:.2f}")
     return 0
 
 

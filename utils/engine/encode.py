@@ -323,10 +323,10 @@ class Encoder:
 
     def embed(self, sequences: list[str], tokens: dict[str, torch.Tensor] | None = None) -> list[Embedded]:
         """Embed one batch; over-long proteins go through windows; out of memory halves the batch and retries."""
-        long = [i for i, s in enumerate(sequences) if self.over_limit(s)]
-        if long:
-            reason = f"longer than {self.max_residues} residues"
-            pieces = self.embed_windows([sequences[i] for i in long], self.max_residues, reason)  # type: ignore[arg-type]
+        window = self.max_residues
+        long = [i for i, s in enumerate(sequences) if window is not None and len(s) > window]
+        if long and window is not None:
+            pieces = self.embed_windows([sequences[i] for i in long], window, f"longer than {window} residues")
             windowed = dict(zip(long, pieces, strict=True))
             rest = [i for i in range(len(sequences)) if i not in windowed]
             done = dict(zip(rest, self.embed([sequences[i] for i in rest]) if rest else [], strict=True))
