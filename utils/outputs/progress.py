@@ -52,7 +52,10 @@ def _held(path: Path) -> IO[str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         handle = open(path, "a", encoding="utf-8")
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # a filesystem without locks: the file is this run's all the same, only unguarded
+            return handle
         try:
             if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
                 return handle
@@ -69,8 +72,8 @@ def _remove_if_unheld(path: Path) -> None:
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return  # a live run's
+        except OSError:  # held by a live run (or no locks on this filesystem: then nothing is removed)
+            return
         try:
             if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
                 path.unlink()
