@@ -144,7 +144,7 @@ def run_engine(
     notes = {unique[i]: r.note for i, r in enumerate(results) if r.note}
     windowed = {f"{len(s)} residues": n for s, n in notes.items() if "windows" in n}
     redone = sum(1 for n in notes.values() if "redone" in n)
-    lengths = [min(len(s), limits.max_residues) for s in unique]
+    lengths = [min(len(s), limits.max_residues or len(s)) for s in unique]
     batches = limits.plan_batches([len(s) for s in unique], special)
     batch_lengths = [[lengths[i] for i in b] for b in batches]
     padded = 0.0 if encoder.packed is not None else padding_fraction(batch_lengths, special)

@@ -97,7 +97,7 @@ REFUSED = {
         lambda d, m: (d / "out").write_text("not a directory"),
         ["paths.output_dir:", "is a file, not a directory"],
     ),
-    "disk too small": (_no_disk, ["paths.output_dir:", "GB free but this job needs about"]),
+    "disk too small": (_no_disk, ["paths.output_dir:", "free but this job needs about"]),
 }
 
 

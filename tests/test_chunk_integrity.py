@@ -144,7 +144,7 @@ def test_resume_that_fits_is_not_refused_by_the_disk_check(first_run, monkeypatc
     shutil.move(chunks, moved)
     try:
         problems = preflight.check_disk(config_, splits, models)
-        assert len(problems) == 1 and "GB free but this job needs about" in problems[0]
+        assert len(problems) == 1 and "free but this job needs about" in problems[0]
     finally:
         shutil.move(moved, chunks)
 

@@ -248,6 +248,8 @@ def _resolved(dim: int) -> resolve.ResolvedModel:
 
 
 def test_disk_too_small_is_refused(tmp_path, monkeypatch):
+    from utils.units import size_text
+
     config = load_config(_write(tmp_path, _base(tmp_path)))
     splits = {"train": [Record(f"p{i}", "M" * 300) for i in range(100_000)], "test": [Record("t", "MK")]}
     needed = preflight.estimate_output_bytes(config, splits, [_resolved(1024)])
@@ -262,7 +264,7 @@ def test_disk_too_small_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", fake_usage)
     problems = preflight.check_disk(config, splits, [_resolved(1024)])
     assert len(problems) == 1 and problems[0].startswith(f"paths.output_dir: {tmp_path / 'out'} has ")
-    assert f"needs about {needed / 1e9:.2f} GB" in problems[0] and "free some space" in problems[0]
+    assert f"needs about {size_text(needed)} more" in problems[0] and "free some space" in problems[0]
     assert seen == [tmp_path.resolve()]  # the nearest existing directory of output_dir, which is not created
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=needed))
     assert preflight.check_disk(config, splits, [_resolved(1024)]) == []

@@ -1,5 +1,6 @@
 """The encoder's robustness on the tiny ProtT5 checkpoint: injected out-of-memory errors split the batch without
-losing or misplacing a protein; a protein that never fits at full length goes to windows and says so; over-long
+losing or misplacing a protein; a protein that never fits at full length fails the model in one line (memory never
+changes a vector: no windows it did not ask for); windows out of memory run fewer to a pass, never shorter; over-long
 proteins are windowed, recorded, and equal an independent windowed reference; duplicates get identical rows."""
 
 from __future__ import annotations
@@ -130,23 +131,36 @@ def test_after_an_out_of_memory_larger_batches_are_split_before_they_are_tried(e
     assert all(rows <= 2 for rows, _ in injected.shapes[-2:])
 
 
-def test_protein_that_never_fits_goes_to_windows_and_the_note_says_so(encoder_factory, reference, monkeypatch):
+def test_protein_that_never_fits_fails_the_model_in_one_line_instead_of_windows(encoder_factory, monkeypatch):
+    from utils.engine.families import Architecture
+    from utils.engine.limits import device_limits
+    from utils.errors import ModelError
+
     encoder = encoder_factory(max_residues=10_000, window_overlap=8)
+    arch = Architecture(32, 2, 4, 64, 30_000, True, None)
+    encoder.limits = device_limits(arch, "cpu", "fp32", memory_bytes=64 << 20, memory_source="ulimit -v")
     short_a, long, short_b = _proteins(2, [30, 100, 20])
-    expected_short = [encoder.embed([short_a])[0], encoder.embed([short_b])[0]]
     limit = 41  # tokens: at most 40 residues + </s> fit in "memory"
     injected = InjectedOOM(monkeypatch, lambda rows, width: width > limit)
-    got = encoder.embed([short_a, long, short_b])
+    with pytest.raises(ModelError) as failed:
+        encoder.embed([short_a, long, short_b])
     assert injected.raised > 0
-    _assert_same_vectors([got[0], got[2]], expected_short, [short_a, short_b])  # its neighbours are untouched
-    note = got[1].note
-    assert note is not None and "memory" in note["reason"], note
-    assert note["window_residues"] + PROT_T5.special_tokens <= limit
-    assert note["windows"] == len(_spans(len(long), note["window_residues"], note["overlap"]))
-    assert note["overlap"] >= 1  # windows still overlap after shrinking
-    expected = windowed_reference(reference, long, note["window_residues"], note["overlap"])
-    assert cosine(got[1].pooled, expected) >= 0.99999
-    torch.testing.assert_close(got[1].pooled, expected, rtol=1e-4, atol=1e-5)
+    message = str(failed.value)
+    assert "\n" not in message
+    assert message.startswith(f"protein {long[:12]}… (100 residues) does not fit in memory (OutOfMemoryError: ")
+    assert "ulimit -v allows 64.0 MiB" in message and "give the job more memory" in message
+    assert all(width <= limit for _, width in injected.shapes)  # no pass ever ran a piece of it
+
+
+def test_windows_out_of_memory_run_fewer_to_a_pass_never_shorter(encoder_factory, reference, monkeypatch):
+    encoder = encoder_factory(max_residues=64, window_overlap=16)
+    long = _proteins(8, [200])[0]
+    expected = encoder.embed([long])[0]
+    injected = InjectedOOM(monkeypatch, lambda rows, width: rows > 1)  # one window a pass at most
+    got = encoder.embed([long])[0]
+    assert injected.raised > 0 and all(rows == 1 for rows, _ in injected.shapes)
+    assert got.note == expected.note and got.note["window_residues"] == 64
+    torch.testing.assert_close(got.pooled, expected.pooled, rtol=1e-5, atol=1e-6)
 
 
 def test_longer_than_max_residues_is_windowed_and_equals_windowed_reference(encoder_factory, reference):

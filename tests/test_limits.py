@@ -1,43 +1,92 @@
-"""Device policy (utils/engine/limits.py): pure, no model. Full length wherever one pass fits the device; windows only
-for memory, the model's own limit (ESM-1b) or an explicit max_residues; batches sized by memory, attention included."""
+"""Device policy (utils/engine/limits.py): pure, no model. Memory never changes what a protein's vector is: windows only
+for the model's own limit (ESM-1b) or an explicit max_residues, the same on every device; memory decides batch sizes,
+and a protein whose one pass does not fit fails its model with one line naming it, the need, the limit and the fix."""
 
 from __future__ import annotations
 
-from utils.engine.families import Architecture
-from utils.engine.limits import device_limits, estimate_peak_bytes, heaviest_pass
+import pytest
 
-PROT_T5_XL = Architecture(1024, 24, 32, 16384, 1_208_000_000, True, None)
+from utils.engine.families import Architecture
+from utils.engine.limits import device_limits, estimate_peak_bytes, heaviest_pass, linear_bytes_per_token, weight_bytes
+from utils.units import size_text
+
+PROT_T5_XL = Architecture(1024, 24, 32, 16384, 1_208_000_000, True, None, 4096, (10.0, 2.6))
 ESM2_3B = Architecture(2560, 36, 40, 10240, 2_830_000_000, False, None)
+ESM2_650M = Architecture(1280, 33, 20, 5120, 650_000_000, False, None)
 ESM1B = Architecture(1280, 33, 20, 5120, 650_000_000, False, 1022)
 GIB = 1 << 30
+MIB = 1 << 20
 
 
-def test_t5_on_cpu_runs_full_length_when_memory_allows():
-    # The same protein must get the same vector on every device: no speed cap on the CPU.
-    assert device_limits(PROT_T5_XL, "cpu", "fp32", memory_bytes=512 * GIB).max_residues > 10_000
-    assert device_limits(PROT_T5_XL, "cpu", "fp32", memory_bytes=24 * GIB).max_residues > 2_500
-    assert device_limits(PROT_T5_XL, "cpu", "fp32", max_residues=9000, memory_bytes=512 * GIB).max_residues == 9000
-
-
-def test_t5_on_gpu_is_limited_by_memory_linearly():
-    # Attention never builds T × T (utils.engine.attention): the longest CAFA protein (35,000 residues) fits an A6000 in
-    # one pass, where the padded engine's quadratic bias ran out of memory at 10,000 on an H100.
-    h100 = device_limits(PROT_T5_XL, "cuda:0", "fp16", memory_bytes=80 * GIB)
-    a6000 = device_limits(PROT_T5_XL, "cuda:0", "fp16", memory_bytes=48 * GIB)
-    small = device_limits(PROT_T5_XL, "cuda:0", "fp16", memory_bytes=4 * GIB)
-    assert h100.max_residues > a6000.max_residues > 35_000 > small.max_residues > 1_000
-    assert estimate_peak_bytes(PROT_T5_XL, 2, h100.max_residues + 2) <= 0.8 * 80 * GIB
-    assert estimate_peak_bytes(PROT_T5_XL, 2, 35_002) <= 24 * GIB  # the issue's bound for one 35,000-residue pass
+@pytest.mark.parametrize("memory", [150 * MIB, 3200 * MIB, 24 * GIB, 512 * GIB], ids=lambda m: f"{m >> 20}MiB")
+@pytest.mark.parametrize("device", ["cpu", "cuda:0"])
+def test_windows_never_depend_on_the_memory(memory, device):
+    # The issue's case: SLURM --mem 3200 with ESM2-650M in fp32 put every protein past 16 residues in windows.
+    for arch in (PROT_T5_XL, ESM2_650M):
+        assert device_limits(arch, device, "fp32", memory_bytes=memory).max_residues is None
+        assert device_limits(arch, device, "fp32", max_residues=9000, memory_bytes=memory).max_residues == 9000
+    assert device_limits(ESM1B, device, "fp32", memory_bytes=memory).max_residues == 1022
 
 
 def test_esm1b_keeps_its_positional_limit():
-    assert device_limits(ESM2_3B, "cpu", "fp32", memory_bytes=24 * GIB).max_residues > 10_000
     assert device_limits(ESM1B, "cpu", "fp32", memory_bytes=24 * GIB).max_residues == 1022
     assert device_limits(ESM1B, "cpu", "fp32", max_residues=5000, memory_bytes=24 * GIB).max_residues == 1022
+    assert device_limits(ESM1B, "cpu", "fp32", max_residues=500, memory_bytes=24 * GIB).max_residues == 500
 
 
-def test_cpu_token_budget_is_fixed_and_gpu_budget_grows_with_memory():
+def test_only_t5_pays_for_a_position_bias_workspace():
+    # ESM's attention keeps O(T) state; the T5 bias blocks (up to 3 × 64 MB) were charged to every family.
+    tokens = 194
+    esm = estimate_peak_bytes(ESM2_650M, 4, tokens)
+    assert esm == weight_bytes(ESM2_650M, 4) + tokens * linear_bytes_per_token(ESM2_650M, 4)
+    t5 = estimate_peak_bytes(PROT_T5_XL, 4, tokens)
+    linear = tokens * linear_bytes_per_token(PROT_T5_XL, 4)
+    assert t5 - weight_bytes(PROT_T5_XL, 4) - linear == 3 * 32 * tokens * tokens * 4
+
+
+def test_a_protein_that_does_not_fit_fails_in_one_line_naming_it_the_need_the_limit_and_the_fix():
+    limits = device_limits(ESM2_650M, "cpu", "fp32", memory_bytes=3200 * MIB, memory_source="SLURM's --mem")
+    assert limits.fits(192) and limits.fits(800)  # the issue's proteins (7-192 residues) run whole
+    assert not limits.fits(40_000)
+    assert limits.first_unfit([100, 40_000, 300]) == 1 and limits.first_unfit([100, 300]) is None
+    line = limits.does_not_fit("MKTAYIAKQRQI…", 40_000)
+    need = weight_bytes(ESM2_650M, 4) + 40_002 * linear_bytes_per_token(ESM2_650M, 4)
+    assert "\n" not in line
+    assert "protein MKTAYIAKQRQI… (40,000 residues) does not fit in memory" in line
+    assert f"its one pass needs about {size_text(need)}" in line and "SLURM's --mem allows 3.12 GiB" in line
+    # on the CPU the process itself (Python, torch) takes of the same memory: 95 % of it, less ~400 MiB
+    assert limits.usable_bytes == int(0.95 * 3200 * MIB) - (400 << 20)
+    longest = limits.longest_fitting()
+    assert 500 < longest < 40_000 and limits.fits(longest) and not limits.fits(longest + 100)
+    assert f"run_params.max_residues: {longest}" in line
+    # windows (an explicit max_residues) count at the window: a long protein fits when its windows do
+    windowed = device_limits(ESM2_650M, "cpu", "fp32", max_residues=500, memory_bytes=3200 * MIB)
+    assert windowed.fits(40_000)
+    # 150 MiB leaves nothing once the process is counted: no max_residues to suggest
+    tiny = device_limits(ESM2_650M, "cpu", "fp32", memory_bytes=150 * MIB, memory_source="SLURM's --mem")
+    assert not tiny.fits(10) and "max_residues" not in tiny.does_not_fit("P", 10)
+    assert "leaves nothing for the model" in tiny.does_not_fit("P", 10)
+    # a GPU's memory holds no process: 80 % of it is the model's
+    assert device_limits(ESM2_650M, "cuda:0", "fp16", memory_bytes=8 * GIB).usable_bytes == int(0.8 * 8 * GIB)
+
+
+def test_one_pass_is_limited_by_memory_linearly():
+    # Attention never builds T × T (utils.engine.attention): the longest CAFA protein (35,000 residues) fits an A6000 in
+    # one pass, where the padded engine's quadratic bias ran out of memory at 10,000 on an H100.
+    h100 = device_limits(PROT_T5_XL, "cuda:0", "fp16", memory_bytes=80 * GIB).longest_fitting()
+    a6000 = device_limits(PROT_T5_XL, "cuda:0", "fp16", memory_bytes=48 * GIB).longest_fitting()
+    small = device_limits(PROT_T5_XL, "cuda:0", "fp16", memory_bytes=4 * GIB).longest_fitting()
+    assert h100 > a6000 > 35_000 > small > 1_000
+    assert estimate_peak_bytes(PROT_T5_XL, 2, h100 + 2) <= 0.8 * 80 * GIB
+    assert estimate_peak_bytes(PROT_T5_XL, 2, 35_002) <= 24 * GIB  # the issue's bound for one 35,000-residue pass
+    assert device_limits(PROT_T5_XL, "cpu", "fp32", memory_bytes=24 * GIB).longest_fitting() > 2_500
+
+
+def test_token_budget_fixed_on_cpu_unless_the_memory_allows_less_and_grows_with_gpu_memory():
     assert device_limits(PROT_T5_XL, "cpu", "fp32", memory_bytes=24 * GIB).max_tokens_per_batch == 4096
+    tight = device_limits(ESM2_650M, "cpu", "fp32", memory_bytes=3200 * MIB)
+    assert 500 < tight.max_tokens_per_batch < 4096
+    assert estimate_peak_bytes(ESM2_650M, 4, tight.max_tokens_per_batch) <= tight.usable_bytes
     small = device_limits(PROT_T5_XL, "cuda:0", "fp16", memory_bytes=8 * GIB).max_tokens_per_batch
     large = device_limits(PROT_T5_XL, "cuda:0", "fp16", memory_bytes=80 * GIB).max_tokens_per_batch
     assert 1024 <= small < large <= 131072
@@ -52,7 +101,7 @@ def test_every_planned_gpu_batch_fits_the_memory_model():
         peak, _, _ = heaviest_pass(limits, arch, "fp16", lengths, 2)
         assert peak <= 0.8 * memory
         for batch in limits.plan_batches(lengths, 2):
-            tokens = sum(min(lengths[i], limits.max_residues) + 2 for i in batch)
+            tokens = sum(limits.pass_residues(lengths[i]) + 2 for i in batch)
             assert tokens <= limits.max_tokens_per_batch or len(batch) == 1
 
 

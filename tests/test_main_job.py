@@ -62,7 +62,7 @@ def test_meta_describes_model_and_pooling(t5_run):
     assert prot["family"] == "ProtT5" and prost["family"] == "ProstT5"
     assert prot["precision"] == ["fp32"] and prot["dim"] == 32
     assert "[0, 0+L)" in prot["pooling"] and "[1, 1+L)" in prost["pooling"]
-    assert prot["windowed"] == {}  # max_residues is chosen from memory: these lengths run at full length
+    assert prot["windowed"] == {}  # no max_residues set: every protein runs whole
 
 
 def test_prost_differs_from_prot(t5_run):

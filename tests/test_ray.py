@@ -283,6 +283,9 @@ def test_no_block_for_stall_timeout_fails_the_model(checkpoints, ray_address, tm
     stderr = _finish(driver, 60)
     assert driver.returncode == 1, stderr
     assert "error: model esm on Ray: no block came back for 2 s (run_params.stall_timeout_s)" in stderr
+    # actors log to Ray's session logs: no worker log to point at (it named logs/esm*.log, which did not exist)
+    assert not (tmp_path / "logs").exists()
+    assert "error: model esm failed; the error is above; the actors' own output is in Ray's session logs" in stderr
 
 
 CONNECT = """

@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import REPO, random_protein, run_cli, write_config, write_fasta
 from utils.outputs.progress import ProgressLog, progress_path
 from utils.outputs.report import worker_error, write_report
-from utils.outputs.report_text import size_text
+from utils.units import size_text
 
 
 def first_lines(page: str) -> str:
@@ -68,7 +68,7 @@ def report_text(tmp_path: Path, models: list[dict], paths: list[Path], status: s
 def test_windows_fp32_redos_and_a_failed_model_are_the_first_lines(tmp_path):
     logs = tmp_path / "logs"
     paths = [
-        record(logs, "esm1b", [{"windowed": [1300, 2000]}, {"windowed": [700]}], "done", max_residues=1022),
+        record(logs, "esm1b", [{"windowed": [1300, 2000]}, {}], "done", max_residues=1022),
         record(logs, "t5", [{"redone_in_fp32": 3}], "done", precision="fp16", max_residues=50_000),
         record(logs, "shortcut", [{"windowed": [300]}], "done", max_residues=100),
         record(logs, "dead", [], None),
@@ -82,9 +82,9 @@ def test_windows_fp32_redos_and_a_failed_model_are_the_first_lines(tmp_path):
     page = report_text(tmp_path, models, paths, "failed")
     text = first_lines(page)
     assert text.startswith("Embedding run report Failed: 1 of 4 models failed (dead)"), text
-    assert "esm1b: 3 of 10 proteins went through overlapping windows, not one pass: 2 longer than the 1,022 residues " \
-           "the model's learned positions reach (the longest: 2,000), and 1 because one pass ran out of memory. " \
-           "Their ids are in each output's meta['windowed']." in text  # fmt: skip
+    assert "esm1b: 2 of 10 proteins went through overlapping windows, not one pass: longer than the 1,022 residues " \
+           "the model's learned positions reach (the longest: 2,000). Their ids are in each output's " \
+           "meta['windowed']." in text  # fmt: skip
     assert "t5: 3 proteins came out NaN or infinite in fp16 and were embedded again in fp32." in text
     assert "shortcut: 1 of 5 proteins went through overlapping windows, not one pass: longer than " \
            "run_params.max_residues, 100 residues (the longest: 300)." in text  # fmt: skip
@@ -101,9 +101,10 @@ def test_a_run_with_only_windows_is_not_done(tmp_path):
     text = first_lines(page)
     assert text.startswith("Embedding run report Finished, with notes: every model wrote its files, but not every "
                            "protein went through one pass"), text  # fmt: skip
-    # Two models in the same situation share one line; a limit neither set nor the model's is the device's memory
-    assert "a, b: 1 of 5 proteins went through overlapping windows, not one pass: longer than 1,500 residues, the " \
-           "longest one pass that fits the device's memory (the longest: 2,000)." in text  # fmt: skip
+    # Two models in the same situation share one line (memory never decides windows: a limit that is not the
+    # model's own is the one set)
+    assert "a, b: 1 of 5 proteins went through overlapping windows, not one pass: longer than " \
+           "run_params.max_residues, 1,500 residues (the longest: 2,000)." in text  # fmt: skip
     assert not re.search(r"\bdone\b", text, re.IGNORECASE)
 
 
@@ -114,8 +115,8 @@ def test_a_clean_run_says_done_and_sizes_are_in_the_unit_that_fits(tmp_path):
         "Embedding run report Done: every model finished; every protein it embedded went through one pass"
     )
     sizes = re.findall(r"<td>train_embeddings_m\d\.pt</td><td>([^<]+)</td>", page)
-    assert sizes == ["1 B", "10 B", "100 B", "1.0 KB", "10 KB"]
-    assert "MB" not in page.split("Outputs written")[1]
+    assert sizes == ["1 B", "10 B", "100 B", "0.98 KiB", "9.77 KiB"]
+    assert "MiB" not in page.split("Outputs written")[1].split("Chunk store")[0]
 
 
 def test_an_interrupted_run_and_reused_chunks(tmp_path):
@@ -129,8 +130,8 @@ def test_an_interrupted_run_and_reused_chunks(tmp_path):
 
 @pytest.mark.parametrize(
     ("n_bytes", "text"),
-    [(0, "0 B"), (999, "999 B"), (1000, "1.0 KB"), (6633, "6.6 KB"), (15_338, "15 KB"), (999_499, "999 KB"),
-     (1_234_567, "1.2 MB"), (5 * 10**9, "5.0 GB"), (3.2e12, "3.2 TB"), (4e15, "4,000 TB")],
+    [(0, "0 B"), (999, "999 B"), (1000, "0.98 KiB"), (6633, "6.48 KiB"), (15_338, "15.0 KiB"), (999_499, "976 KiB"),
+     (1_234_567, "1.18 MiB"), (150 * 2**20, "150 MiB"), (5 * 10**9, "4.66 GiB"), (3.2e12, "2.91 TiB")],
 )  # fmt: skip
 def test_size_text(n_bytes, text):
     assert size_text(n_bytes) == text

@@ -222,8 +222,8 @@ def test_a_crashing_check_is_a_failed_check():
 
 
 def test_max_residues_below_every_sample_protein_still_validates(checkpoints, tmp_path):
-    """max_residues: 16 (the config's least): every sampled protein goes through windows, so the one-pass fp32
-    reference has nothing to compare; it says so instead of crashing on an empty stack (issue 19, case 8)."""
+    """max_residues: 16 (the config's least): every sampled protein goes through windows; the fp32 reference is then
+    computed window by window, never skipped as "not applicable" with a pass (issue 19, case 8; issue 24, item 1)."""
     rng = random.Random(16)
     write_fasta(tmp_path / "train.fasta", [(f"P{i}", random_protein(rng, rng.randint(20, 60))) for i in range(4)])
     write_fasta(tmp_path / "test.fasta", [("T0", random_protein(rng, 40))])
@@ -232,5 +232,31 @@ def test_max_residues_below_every_sample_protein_still_validates(checkpoints, tm
     result = run_cli("validate_t5_embeddings.py", "--config", str(config), "--num-proteins", "3")
     assert result.returncode == 0, result.stdout + result.stderr
     (line,) = [line for line in result.stdout.splitlines() if line[:1] in "✓✗" and "fp32 reference" in line]
-    assert line.startswith("✓") and "not applicable" in line
+    assert line.startswith("✓") and "not applicable" not in line and "3 in windows" in line
+    report = json.loads((tmp_path / "logs" / "validation_report.json").read_text())
+    assert report["models"]["esm2"]["checks"]["fp32 reference"]["min_cosine"] >= 0.9999
     assert "ALL VALIDATIONS PASSED" in result.stdout
+
+
+def test_a_sample_that_does_not_fit_the_memory_limit_fails(checkpoints, tmp_path):
+    """SLURM's --mem of 150 MiB: the validator's own process peaks far above it on the sample, so the job's workers
+    would be killed; the memory check fails naming the limit (it passed at 0.38 GB measured against 0.16 GB)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, cli_env
+
+    _fasta(tmp_path)
+    config = write_config(tmp_path, {"esm2": {"name": checkpoints["esm2"]}})
+    command = [sys.executable, str(REPO / "validate_t5_embeddings.py"), "--config", str(config), "--num-proteins", "4"]
+    env = {**cli_env(), "SLURM_MEM_PER_NODE": "150"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "VALIDATION FAILED" in result.stdout and "✗ esm2: memory" in result.stdout
+    assert "that SLURM's --mem allows: the job's workers would be killed" in result.stdout
+    report = json.loads((tmp_path / "logs" / "validation_report.json").read_text())
+    memory = report["models"]["esm2"]["checks"]["memory"]
+    assert not memory["passed"] and memory["capacity_bytes"] == 150 << 20
+    assert memory["capacity_source"] == "SLURM's --mem"
+    assert report["models"]["esm2"]["checks"]["fp32 reference"]["passed"]  # whole proteins, the same vectors
+    assert report["models"]["esm2"]["checks"]["embeddings"]["windowed"] == 0

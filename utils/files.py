@@ -5,6 +5,7 @@ new one; and the output directory's lock (one run per output_dir; array shards s
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import io
@@ -95,6 +96,26 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(handle)
     finally:
         os.close(handle)
+
+
+def reserve_space(path: Path, size: int) -> None:
+    """Allocate the disk blocks for the first `size` bytes of `path` now (Linux fallocate): a full disk or a file-size
+    limit (`ulimit -f`) raises OSError here, before a library that cannot survive a failed write (HDF5) writes
+    there. Where the filesystem cannot reserve space (or not on Linux), nothing is reserved."""
+    import ctypes
+
+    fallocate = getattr(ctypes.CDLL(None, use_errno=True), "fallocate", None)
+    if fallocate is None or size <= 0:
+        return
+    fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    descriptor = os.open(path, os.O_RDWR)
+    try:
+        if fallocate(descriptor, 0, 0, size) != 0:
+            code = ctypes.get_errno()
+            if code not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise OSError(code, os.strerror(code), str(path))
+    finally:
+        os.close(descriptor)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

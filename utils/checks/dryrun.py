@@ -2,7 +2,9 @@
 config and tokenizer files (no weights), plans exactly as the job would (the same unique sequences, shards, device
 limits from utils.engine.limits and batch plan), and prints: proteins, unique sequences and duplicates, residues and
 length percentiles per split; per model and device the proteins that will go through windows and why, the batches under
-the token budget, and the projected time; the disk the outputs and chunks need. Nothing is loaded or written.
+the token budget, the memory the worker will have and whether its longest protein fits it (else the model would fail:
+the line says which protein and the fix), and the projected time; the disk the outputs and chunks need. Nothing is
+loaded or written.
 
 Projected time = forward FLOPs / (the device's matmul rate × an assumed model FLOP utilisation):
 - FLOPs per protein: `Architecture.matmul_flops` (two per weight per token, plus attention's QKᵀ and AV), over the
@@ -17,15 +19,17 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from utils.checks.resolve import ResolvedModel
-from utils.inputs.fasta import Records, sequence_lengths
+from utils.engine.limits import heaviest_pass, protein_name
+from utils.inputs.fasta import Record, Records, sequence_lengths
 from utils.inputs.keys import Config
+from utils.units import size_text
 
 if TYPE_CHECKING:
     from utils.running.plan import WorkOrder
@@ -49,11 +53,13 @@ class OrderPlan:
     proteins: int
     residues: int
     batches: int
-    windowed: list[tuple[int, int]]  # (length, windows) per protein past the one-pass limit
+    windowed: list[tuple[int, int]]  # (length, windows) per protein past max_residues
     window_reason: str
     max_tokens_per_batch: int
-    max_residues: int
+    max_residues: int | None  # None: no windows
     flops: float
+    memory: str  # the memory the order runs in, and what its heaviest pass needs
+    unfit: str | None  # the one line of a protein that does not fit that memory (the model would fail), or None
 
 
 def percentile(sorted_values: Sequence[int], q: float) -> int:
@@ -99,34 +105,39 @@ def split_lines(config: Config, splits: dict[str, Records]) -> list[str]:
     return lines
 
 
-def window_reason(model: ResolvedModel, config: Config, max_residues: int, memory_bytes: int) -> str:
-    if config.run.max_residues is not None and max_residues == config.run.max_residues:
-        return f"longer than run_params.max_residues ({max_residues:,})"
+def window_reason(model: ResolvedModel, max_residues: int | None) -> str:
+    if max_residues is None:
+        return ""
     if model.arch.max_residues is not None and max_residues == model.arch.max_residues:
         return f"longer than the {max_residues:,} residues the model's learned positions reach"
-    return (
-        f"one pass past {max_residues:,} residues would not fit {memory_bytes / 2**30:.0f} GiB (utils/engine/limits.py)"
-    )
+    return f"longer than run_params.max_residues ({max_residues:,})"
 
 
-def plan_order(config: Config, order: WorkOrder, held: Sequence[bool] | None = None) -> OrderPlan:
+def plan_order(
+    config: Config, order: WorkOrder, held: Sequence[bool] | None = None, name: Callable[[str], str] = protein_name
+) -> OrderPlan:
     """What the worker of `order` will do: its device limits (utils.engine.limits, as the worker asks them), batch plan,
-    windows and forward FLOPs, for the sequences its store partition does not hold yet (`held`, one flag each)."""
+    windows, forward FLOPs, and whether its longest pass fits the memory, for the sequences its store partition does
+    not hold yet (`held`, one flag each). `name(sequence)` names a protein that does not fit (the dry run: its id)."""
     from utils.engine.batching import window_spans
 
     model = order.model
     limits = order.limits()
     special = model.family.special_tokens
-    lengths = sequence_lengths(order.sequences)
-    lengths = (lengths if held is None else lengths[~np.asarray(held, dtype=bool)]).tolist()
+    todo = np.arange(len(order.sequences)) if held is None else np.flatnonzero(~np.asarray(held, dtype=bool))
+    lengths = sequence_lengths(order.sequences)[todo].tolist()
     batches = limits.plan_batches(lengths, special)
-    overlap = min(config.run.window_overlap, limits.max_residues // 4)  # as utils.engine.encode.Encoder.embed_windows
+    window = limits.max_residues
     windowed, flops = [], 0.0
     for n in lengths:
-        spans = window_spans(n, limits.max_residues, overlap) if n > limits.max_residues else [(0, n)]
+        over = window is not None and n > window
+        # the overlap as utils.engine.encode.Encoder.embed_windows takes it
+        spans = window_spans(n, window, min(config.run.window_overlap, window // 4)) if over else [(0, n)]
         if len(spans) > 1:
             windowed.append((n, len(spans)))
         flops += sum(model.arch.matmul_flops(end - start + special, model.layer_index) for start, end in spans)
+    peak = heaviest_pass(limits, model.arch, order.precision, lengths, special, config.run.window_overlap)[0]
+    unfit = limits.first_unfit(lengths)
     return OrderPlan(
         label=order.label,
         device=order.device,
@@ -135,11 +146,19 @@ def plan_order(config: Config, order: WorkOrder, held: Sequence[bool] | None = N
         residues=sum(lengths),
         batches=len(batches),
         windowed=windowed,
-        window_reason=window_reason(model, config, limits.max_residues, limits.memory_bytes),
+        window_reason=window_reason(model, window),
         max_tokens_per_batch=limits.max_tokens_per_batch,
-        max_residues=limits.max_residues,
+        max_residues=window,
         flops=flops,
+        memory=f"{size_text(limits.memory_bytes)} ({limits.memory_source}), {size_text(max(0, limits.usable_bytes))} "
+        f"of it for the model; the heaviest pass needs about {size_text(peak)}",
+        unfit=None if unfit is None else limits.does_not_fit(name(order.sequences[int(todo[unfit])]), lengths[unfit]),
     )
+
+
+def first_id(splits: dict[str, list[Record]], sequence: str) -> str:
+    """The id of the first protein with this sequence, in split order."""
+    return next(r.id for records in splits.values() for r in records if r.sequence == sequence)
 
 
 def matmul_rate(device: str, precision: str) -> float:
@@ -216,7 +235,7 @@ def dry_run(
         )
         for order in job.orders:
             held = store_held(order)
-            plan = plan_order(config, order, held)
+            plan = plan_order(config, order, held, lambda sequence: first_id(splits, sequence))
             device, precision = order.device, order.precision
             if (device, precision) not in rates:
                 rates[(device, precision)] = matmul_rate(device, precision)
@@ -239,7 +258,10 @@ def dry_run(
                 examples = ", ".join(f"{n:,} residues → {w} windows" for n, w in sorted(plan.windowed)[-SHOWN:][::-1])
                 lines.append(f"      windows: {len(plan.windowed):,} protein(s), {plan.window_reason}: {examples}")
             else:
-                lines.append(f"      windows: none (one pass up to {plan.max_residues:,} residues holds every protein)")
+                lines.append("      windows: none (every protein in one pass)")
+            lines.append(f"      memory: {plan.memory}")
+            if plan.unfit:
+                lines.append(f"      will fail: {plan.unfit}")
             lines.append(
                 f"      work: {flop_text(plan.flops)} → projected {duration(seconds)} (measured "
                 f"{flop_text(rates[(device, precision)], per_second=True)} matmul × assumed MFU "
@@ -252,7 +274,7 @@ def dry_run(
             f"and shards), projected {duration(seconds)}"
         )
     needed = estimate_output_bytes(config, splits, models)
-    lines.append(f"disk: about {needed / 1e6:,.1f} MB for the outputs and checkpoint chunks in {config.output_dir}")
+    lines.append(f"disk: about {size_text(needed)} for the outputs and checkpoint chunks in {config.output_dir}")
     lines.append(store_line(config, jobs))
     wall = max(device_seconds.values(), default=0.0)
     lines.append(
@@ -279,7 +301,6 @@ def store_partition(order: WorkOrder) -> str:
 
 def store_line(config: Config, jobs: list) -> str:
     """The store as a whole: its partitions and size, and those this config does not use."""
-    from utils.outputs.report_text import size_text
     from utils.running.chunks import fingerprint
     from utils.running.store import partitions
 

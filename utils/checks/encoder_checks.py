@@ -11,11 +11,13 @@ import random
 import resource
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from utils.checks.validation import CROSS_MODEL_MAX_COSINE, POOLING_CLEAN_RELATIVE, TOLERANCES, Check, Tolerance
+from utils.engine.batching import window_spans
 from utils.engine.encode import Encoder
 from utils.engine.families import Architecture, Family
 from utils.engine.limits import Limits, heaviest_pass
@@ -104,25 +106,42 @@ def check_batch_invariance(encoder: Encoder, sequences: list[str], tolerance: To
 
 
 @torch.inference_mode()
-def reference_vector(tokenizer: Any, model: torch.nn.Module, family: Family, sequence: str) -> torch.Tensor:
+def reference_vector(
+    tokenizer: Any, model: torch.nn.Module, family: Family, sequence: str, window: int | None = None, overlap: int = 0
+) -> torch.Tensor:
     """Unpadded, alone, no attention mask, own slicing, float64 mean: independent of Encoder and
-    utils.engine.pooling."""
+    utils.engine.pooling. Past `window` residues, window by window as the job lays them (utils.engine.batching.
+    window_spans, overlap at most a quarter of the window), each residue's rows averaged over the windows that
+    hold it, then the mean."""
     device = next(model.parameters()).device
-    ids = tokenizer(family.model_text(sequence), return_tensors="pt")["input_ids"].to(device)
-    hidden = model(input_ids=ids).last_hidden_state[0].double()
-    return hidden[family.residue_offset : family.residue_offset + len(sequence)].mean(dim=0).cpu()
+    spans = [(0, len(sequence))]
+    if window is not None and len(sequence) > window:
+        spans = window_spans(len(sequence), window, min(overlap, window // 4))
+    total, count = None, torch.zeros(len(sequence), 1, dtype=torch.float64)
+    for start, end in spans:
+        ids = tokenizer(family.model_text(sequence[start:end]), return_tensors="pt")["input_ids"].to(device)
+        hidden = model(input_ids=ids).last_hidden_state[0].double().cpu()
+        rows = hidden[family.residue_offset : family.residue_offset + end - start]
+        if total is None:
+            total = torch.zeros(len(sequence), rows.shape[1], dtype=torch.float64)
+        total[start:end] += rows
+        count[start:end] += 1
+    return (total / count).mean(dim=0)
 
 
-def check_reference(job: torch.Tensor, reference: torch.Tensor, precision: str, where: str) -> Check:
+def check_reference(job: torch.Tensor, reference: torch.Tensor, precision: str, where: str, windowed: int = 0) -> Check:
     threshold = TOLERANCES[precision].reference_cosine
     cos, worst = _compare(job, reference)
     passed = cos >= threshold
     figure = f"min cos {cos:.7f} (tol ≥ {threshold:g}), max |Δ| {worst:.1e}"
+    windows = f" ({windowed} in windows, the reference window by window)" if windowed else ""
+    figure += windows
     detail = (
-        f"{job.shape[0]} proteins: the job's batched {precision} vectors vs an fp32 reference on {where}, "
+        f"{job.shape[0]} proteins{windows}: the job's batched {precision} vectors vs an fp32 reference on {where}, "
         "one protein at a time, unpadded"
     )
-    return Check("fp32 reference", passed, figure, detail, {"min_cosine": cos, "max_abs": worst})
+    values = {"min_cosine": cos, "max_abs": worst, "windowed": windowed}
+    return Check("fp32 reference", passed, figure, detail, values)
 
 
 def check_cross_model(prost: torch.Tensor, prot: torch.Tensor, other_key: str) -> Check:
@@ -156,20 +175,47 @@ def project_peak(
     its heaviest forward pass."""
     peak, items, tokens = heaviest_pass(limits, arch, precision, lengths, family.special_tokens, window_overlap)
     longest = max(lengths)
-    max_residues = limits.max_residues
-    overlap = min(window_overlap, max_residues // 4)
-    return Projection(peak, items, tokens, longest, longest > max_residues, max_residues, overlap)
+    window = limits.max_residues
+    overlap = 0 if window is None else min(window_overlap, window // 4)
+    windowed = window is not None and longest > window
+    return Projection(peak, items, tokens, longest, windowed, window or longest, overlap)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start the peak over (GPU: the allocator's; CPU: the process's peak RSS, Linux ≥ 4.0), so that a model's figure
+    is its own and not an earlier model's in the same process."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux: the peak stays the process's since it started, an over-estimate
 
 
 def measured_peak_bytes(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "GPU peak allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process RSS peak"  # Linux: kB
+    try:
+        status = Path("/proc/self/status").read_text().splitlines()
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:")), "process RSS peak"
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process RSS peak"  # Linux: kB
 
 
 def check_memory(
-    measured: int, measured_what: str, sample_estimate: int, job: Projection, capacity: int, device: torch.device
+    measured: int,
+    measured_what: str,
+    sample_estimate: int,
+    job: Projection,
+    limits: Limits,
+    device: torch.device,
+    unfit: str | None = None,
 ) -> Check:
+    """The job's heaviest pass against the memory the model may use, the job's longest protein whole (`unfit`: why
+    it does not fit, utils.engine.limits.Limits.does_not_fit), and on the CPU the sample's own process peak against
+    the limit itself: a worker over it is killed."""
+    capacity, source, usable = limits.memory_bytes, limits.memory_source, limits.usable_bytes
     projected = job.peak_bytes
     notes = []
     if device.type == "cuda" and sample_estimate and measured > sample_estimate:
@@ -187,28 +233,36 @@ def check_memory(
     fraction = projected / capacity if capacity else math.inf
     figure = (
         f"sample {measured_what} {gb(measured)}; job peak projected {gb(projected)} "
-        f"({job.items} × {job.tokens:,} tokens) of {gb(capacity)} ({fraction:.0%})"
+        f"({job.items} × {job.tokens:,} tokens) of {gb(capacity)} ({fraction:.0%}, {source})"
     )
-    detail = plan + "".join(f"; {n}" for n in notes)
-    passed = projected <= capacity
-    if not passed:
-        detail += (
-            f"; does not fit the {gb(capacity)} of {device}: lower run_params.max_tokens_per_batch / batch_size or "
-            "set a lower run_params.max_residues (longer proteins then go through windows)"
+    problems = []
+    if unfit:
+        problems.append(unfit)
+    elif projected > usable:
+        problems.append(
+            f"the heaviest batch does not fit the {gb(usable)} of {gb(capacity)} ({source}) the model may use on "
+            f"{device}: lower run_params.max_tokens_per_batch / batch_size"
         )
-    elif fraction > 0.8:
-        detail += "; close to the device's capacity"
+    if device.type == "cpu" and measured > capacity:
+        problems.append(
+            f"this process peaked at {gb(measured)} on the sample, above the {gb(capacity)} that {source} allows: "
+            "the job's workers would be killed; give the job more memory"
+        )
+    detail = "; ".join([plan, *notes, *problems])
+    if not problems and projected > 0.9 * usable:
+        detail += "; close to the memory the model may use"
     values = {
         "measured_bytes": measured,
         "measured": measured_what,
         "projected_peak_bytes": projected,
         "capacity_bytes": capacity,
+        "capacity_source": source,
         "heaviest_batch": {"items": job.items, "tokens": job.tokens},
         "longest_residues": job.longest,
         "windowed": job.windowed,
         "window_residues": job.window if job.windowed else None,
     }
-    return Check("memory", passed, figure, detail, values, note=detail)
+    return Check("memory", not problems, figure, detail, values, note=detail)
 
 
 # -- time ---------------------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ import numpy as np
 
 from utils.checks.resolve import ResolvedModel
 from utils.inputs.fasta import Records
-from utils.inputs.keys import Config, ModelConfig, output_formats
+from utils.inputs.keys import Config, ModelConfig
+from utils.units import size_text
 
 
 def check_devices(config: Config) -> list[str]:
@@ -150,27 +151,36 @@ def estimate_output_bytes(
     models: list[ResolvedModel],
     present: dict[str, np.ndarray] | None = None,
 ) -> int:
-    """Final files, plus chunks still to write (`present[output_key]`: which of the job's unique sequences the store
-    holds already, not counted), with a margin for containers."""
+    """Final files (each format's own overhead included: HDF5's bytes per dataset, the ids and headers), plus chunks
+    still to write (`present[output_key]`: which of the job's unique sequences the store holds already, not counted),
+    with a margin for containers."""
     from utils.inputs.unique import unique_of
+    from utils.outputs.writers import h5_file_bytes, output_bytes
 
     present = present or {}
-    proteins = sum(len(records) for records in splits.values())
     unique = unique_of(splits)
     lengths = unique.lengths()
-    residues = sum(int(Records.of(records).lengths().sum()) for records in splits.values())
-    files = len(output_formats(config.run.output_format))
+    packed = {name: Records.of(records) for name, records in splits.items()}
+    # per split: (proteins, residues, UTF-8 bytes of the ids, of the headers)
+    sizes = [
+        (len(r), int(r.lengths().sum()), r.ids.total_bytes(), r.headers.total_bytes())
+        for r in packed.values()
+    ]
+
+    def finals(dim: int) -> int:
+        return sum(output_bytes(config.run.output_format, n, dim, ids, headers) for n, _, ids, headers in sizes)
+
     total = 0
     for model in models:
         done = present.get(model.config.output_key)
         todo_lengths = lengths if done is None else lengths[~done]
-        total += proteins * model.dim * 2 * files  # float16 finals
+        total += finals(model.dim)
         total += len(todo_lengths) * model.dim * 4  # float32 chunk rows
         if config.run.per_residue:
-            total += residues * model.dim * 2  # per-residue HDF5
+            total += sum(h5_file_bytes(n, res * model.dim * 2, 2 * ids + heads) for n, res, ids, heads in sizes)
             total += int(todo_lengths.sum()) * model.dim * 2  # per-residue chunk rows
     if config.run.concatenate:
-        total += proteins * sum(m.dim for m in models) * 2 * files
+        total += finals(sum(m.dim for m in models))
     if models:  # the merge's scratch file of one model's unique vectors (utils.outputs.gather), one model at a time
         total += len(lengths) * max(m.dim for m in models) * 2
     return int(total * 1.1) + (1 << 20)
@@ -194,7 +204,7 @@ def check_disk(config: Config, splits: dict[str, Records], models: list[Resolved
     free = shutil.disk_usage(existing).free
     if needed > free:
         return [
-            f"paths.output_dir: {config.output_dir} has {free / 1e9:.2f} GB free but this job needs about "
-            f"{needed / 1e9:.2f} GB more; free some space or choose another output_dir"
+            f"paths.output_dir: {config.output_dir} has {size_text(free)} free but this job needs about "
+            f"{size_text(needed)} more; free some space or choose another output_dir"
         ]
     return []

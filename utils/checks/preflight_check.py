@@ -37,11 +37,12 @@ from utils.checks.encoder_checks import (
     measured_peak_bytes,
     project_peak,
     reference_vector,
+    reset_peak_memory,
 )
 from utils.checks.validation import TOLERANCES, Check, guarded, stratified_sample
 from utils.engine.embedder import embed_in_batches
 from utils.engine.encode import Encoder, load_encoder
-from utils.engine.limits import Limits, device_memory_bytes
+from utils.engine.limits import Limits, device_memory_bytes, protein_name, windows_text
 from utils.errors import UserError
 from utils.running.plan import Job, plan_jobs, prepare, unique_sequences
 
@@ -131,12 +132,11 @@ def validate_model(
     print(
         f"{model.config.key}: {model.config.name} on {order.device}{shards}, {order.precision}; "
         f"token budget {limits.max_tokens_per_batch:,}, batch ≤ {limits.batch_size}, "
-        f"max_residues {limits.max_residues:,}",
+        f"{windows_text(limits.max_residues)}",
         flush=True,
     )
     torch.manual_seed(order.run.seed)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)  # this model's peak, not an earlier model's
 
     started = time.perf_counter()
     try:
@@ -154,7 +154,7 @@ def validate_model(
     try:
         encoder = Encoder(
             tokenizer, net, model.family, order.device, limits.max_residues, order.run.window_overlap,
-            tokens_per_pass=limits.max_tokens_per_batch, attention=order.run.attention,
+            tokens_per_pass=limits.max_tokens_per_batch, attention=order.run.attention, limits=limits,
         )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - the job refuses this tokenizer when the model loads
         emit("embeddings", _raise, exc)
@@ -174,7 +174,7 @@ def validate_model(
             emit("embeddings", check_embeddings, vectors, model.dim, windowed)
 
         # Proteins the job embeds in one pass; for invariance, eight that fit one batch under the token budget.
-        within = sorted((s for s in sample if len(s) <= limits.max_residues), key=len)
+        within = sorted((s for s in sample if not encoder.over_limit(s)), key=len)
         short = [s for s in within if len(s) <= 512] or within
         emit("pooling clean", check_pooling, encoder, v.spread(short, 4))
         fit = [s for s in within if 8 * (len(s) + model.family.special_tokens) <= limits.max_tokens_per_batch]
@@ -183,12 +183,13 @@ def validate_model(
         emit("batch invariance", check_batch_invariance, encoder, subset, tolerance, order.run.seed)
 
         if vectors is not None:
-            capacity = int(assumed_gb * 1e9) if assumed_gb is not None else device_memory_bytes(order.device)
-            emit("memory", _memory, model, order, limits, measured, sample, job_lengths, capacity)
+            emit("memory", _memory, model, order, limits, measured, sample, job_lengths)
             where = f"{order.device} ({order.precision})"
             residues = sum(len(s) for s in sample)
             emit("throughput", check_throughput, residues, sample_seconds, sum(job_lengths), len(job.orders), where)
-            emit("fp32 reference", _reference, encoder, order, model, subset, report.vectors)
+            # Never skipped: with every sampled protein past max_residues, the shortest go through windows
+            compared = subset or sorted(sample, key=len)[:8]
+            emit("fp32 reference", _reference, encoder, order, model, compared, report.vectors)
     finally:
         encoder.close()
         encoder.model = None
@@ -202,22 +203,22 @@ def _raise(exc: Exception) -> Check:
     raise exc
 
 
-def _memory(
-    model, order, limits, measured: tuple[int, str], sample: list[str], job_lengths: list[int], capacity: int
-) -> Check:
+def _memory(model, order, limits, measured: tuple[int, str], sample: list[str], job_lengths: list[int]) -> Check:
     def project(lengths: list[int]) -> Projection:
         return project_peak(limits, model.arch, order.precision, lengths, model.family, order.run.window_overlap)
 
     sample_estimate = project([len(s) for s in sample]).peak_bytes
     peak, what = measured
-    return check_memory(peak, what, sample_estimate, project(job_lengths), capacity, torch.device(order.device))
+    unfit = limits.first_unfit(job_lengths)
+    longest = max(sample, key=len)  # the job's longest is in the sample (stratified_sample)
+    problem = None if unfit is None else limits.does_not_fit(protein_name(longest), len(longest))
+    device = torch.device(order.device)
+    return check_memory(peak, what, sample_estimate, project(job_lengths), limits, device, problem)
 
 
 def _reference(encoder, order, model, sequences: list[str], job_vectors: dict) -> Check:
-    """fp32, one protein at a time, unpadded; on GPU after a half-precision run, a fresh fp32 copy of the weights."""
-    if not sequences:  # the reference is one whole pass: a windowed vector is not meant to equal it
-        detail = "no sample protein within max_residues: all are embedded in windows"
-        return v.Check("fp32 reference", True, "not applicable", detail)
+    """fp32, one protein at a time, unpadded (proteins past max_residues: window by window, as the job's windows
+    lie); on GPU after a half-precision run, a fresh fp32 copy of the weights."""
     if order.precision == "fp32":
         tokenizer, net, where = encoder.tokenizer, encoder.model, order.device
     else:
@@ -229,8 +230,10 @@ def _reference(encoder, order, model, sequences: list[str], job_vectors: dict) -
         where = order.device if fits else "cpu"
         tokenizer, net = load_encoder(model.source, model.family, where, "fp32", layer_index=model.layer_index)
     job = torch.stack([job_vectors[s] for s in sequences])
-    reference = torch.stack([reference_vector(tokenizer, net, model.family, s) for s in sequences])
-    return check_reference(job, reference, order.precision, where)
+    window, overlap = encoder.max_residues, order.run.window_overlap
+    reference = torch.stack([reference_vector(tokenizer, net, model.family, s, window, overlap) for s in sequences])
+    windowed = sum(encoder.over_limit(s) for s in sequences)
+    return check_reference(job, reference, order.precision, where, windowed)
 
 
 def cross_model_checks(reports: list[ModelReport], families: dict[str, str], show: Callable) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,7 +43,7 @@ def embed_batches(
     for k, batch in enumerate(batches):
         batch_sequences = [sequences[i] for i in batch]
         tokens = ahead.result()  # a TokenLayoutError raised on the thread is raised here
-        if any(len(s) > encoder.max_residues for s in batch_sequences):
+        if any(encoder.over_limit(s) for s in batch_sequences):
             tokens = None  # windows tokenize each window themselves
         if k + 1 < len(batches):
             ahead = encoder.tokenize_ahead([sequences[i] for i in batches[k + 1]])
@@ -101,7 +102,7 @@ class Embedder:
         batch_size: int = 32,
         max_tokens_per_batch: int | None = None,
         max_residues: int | None = None,
-        window_overlap: int = 256,
+        window_overlap: int | None = None,
         layer: int = -1,
         attention: str = "auto",
         store_dir: str | Path | None = None,
@@ -113,7 +114,7 @@ class Embedder:
             from utils.checks.resolve import resolve_model
             from utils.engine.encode import Encoder, load_encoder, resolve_precision
             from utils.engine.finite import Fp32Redo
-            from utils.engine.limits import device_limits
+            from utils.engine.limits import DTYPE_BYTES, device_limits
             from utils.errors import UserError
             from utils.inputs.config import setting_problems
             from utils.inputs.keys import ATTENTION_PATHS, PRECISIONS, Config, ModelConfig, RunParams, normalise_device
@@ -127,19 +128,16 @@ class Embedder:
         if attention not in ATTENTION_PATHS:
             problems.append(f"attention: must be one of {', '.join(ATTENTION_PATHS)}, got {attention!r}")
         # The config's own rules (utils.inputs.config.INT_SETTINGS), so the API refuses what a config file would.
-        settings, setting_lines = setting_problems(
-            {
-                "layer": layer,
-                "batch_size": batch_size,
-                "max_tokens_per_batch": max_tokens_per_batch,
-                "max_residues": max_residues,
-                "window_overlap": window_overlap,
-            }
-        )
+        given = {"layer": layer, "batch_size": batch_size, "max_tokens_per_batch": max_tokens_per_batch}
+        given["max_residues"] = max_residues
+        if window_overlap is not None:  # the default is no choice of the caller's: never refused
+            given["window_overlap"] = window_overlap
+        settings, setting_lines = setting_problems(given)
         problems += setting_lines
         if problems:
             raise UserError(problems)
-        layer, batch_size, window_overlap = settings["layer"], settings["batch_size"], settings["window_overlap"]
+        layer, batch_size = settings["layer"], settings["batch_size"]
+        window_overlap = settings.get("window_overlap", RunParams().window_overlap)  # the default: a quarter at most
         max_tokens_per_batch, max_residues = settings["max_tokens_per_batch"], settings["max_residues"]
         model_config = ModelConfig(
             _KEY,
@@ -170,10 +168,11 @@ class Embedder:
         )
         family, longest, layer_index = self.model.family, self.limits.max_residues, self.model.layer_index
         tokenizer, net = load_encoder(self.model.source, family, where, self.precision, layer_index=layer_index)
-        budget = self.limits.max_tokens_per_batch
+        budget, limits = self.limits.max_tokens_per_batch, self.limits
         self.encoder = Encoder(
-            tokenizer, net, family, where, longest, window_overlap, tokens_per_pass=budget, attention=attention
-        )
+            tokenizer, net, family, where, longest, window_overlap, tokens_per_pass=budget, attention=attention,
+            limits=limits,
+        )  # fmt: skip
         # As in the job: proteins that overflow fp16/bf16 (NaN/inf) are redone in fp32, loaded on first need.
         self.fp32 = None
         if self.precision != "fp32":
@@ -181,6 +180,7 @@ class Embedder:
                 lambda: Encoder(
                     *load_encoder(self.model.source, family, where, "fp32", layer_index=layer_index), family, where,
                     longest, window_overlap, self.encoder.per_residue, tokens_per_pass=budget, attention=attention,
+                    limits=replace(limits, dtype_bytes=DTYPE_BYTES["fp32"]),
                 )
             )  # fmt: skip
         self.windowed: dict[int, dict] = {}  # of the last embed() call: index → how it was split into windows
@@ -205,11 +205,13 @@ class Embedder:
         `sequences`: any iterable of str (a list, a generator, a numpy array of strings), read once. They are read
         as FASTA sequences are (upper-cased, one trailing '*' dropped, anything else that is not a residue refused
         with a UserError naming sequences[i]); each distinct sequence is embedded once. Proteins embedded in
-        windows are listed in `self.windowed` (index → windows, window_residues, overlap, reason). Calls from
-        several threads run one after another."""
+        windows are listed in `self.windowed` (index → windows, window_residues, overlap, reason): only past
+        max_residues or the model's own limit, never for memory; a protein whose pass does not fit the memory raises
+        ModelError naming it, before any is embedded (utils.engine.limits). Calls from several threads run one after
+        another."""
         import numpy as np
 
-        from utils.errors import UserError
+        from utils.errors import ModelError, UserError
         from utils.inputs.fasta import parse_fasta
 
         if isinstance(sequences, (str, bytes)):
@@ -236,6 +238,10 @@ class Embedder:
                 problems = [_RECORD_LINE.sub(r"sequences[\1] ", p).replace("the record", "it") for p in exc.problems]
                 raise UserError(problems) from None
             unique = list(dict.fromkeys(cleaned))
+            unfit = self.limits.first_unfit([len(s) for s in unique])
+            if unfit is not None:  # decided before any work, as the job does (utils.engine.limits)
+                index = cleaned.index(unique[unfit])
+                raise ModelError(self.limits.does_not_fit(f"sequences[{index}]", len(unique[unfit])))
             self.encoder.per_residue = per_residue
             if self.fp32 is not None and self.fp32.encoder is not None:
                 self.fp32.encoder.per_residue = per_residue

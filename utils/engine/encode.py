@@ -7,9 +7,11 @@ padded forward is the fallback (`attention="transformers"`, or a layout utils.en
 `Encoder.path` says which ran, and the worker logs it.
 
 fp16 on GPU for the whole encoder (T5's `wo` layers included, which transformers would otherwise keep in fp32),
-fp32 on CPU. Out of memory (the device's, or the CPU allocator's) splits the batch and retries, down to one protein;
-one protein that still does not fit, or that is longer than `max_residues`, is embedded in overlapping windows,
-packed together like any other batch, and the output records it.
+fp32 on CPU. A protein longer than `max_residues` (a setting, or the model's positional limit: never the memory) is
+embedded in overlapping windows, packed together like any other batch, and the output records it. Out of memory (the
+device's, or the CPU allocator's) splits the batch and retries, down to one protein (windows: down to one window a
+pass); a protein that still does not fit fails the model with one line (utils.engine.limits.Limits.does_not_fit),
+never a vector computed differently.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from utils.engine.attention import FLEX_SHORTEST_ROW, PackedAttention, PackedLay
 from utils.engine.batching import padded_tokens, window_spans
 from utils.engine.encoders import build_forward, relative_bias
 from utils.engine.families import Family
+from utils.engine.limits import Limits, protein_name
 from utils.engine.pooling import mean_over_residues, merge_windows, residue_rows, segment_means
 from utils.engine.tokens import TokenLayoutError, build_table
 from utils.engine.transformers_attention import CUSTOM_ATTENTION, PREPARE_MODEL
@@ -134,18 +137,20 @@ class Encoder:
         model: torch.nn.Module,
         family: Family,
         device: str,
-        max_residues: int,
+        max_residues: int | None,
         window_overlap: int,
         per_residue: bool = False,
         *,
         attention: str = "auto",
         tokens_per_pass: int = 4096,
+        limits: Limits | None = None,
     ):
         self.tokenizer = tokenizer
         self.model = model
         self.family = family
         self.device = torch.device(device)
-        self.max_residues = max_residues
+        self.max_residues = max_residues  # None: no windows
+        self.limits = limits  # the memory behind this encoder, for the message when a protein does not fit
         self.window_overlap = window_overlap
         self.per_residue = per_residue
         self.tokens_per_pass = tokens_per_pass  # windows of long proteins are packed up to this many tokens a pass
@@ -156,9 +161,13 @@ class Encoder:
         self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self.out_of_memory_events = 0
         self.smallest_failed_tokens = float("inf")  # tokens of the smallest batch that ran out of memory
-        self.packed = None if attention == "transformers" else build_forward(model, family.forward)
+        self.packed, self.layout_reason = None, ""  # why transformers' forward runs instead of ours, if it does
+        if attention != "transformers":
+            self.packed, self.layout_reason = build_forward(model, family.forward)
         self.kernels = ["transformers"] if self.packed is None else kernel_choices(attention, self.device, family)
         self.fallback_reason = ""
+        if self.packed is not None and not self._layout_agrees():
+            self.packed, self.kernels = None, ["transformers"]
         while len(self.kernels) > 1 and not self._kernel_agrees():
             self.kernels.pop(0)
 
@@ -170,9 +179,43 @@ class Encoder:
     def path(self) -> str:
         """Which forward and attention kernel run, for the log and the report."""
         if self.packed is None:
-            return f"transformers ({self.model.config._attn_implementation})"
+            why = f"; {self.layout_reason}" if self.layout_reason else ""
+            return f"transformers ({self.model.config._attn_implementation}{why})"
         note = f" ({self.fallback_reason})" if self.fallback_reason else ""
         return f"packed, {self.kernel} attention{note}"
+
+    def _layout_agrees(self) -> bool:
+        """Our forward (segments attention) against transformers' own, one protein at a time, on a probe batch: a
+        layout the config check let through but the packed forward gets wrong runs transformers' forward instead
+        (layout_reason says so). A checkpoint transformers itself cannot run is a ModelError, in one line."""
+        probe = ["M" * 7, "MKTAYIAKQRQISFVKSHFSRQ" * 3]  # shortest first: dynamic rotary state only grows
+        try:
+            theirs = torch.stack([self._reference_pooled(sequence) for sequence in probe])
+        except Exception as exc:  # noqa: BLE001  # the checkpoint itself is at fault: no forward can run it
+            raise ModelError(
+                f"transformers' own forward fails on this checkpoint ({_first_line(exc)}): its config.json does not "
+                "match its weights, or it needs another transformers version"
+            ) from None
+        try:
+            ours = self._pooled_with("segments", self.table.pack(probe)).to(theirs.device)
+        except Exception as exc:  # noqa: BLE001  # a layout our forward cannot run: transformers' can
+            self.layout_reason = f"the packed forward fails on this layout ({_first_line(exc)})"
+            return False
+        if not (torch.isfinite(ours).all() and torch.isfinite(theirs).all()):
+            return True  # non-finite weights or overflow: no verdict here, the fp32 redo and its checks judge
+        cosine = torch.nn.functional.cosine_similarity(ours.double(), theirs.double(), dim=-1).min().item()
+        tolerance = 0.9999 if self.model.dtype == torch.float32 else 0.99
+        if cosine < tolerance:
+            self.layout_reason = f"the packed forward disagreed with transformers' on a probe (cosine {cosine:.4f})"
+            return False
+        return True
+
+    @torch.inference_mode()
+    def _reference_pooled(self, sequence: str) -> torch.Tensor:
+        """transformers' forward on one protein, unpadded: the mean of its residue rows."""
+        ids = self._to_device(self.table.encode([sequence])["input_ids"])
+        hidden = self.model(input_ids=ids).last_hidden_state[0]
+        return hidden[self.family.residue_slice(len(sequence))].float().mean(dim=0)
 
     def _kernel_agrees(self) -> bool:
         """Run the first kernel once against segments on a few proteins (compiling it, where it compiles); on an
@@ -282,12 +325,16 @@ class Encoder:
             residues = [r.half().cpu() for r in self.residue_rows(hidden, tokens)]
         return [Embedded(pooled[i], residues[i], None) for i in range(len(sequences))]
 
+    def over_limit(self, sequence: str) -> bool:
+        """Whether `sequence` goes through windows (longer than max_residues)."""
+        return self.max_residues is not None and len(sequence) > self.max_residues
+
     def embed(self, sequences: list[str], tokens: dict[str, torch.Tensor] | None = None) -> list[Embedded]:
         """Embed one batch; over-long proteins go through windows; out of memory halves the batch and retries."""
-        long = [i for i, s in enumerate(sequences) if len(s) > self.max_residues]
-        if long:
-            reason = f"longer than {self.max_residues} residues"
-            pieces = self.embed_windows([sequences[i] for i in long], self.max_residues, reason)
+        window = self.max_residues
+        long = [i for i, s in enumerate(sequences) if window is not None and len(s) > window]
+        if long and window is not None:
+            pieces = self.embed_windows([sequences[i] for i in long], window, f"longer than {window} residues")
             windowed = dict(zip(long, pieces, strict=True))
             rest = [i for i in range(len(sequences)) if i not in windowed]
             done = dict(zip(rest, self.embed([sequences[i] for i in rest]) if rest else [], strict=True))
@@ -299,17 +346,27 @@ class Encoder:
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 if not is_out_of_memory(exc):
                     raise
+                cause = _first_line(exc)
             # (the except block is left first, so the failed pass's tensors can be freed)
             # A failed pass costs its partial forward and the allocator's cache: later batches at least this large
             # are split before they are tried, not after.
             self.out_of_memory_events += 1
             self.smallest_failed_tokens = min(self.smallest_failed_tokens, size)
             self._release_memory()
-        if len(sequences) == 1:
-            window = max(16, min(self.max_residues, len(sequences[0])) // 2)
-            return self.embed_windows(sequences, window, "out of memory at full length")
+            if len(sequences) == 1:  # windows would change its vector: the model fails instead
+                raise ModelError(self.does_not_fit(sequences[0], cause))
         half = len(sequences) // 2
         return self.embed(sequences[:half]) + self.embed(sequences[half:])
+
+    def does_not_fit(self, sequence: str, cause: str) -> str:
+        """The one line for a protein that ran out of memory alone (utils.engine.limits.Limits.does_not_fit)."""
+        name = protein_name(sequence)
+        if self.limits is not None:
+            return self.limits.does_not_fit(name, len(sequence), cause)
+        return (
+            f"protein {name} ({len(sequence):,} residues) does not fit in memory ({cause}); give the job more "
+            "memory, or set max_residues to embed longer proteins in windows"
+        )
 
     def _pass_size(self, sequences: list[str]) -> int:
         """What one pass over `sequences` costs in memory, in tokens: packed, the sum of every protein's tokens;
@@ -321,22 +378,26 @@ class Encoder:
 
     def embed_windows(self, sequences: list[str], window: int, reason: str) -> list[Embedded]:
         """Each protein in overlapping windows; the windows of all of them are embedded as proteins of their own,
-        packed into passes of up to `tokens_per_pass` tokens; residue rows averaged where windows overlap."""
+        packed into passes of up to `tokens_per_pass` tokens (fewer after an out-of-memory, down to one window a
+        pass); residue rows averaged where windows overlap."""
         overlap = min(self.window_overlap, window // 4)
+        spans = [window_spans(len(s), window, overlap) for s in sequences]
+        pieces = [s[a:b] for s, protein_spans in zip(sequences, spans, strict=True) for a, b in protein_spans]
+        one_window = window + self.family.special_tokens
+        budget = self.tokens_per_pass
         while True:
-            spans = [window_spans(len(s), window, overlap) for s in sequences]
-            pieces = [s[a:b] for s, protein_spans in zip(sequences, spans, strict=True) for a, b in protein_spans]
             try:
-                rows = self._window_rows(pieces)
+                rows = self._window_rows(pieces, budget)
                 break
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 if not is_out_of_memory(exc):
                     raise
+                cause = _first_line(exc)
+            self.out_of_memory_events += 1
             self._release_memory()
-            if window <= 16:
-                longest = max(map(len, sequences))
-                raise RuntimeError(f"a {longest}-residue protein does not fit even in 16-residue windows")
-            window, overlap = window // 2, min(overlap, window // 8)
+            if budget <= one_window:  # one window a pass did not fit: smaller windows would change the vectors
+                raise ModelError(self.does_not_fit(max(sequences, key=len), cause))
+            budget = max(one_window, budget // 2)
         out, k = [], 0
         for sequence, protein_spans in zip(sequences, spans, strict=True):
             merged = merge_windows(rows[k : k + len(protein_spans)], protein_spans, len(sequence))
@@ -345,15 +406,15 @@ class Encoder:
             out.append(Embedded(merged.mean(dim=0), merged.half() if self.per_residue else None, note))
         return out
 
-    def _window_rows(self, pieces: list[str]) -> list[torch.Tensor]:
-        """Residue rows (float32, on the host) of each piece, the pieces packed into passes of at most
-        tokens_per_pass tokens (one piece at least)."""
+    def _window_rows(self, pieces: list[str], budget: int) -> list[torch.Tensor]:
+        """Residue rows (float32, on the host) of each piece, the pieces packed into passes of at most `budget`
+        tokens (one piece at least)."""
         rows: list[torch.Tensor] = []
         special = self.family.special_tokens
         start = 0
         while start < len(pieces):
             end, tokens = start + 1, len(pieces[start]) + special
-            while end < len(pieces) and tokens + len(pieces[end]) + special <= self.tokens_per_pass:
+            while end < len(pieces) and tokens + len(pieces[end]) + special <= budget:
                 tokens += len(pieces[end]) + special
                 end += 1
             batch = self.tokenize(pieces[start:end])

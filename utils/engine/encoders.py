@@ -3,10 +3,13 @@
 transformers' modules are loaded as always (from_pretrained, the layer cut, the precision); these functions read
 their parameters by the checkpoint's own names and run the same arithmetic on packed rows (no padding, positions
 restarting at every protein), with the attention of utils.engine.attention. transformers' forward stays the reference
-(tests/test_packed_forward.py compares every family and layer against it) and the fallback (`build_forward` returns
-None for a layout it does not know). Deliberate differences: no per-sublayer inf clamp in fp16 T5 (an overflow shows
-as a non-finite vector, which the fp32 redo of utils.engine.finite catches and records), and ESM's rotary tables are
-computed in float32.
+(tests/test_packed_forward.py compares every family and layer against it) and the fallback: `build_forward` says why
+not for a layout it does not implement. Each forward lists the config fields that change the arithmetic beyond what
+it reads from the modules (`unsupported`: causal attention, other position embeddings, rotary frequencies that
+transformers recomputes in ways not done here), and utils.engine.encode checks a probe batch against transformers'
+forward at load. Deliberate differences: no per-sublayer inf clamp in fp16 T5 (an overflow shows as a non-finite
+vector, which the fp32 redo of utils.engine.finite catches and records), and ESM's rotary tables are computed in
+float32.
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ def heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
 class T5Forward:
     """T5EncoderModel (ProtT5, ProstT5): embedding (no scaling) → blocks of [RMS norm → attention with layer 0's
     relative bias, q·kᵀ unscaled → residual; RMS norm → ReLU (or gated) feed-forward → residual] → final RMS norm."""
+
+    # Config fields that change the arithmetic beyond what is read from the modules, and the values implemented here
+    # (T5EncoderModel builds its encoder non-causal whatever the config says; buckets, distance, d_kv, the activation
+    # and its gate are read from the checkpoint)
+    LAYOUT: dict[str, tuple] = {}
 
     def __init__(self, model: Any):
         encoder = model.encoder
@@ -94,6 +102,9 @@ class EsmForward:
     <mask>) + learned positions from padding_idx + 1 (ESM-1b) → layer norm before (ESM-1b) → pre-LN layers of
     [attention, q scaled by 1/√d before rotary (ESM2), + residual; GELU feed-forward + residual] → final layer norm."""
 
+    # is_decoder makes transformers' attention causal; position types other than these two have no packed form here
+    LAYOUT = {"is_decoder": (False, None), "position_embedding_type": ("absolute", "rotary", None)}
+
     def __init__(self, model: Any):
         config = model.config
         embeddings = model.embeddings
@@ -132,22 +143,56 @@ class EsmForward:
 class EsmcForward:
     """EsmcModel (ESM C): embedding → layers of [LN → q, k projections layer-normed over the full width → rotary →
     attention (1/√d) → out projection / √(layers / 36) + residual; LN → SwiGLU / √(layers / 36) + residual] → norm.
-    The residual scale uses the checkpoint's own layer count, also when the layer cut runs fewer."""
+    The residual scale uses the checkpoint's own layer count, also when the layer cut runs fewer.
+
+    Rotary frequencies: the module's own where transformers keeps them fixed (default, linear, yarn, llama3 scaling);
+    for dynamic scaling transformers recomputes them for a sequence past max_position_embeddings, so a protein that
+    long gets its own, as transformers' forward gives that protein alone."""
+
+    LAYOUT = {
+        "rope_parameters.rope_type": ("default", "linear", "yarn", "llama3", "dynamic", None),
+        "rope_parameters.partial_rotary_factor": (1, 1.0, None),
+    }
 
     def __init__(self, model: Any):
         config = model.config
         self.embed = model.embed_tokens.weight
         self.layers = list(model.layers)
         self.norm = model.norm
-        self.inv_freq = model.rotary_emb.inv_freq
-        self.attention_scaling = getattr(model.rotary_emb, "attention_scaling", 1.0)
+        rotary = model.rotary_emb
+        self.config = config
+        self.inv_freq = getattr(rotary, "original_inv_freq", rotary.inv_freq)  # as loaded, before any dynamic update
+        self.attention_scaling = getattr(rotary, "attention_scaling", 1.0)
+        self.rope_type = str(getattr(rotary, "rope_type", "default"))
+        self.fixed_length = getattr(rotary, "original_max_seq_len", config.max_position_embeddings)
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.kv_repeat = config.num_attention_heads // config.num_key_value_heads
 
+    def frequencies(self, tokens: int, device: torch.device) -> tuple[torch.Tensor, float]:
+        """(inverse frequencies, attention scaling) for a protein of `tokens` tokens: the module's, or under dynamic
+        scaling past max_position_embeddings those transformers computes for a sequence that long."""
+        if "dynamic" not in self.rope_type or tokens <= self.fixed_length:
+            return self.inv_freq, self.attention_scaling
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        return ROPE_INIT_FUNCTIONS[self.rope_type](self.config, device, seq_len=tokens)
+
+    def rotary(self, positions: torch.Tensor, attend: PackedAttention) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token cos/sin [N, 1, d], each protein with its own frequencies (the same for all but dynamic)."""
+        layout = attend.layout
+        if "dynamic" not in self.rope_type or layout.longest <= self.fixed_length:
+            cos, sin = rotary_tables(positions, self.inv_freq)
+            return cos * self.attention_scaling, sin * self.attention_scaling
+        tables = []
+        for start, size in zip(layout.starts, layout.sizes, strict=True):
+            inv_freq, scaling = self.frequencies(size, positions.device)
+            cos, sin = rotary_tables(positions[start : start + size], inv_freq)
+            tables.append((cos * scaling, sin * scaling))
+        return torch.cat([c for c, _ in tables]), torch.cat([s for _, s in tables])
+
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, attend: PackedAttention) -> torch.Tensor:
         h = F.embedding(ids, self.embed)
-        cos, sin = rotary_tables(positions, self.inv_freq)
-        cos, sin = cos * self.attention_scaling, sin * self.attention_scaling
+        cos, sin = self.rotary(positions, attend)
         for layer in self.layers:
             sa = layer.self_attn
             x = layer.input_layernorm(h)
@@ -172,16 +217,31 @@ def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 FORWARDS: dict[str, type] = {"t5": T5Forward, "esm": EsmForward, "esmc": EsmcForward}
 
 
-def build_forward(model: Any, kind: str) -> Any | None:
-    """Our forward pass over `model`'s weights, or None where this layout is not one we know (then transformers'
-    forward runs, and the log says so)."""
+def build_forward(model: Any, kind: str) -> tuple[Any | None, str]:
+    """(our forward pass over `model`'s weights, "") or (None, why not): a layout it does not implement, then
+    transformers' forward runs (utils.engine.encode says so in the log and the run summary)."""
     forward = FORWARDS.get(kind)
     if forward is None:
-        return None
+        return None, f"no packed forward for {kind!r} checkpoints"
+    unsupported = layout_problems(model.config, forward.LAYOUT)
+    if unsupported:
+        return None, f"the packed forward does not implement {', '.join(unsupported)}"
     try:
-        return forward(model)
-    except (AttributeError, KeyError, TypeError):
-        return None
+        return forward(model), ""
+    except (AttributeError, KeyError, TypeError) as exc:
+        return None, f"the packed forward does not know this layout ({type(exc).__name__}: {exc})"
+
+
+def layout_problems(config: Any, accepted: dict[str, tuple]) -> list[str]:
+    """`field=value` for each config field (dotted: a key of a dict field) whose value is not among `accepted`."""
+    problems = []
+    for name, values in accepted.items():
+        value: Any = config
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+        if value not in values:
+            problems.append(f"{name}={value!r}")
+    return problems
 
 
 def relative_bias(forward: Any) -> RelativeBias | None:

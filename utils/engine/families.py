@@ -86,6 +86,11 @@ class Architecture:
     position_bias: bool  # T5 materialises a heads × L × L bias tensor
     max_residues: int | None  # learned absolute positions cap the length
     attention_width: int = 0  # heads × head dimension (T5: 4,096 at d_model 1,024); 0: the hidden size
+    # Values alive per packed token at our forward's peak (utils.engine.encoders), per hidden unit and per
+    # feed-forward unit: the residual stream, q/k/v and ESM's float32 rotary copies, and the feed-forward's
+    # temporaries (ESM's erf GELU and ESM C's SwiGLU hold several of the inner width at once, T5's ReLU fewer).
+    # From the peak RSS per token at real widths (benchmarks/memory_model.py --activations), rounded up.
+    activation_widths: tuple[float, float] = (11.0, 7.0)
 
     def matmul_flops(self, tokens: int, layers: int | None = None) -> float:
         """Forward FLOPs of one sequence of `tokens` tokens through the first `layers` layers (all by default): two per
@@ -120,7 +125,7 @@ def architecture(model_config: Any) -> Architecture:
         inner = c.num_heads * c.d_kv
         gated = 3 if "gated" in str(getattr(c, "feed_forward_proj", "")) else 2
         params = layers * (4 * hidden * inner + gated * hidden * ffn) + c.vocab_size * hidden
-        return Architecture(hidden, layers, heads, ffn, params, True, None, inner)
+        return Architecture(hidden, layers, heads, ffn, params, True, None, inner, activation_widths=(10.0, 2.6))
     layers, hidden, heads = c.num_hidden_layers, c.hidden_size, c.num_attention_heads
     ffn = getattr(c, "intermediate_size", 4 * hidden)
     gated = 3 if getattr(c, "model_type", None) == "esmc" else 2

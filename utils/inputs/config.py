@@ -100,9 +100,10 @@ INT_SETTINGS = {  # run_params' integers and models.<key>'s, by key
 }
 
 
-def window_overlap_problem(window_overlap: int, max_residues: int | None) -> str | None:
-    """The one rule between two settings: windows must overlap by less than half of their length."""
-    if max_residues is not None and window_overlap >= max_residues // 2:
+def window_overlap_problem(window_overlap: int | None, max_residues: int | None) -> str | None:
+    """The one rule between two settings: windows must overlap by less than half of their length. Only for an
+    overlap the user set: the default's is cut to a quarter of the window (utils.engine.encode.Encoder)."""
+    if window_overlap is not None and max_residues is not None and window_overlap >= max_residues // 2:
         return f"must be less than half of max_residues ({max_residues})"
     return None
 
@@ -115,7 +116,7 @@ def setting_problems(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]
         checked[key], problem = INT_SETTINGS[key].check(value)
         if problem:
             problems.append(f"{key}: {problem}")
-    if not problems and "window_overlap" in checked:
+    if not problems and checked.get("window_overlap") is not None:
         problem = window_overlap_problem(checked["window_overlap"], checked.get("max_residues"))
         if problem:
             problems.append(f"window_overlap: {problem}")
@@ -372,7 +373,7 @@ def load_config(path: Path) -> Config:
         report=check.boolean(run_table, "report", "run_params.", defaults.report),
         attention=check.choice(run_table, "attention", "run_params.", defaults.attention, ATTENTION_PATHS),
     )
-    overlap = window_overlap_problem(run.window_overlap, run.max_residues)
+    overlap = window_overlap_problem(run.window_overlap if "window_overlap" in run_table else None, run.max_residues)
     if overlap:
         check.add("run_params.window_overlap", overlap)
     if run.per_residue and "h5" not in output_formats(run.output_format):

@@ -46,7 +46,7 @@ class RunParams:
     seed: int = 42
     precision: str = "auto"  # auto: fp16 on GPU, fp32 on CPU
     max_tokens_per_batch: int | None = None  # tokens per packed batch, specials included; None: chosen per device
-    max_residues: int | None = None  # longer proteins are embedded in windows; None: chosen per device
+    max_residues: int | None = None  # longer proteins are embedded in windows; None: only past the model's own limit
     window_overlap: int = 256
     concatenate: bool = False
     output_format: str = "pt"  # one of OUTPUT_FORMATS, or single formats joined by ',' (given as a YAML list)
@@ -99,8 +99,8 @@ _RUN_MEANINGS = {  # in the README's order; defaults come from RunParams
     "save_every_n_batches": "batches per checkpoint chunk: at most this much work is lost to a kill -9",
     "seed": "seeds torch and the validation sample",
     "precision": "auto (fp16 on GPU, fp32 on CPU), fp16, bf16 or fp32",
-    "max_residues": "longer proteins are embedded in overlapping windows, listed in meta['windowed']; auto: what fits "
-    "the device",
+    "max_residues": "longer proteins are embedded in overlapping windows, listed in meta['windowed']; auto: only past "
+    "the model's own limit (ESM-1b: 1,022), never for memory",
     "window_overlap": "residues shared by neighbouring windows (at most a quarter of the window)",
     "concatenate": "also write {split}_embeddings_concat.*, all models side by side",
     "output_format": "pt, h5, parquet, both (pt + h5), all, or a list such as [pt, parquet]",

@@ -144,7 +144,7 @@ def _read_split(
     packed = ids.build()
     if spill is not None:
         spill.finish()
-        return packed, HeaderLines(spill.headers_path, offset, len(packed))  # type: ignore[arg-type]
+        return packed, HeaderLines(spill.headers_path, offset, len(packed), spill.headers_offset())  # type: ignore[arg-type]
     return packed, headers.build()
 
 

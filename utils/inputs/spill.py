@@ -103,10 +103,14 @@ class HeaderLines(Sequence[str]):
 
     BLOCK = 1 << 20
 
-    def __init__(self, path: Path, offset: int, count: int):
-        self.path, self.offset, self.count = path, offset, count
+    def __init__(self, path: Path, offset: int, count: int, end: int = 0):
+        self.path, self.offset, self.count, self.end = path, offset, count, end
         self._handle = None
         self._next = 0  # the index of the next line the handle gives
+
+    def total_bytes(self) -> int:
+        """The bytes of all the lines together (their line ends not counted)."""
+        return max(self.end - self.offset - self.count, 0)
 
     def __len__(self) -> int:
         return self.count
@@ -151,10 +155,10 @@ class HeaderLines(Sequence[str]):
         return self._handle.readline()[:-1].decode("utf-8")
 
     def __getstate__(self) -> tuple:
-        return (self.path, self.offset, self.count)
+        return (self.path, self.offset, self.count, self.end)
 
     def __setstate__(self, state: tuple) -> None:
-        self.path, self.offset, self.count = state
+        self.path, self.offset, self.count, self.end = state
         self._handle, self._next = None, 0
 
     def __del__(self) -> None:

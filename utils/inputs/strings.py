@@ -79,6 +79,10 @@ class Strings(Sequence[str]):
             np.subtract(self.ends[1:], self.ends[:-1], out=lengths[1:], casting="unsafe")
         return lengths
 
+    def total_bytes(self) -> int:
+        """The bytes of all the strings together."""
+        return int(self.ends[-1]) if len(self.ends) else 0
+
     def take(self, indices: Iterable[int]) -> Strings:
         """The strings at `indices`, in that order, as new packed strings."""
         builder = StringsBuilder()

@@ -3,17 +3,23 @@
 Each worker writes JSON lines to `{log_dir}/{log name}.{run id}.progress.jsonl` (ProgressLog: one line when it
 starts, when the model has loaded, per checkpoint chunk written, and when it ends), so recording costs the run nothing
 but a flush per chunk. At the end of the run, read_progress and summarise_worker turn one run's files into a
-WorkerSummary per worker (utils/outputs/report.py writes the report from them).
+WorkerSummary per worker (utils/outputs/report.py writes the report from them), and the files go.
+
+A run killed with -9 cannot remove its files: the main process holds a lock (flock) on each of its run's files from
+before its workers start (ProgressHold), the kernel drops the locks of a process however it dies, and every run
+removes the files in its log_dir whose lock is free (runs of other configs may share the log_dir: theirs are held).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 PROGRESS_SUFFIX = ".progress.jsonl"
 
@@ -21,6 +27,58 @@ PROGRESS_SUFFIX = ".progress.jsonl"
 def progress_path(log_path: Path, run_id: str) -> Path:
     """The progress file of one run's worker, beside the worker's log file."""
     return log_path.with_name(f"{log_path.stem}.{run_id}{PROGRESS_SUFFIX}")
+
+
+class ProgressHold:
+    """The main process's locks on its run's progress files (`paths`), from before the workers start until
+    release(); made after the files in `log_dir` that no live run holds (left by runs killed with -9) are removed."""
+
+    def __init__(self, log_dir: Path, paths: Iterable[Path]):
+        paths = list(paths)
+        self.handles: list[IO[str]] = [_held(path) for path in paths]
+        if log_dir.is_dir():
+            for path in log_dir.glob(f"*{PROGRESS_SUFFIX}"):
+                if path not in paths:
+                    _remove_if_unheld(path)
+
+    def release(self) -> None:
+        for handle in self.handles:
+            handle.close()  # the lock goes with it
+
+
+def _held(path: Path) -> IO[str]:
+    """`path` created (or kept) and locked; a sweep by another run may remove it between the open and the lock: then
+    again, until the locked file is the one at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = open(path, "a", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # a filesystem without locks: the file is this run's all the same, only unguarded
+            return handle
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()
+
+
+def _remove_if_unheld(path: Path) -> None:
+    try:
+        handle = open(path, "a", encoding="utf-8")
+    except OSError:
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held by a live run (or no locks on this filesystem: then nothing is removed)
+            return
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                path.unlink()
+        except FileNotFoundError:
+            pass
 
 
 class ProgressLog:

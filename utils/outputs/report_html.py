@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from utils.outputs.progress import WorkerSummary
-from utils.outputs.report_text import Status, run_status, size_text
+from utils.outputs.report_text import Status, run_status
+from utils.units import size_text
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -16,16 +16,6 @@ from typing import Any
 SIZE_UNITS = ("B", "KB", "MB", "GB", "TB")
 
 
-def size_text(n_bytes: float) -> str:
-    """Bytes in the unit that fits, decimal as disks count them: 812 B, 6.6 KB, 15 KB, 1.2 MB, 3.4 GB."""
-    value, unit = float(n_bytes), 0
-    while abs(value) >= 1000 and unit < len(SIZE_UNITS) - 1:
-        value, unit = value / 1000, unit + 1
-    if unit == 0:
-        return f"{int(value):,} B"
-    return f"{value:.1f} {SIZE_UNITS[unit]}" if abs(value) < 10 else f"{value:,.0f} {SIZE_UNITS[unit]}"
-
-
 @dataclass
 class Status:
     kind: str  # done, notes, interrupted, failed: how the page colours the block
@@ -39,14 +29,12 @@ class Status:
 
 
 def window_reason(limit: int, max_residues: dict[str, int | None]) -> str:
-    """Why a protein longer than `limit` residues went through windows. `max_residues`: the model's entry in the
-    summary, {"set": run_params.max_residues (None: auto), "model": the model's own limit (ESM-1b's learned
-    positions) or None}; a limit that is neither is what one pass fits in the device's memory."""
-    if max_residues.get("set") == limit:
-        return f"longer than run_params.max_residues, {limit:,} residues"
+    """Why a protein longer than `limit` residues went through windows (memory never decides it). `max_residues`: the
+    model's entry in the summary, {"set": run_params.max_residues (None: auto), "model": the model's own limit
+    (ESM-1b's learned positions) or None}."""
     if max_residues.get("model") == limit:
         return f"longer than the {limit:,} residues the model's learned positions reach"
-    return f"longer than {limit:,} residues, the longest one pass that fits the device's memory"
+    return f"longer than run_params.max_residues, {limit:,} residues"
 
 
 def _plural(count: int, one: str, many: str | None = None) -> str:
@@ -60,11 +48,7 @@ def _windows_note(model: dict[str, Any], workers: Sequence[dict[str, Any]]) -> s
         return None
     limits = [w["max_residues"] for w in workers if w["max_residues"]]
     limit = min(limits) if limits else 0
-    long = [n for n in lengths if limit and n > limit]
-    why = f"{window_reason(limit, model.get('max_residues') or {})} (the longest: {max(long):,})" if long else ""
-    if len(long) < len(lengths):  # not past the limit: a whole pass ran out of memory
-        out_of_memory = f"{len(lengths) - len(long):,} because one pass ran out of memory"
-        why = f"{len(long):,} {why}, and {out_of_memory}" if long else "one pass ran out of memory"
+    why = f"{window_reason(limit, model.get('max_residues') or {})} (the longest: {max(lengths):,})"
     computed = sum(w["computed"] for w in workers)
     return (
         f"{len(lengths):,} of {_plural(computed, 'protein')} went through overlapping windows, not one pass: {why}. "

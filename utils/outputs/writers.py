@@ -7,7 +7,10 @@ so a failed or interrupted run never leaves a partial file nor touches the good 
      as '%2F' (and '%' as '%25', a lone '.' as '%2E'); the verbatim id is in each dataset's "original_id"
      attribute, as bio_embeddings writes it, and the whole FASTA header line in its "header" attribute. Model
      metadata are file attributes: scalars as they are, lists and mappings as JSON text; "model_name" names the
-     model as ProtSpace does (prot_t5, esm2_3b, ...), which `protspace prepare` requires.
+     model as ProtSpace does (prot_t5, esm2_3b, ...), which `protspace prepare` requires. The file's size is
+     reserved on disk before HDF5 writes into it (h5_file_bytes, utils.files.reserve_space): HDF5 does not survive
+     a failed write (a full disk left h5py raising in every object's cleanup, then a segmentation fault), so a full
+     disk is an OSError before it starts.
 .per_residue.h5  (run_params.per_residue) beside the .h5: the same names, float16 [L, D], the residue rows only.
 .parquet  columns `id` (string), `embedding` (fixed_size_list<halffloat>[D]) and `header` (the whole FASTA header
      line, when meta has "headers"), rows in input order, written in row groups by a streaming writer, so neither
@@ -20,13 +23,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from utils.files import atomic_torch_save, publish
+from utils.files import atomic_torch_save, publish, reserve_space
 from utils.inputs.keys import output_formats
 
 CONCAT_KEY = "concat"
@@ -35,6 +39,14 @@ CONCAT_KEY = "concat"
 HEADERS = "headers"
 # Rows per Parquet row group: the unit a reader loads at a time (16,384 × 1,024-d float16 = 32 MiB).
 PARQUET_ROWS_PER_GROUP = 16384
+# What HDF5 adds to the data in the layout H5Writer writes, measured (h5py 3, HDF5 1.14; 1,000 and 3,000 datasets
+# of 32 and 1,024 float16 values): ~390-420 bytes per dataset (its object header, the link, the attribute messages)
+# beyond its values and the UTF-8 of its name, "original_id" and "header", and ~9 KB per file.
+H5_DATASET_BYTES = 420
+H5_FILE_BYTES = 16 << 10
+PICKLE_STRING_BYTES = 12  # torch.save's pickle: opcode, length and memo per string of "ids" and "headers"
+PARQUET_STRING_BYTES = 4  # Parquet's length prefix per string (the text is compressed, counted whole)
+_H5_ERRNO = re.compile(r"errno = (\d+)")
 
 
 def pt_path(output_dir: Path, split: str, output_key: str) -> Path:
@@ -137,30 +149,83 @@ def _attribute(value: Any) -> Any:
     return value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
 
 
+def h5_file_bytes(datasets: int, data_bytes: int, text_bytes: int) -> int:
+    """The size of an H5Writer file: `datasets` datasets holding `data_bytes` of values in all, `text_bytes` the
+    UTF-8 of their ids (counted twice: the name and "original_id") and headers."""
+    return H5_FILE_BYTES + datasets * H5_DATASET_BYTES + data_bytes + text_bytes
+
+
+def output_bytes(output_format: str, count: int, dim: int, id_bytes: int, header_bytes: int) -> int:
+    """The size on disk of one split's final files of one model (or of the concatenation, `dim` = ΣD) in every
+    format asked for: `count` proteins whose ids and headers take `id_bytes` and `header_bytes` of UTF-8. For the
+    pre-flight disk check; .pt adds pickle's few bytes per string, HDF5 its per-dataset bytes (h5_file_bytes)."""
+    formats = output_formats(output_format)
+    vectors, text = count * dim * 2, id_bytes + header_bytes
+    total = 0
+    if "pt" in formats:
+        total += vectors + text + 2 * count * PICKLE_STRING_BYTES
+    if "h5" in formats:
+        total += h5_file_bytes(count, vectors, id_bytes + text)
+    if "parquet" in formats:
+        total += vectors + text + 2 * count * PARQUET_STRING_BYTES
+    return total
+
+
+def text_bytes(ids: Sequence[str], headers: Sequence[str] = ()) -> int:
+    """UTF-8 bytes of the ids (twice, as an HDF5 dataset holds them) and the headers of an output."""
+
+    def size(texts: Sequence[str]) -> int:  # packed strings (utils.inputs.fasta.Strings) know theirs
+        lengths = getattr(texts, "byte_lengths", None)
+        return int(lengths().sum()) if lengths is not None else sum(len(t.encode()) for t in texts)
+
+    return 2 * size(ids) + size(headers)
+
+
+def disk_error(exc: BaseException, path: Path) -> OSError | None:
+    """h5py's error for a failed write (it raises RuntimeError or ValueError with HDF5's errno in the text) as the
+    OSError it is, naming the file; None for any other error."""
+    found = _H5_ERRNO.search(str(exc))
+    code = exc.errno if isinstance(exc, OSError) and exc.errno else int(found.group(1)) if found else None
+    return None if code is None else OSError(code, os.strerror(code), str(path))
+
+
 class H5Writer:
     """One HDF5 file, written under a temporary name and renamed into place (fsynced) when the block ends cleanly.
 
     Proteins can be added one at a time, so a caller may stream per-residue rows without holding them all. A
     "headers" list in the attributes is aligned with the proteins in the order they are added (or reserved): the
-    i-th dataset gets the i-th header as its "header" attribute.
+    i-th dataset gets the i-th header as its "header" attribute. `size`: the file's expected size (h5_file_bytes),
+    reserved on disk before the datasets are written; a write that fails anyway is an OSError naming the file.
     """
 
-    def __init__(self, path: Path, attributes: dict[str, Any]):
+    def __init__(self, path: Path, attributes: dict[str, Any], size: int = 0):
         self.path = path
         self.attributes = {key: value for key, value in attributes.items() if key != HEADERS}
         self.headers: Sequence[str] = attributes.get(HEADERS) or ()
         self.created = 0
         self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         self.handle: Any = None
+        self.size = size
 
     def __enter__(self) -> H5Writer:
         import h5py
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # track_order: datasets iterate in the order written (input order), not sorted by name.
-        self.handle = h5py.File(self.tmp, "w", track_order=True)
-        for key, value in self.attributes.items():
-            self.handle.attrs[key] = _attribute(value)
+        try:
+            # track_order: datasets iterate in the order written (input order), not sorted by name.
+            with h5py.File(self.tmp, "w", track_order=True) as handle:
+                for key, value in self.attributes.items():
+                    handle.attrs[key] = _attribute(value)
+            # HDF5 then writes into blocks that are already the file's (h5_file_bytes over-estimates; a sixteenth
+            # more for what it does not know), and truncates the file to its own end when it closes.
+            reserve_space(self.tmp, self.size + self.size // 16)
+            self.handle = h5py.File(self.tmp, "r+")
+        except Exception as exc:
+            self.tmp.unlink(missing_ok=True)
+            error = disk_error(exc, self.path)
+            if error is None:
+                raise
+            raise error from None
         return self
 
     def _label(self, dataset: Any, protein_id: str) -> None:
@@ -181,11 +246,20 @@ class H5Writer:
     def fill(self, protein_id: str, array: torch.Tensor) -> None:
         self.handle[h5_name(protein_id)][...] = array.detach().to(torch.float16).cpu().numpy()
 
-    def __exit__(self, exc_type: object, *rest: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, *rest: object) -> None:
         try:
-            self.handle.close()
-            if exc_type is None:
+            try:
+                self.handle.close()
+            except Exception as closing:
+                if exc is None:  # the close's failure is the one to report; else the first one is
+                    exc = closing
+            error = disk_error(exc, self.path) if exc is not None else None
+            if error is not None:
+                raise error from None
+            if exc_type is None and exc is None:
                 publish(self.tmp, self.path)
+            elif exc_type is None:
+                raise exc  # type: ignore[misc]  # the close failed for another reason
         finally:
             self.tmp.unlink(missing_ok=True)
 
@@ -287,7 +361,8 @@ def write_h5(
 ) -> None:
     """Per-protein vectors into `path` (per-residue rows are streamed from the chunks:
     utils.running.merge.write_residue_rows)."""
-    with H5Writer(path, {**meta, **extra}) as writer:
+    size = h5_file_bytes(len(ids), len(ids) * embeddings.shape[1] * 2, text_bytes(ids, meta.get(HEADERS) or ()))
+    with H5Writer(path, {**meta, **extra}, size) as writer:
         for start in range(0, len(ids), PARQUET_ROWS_PER_GROUP):
             end = min(start + PARQUET_ROWS_PER_GROUP, len(ids))
             block = embeddings.block(start, end) if isinstance(embeddings, RowView) else embeddings[start:end]

@@ -29,6 +29,7 @@ from utils.inputs.keys import Config
 from utils.inputs.strings import Strings
 from utils.inputs.unique import shared_splits, shared_unique
 from utils.malloc import give_back_free_memory
+from utils.outputs.progress import ProgressHold
 from utils.running.merge import finish_jobs
 from utils.running.plan import Job, WorkOrder, new_run_id, plan_jobs
 from utils.running.shards import Shard
@@ -52,6 +53,8 @@ def run_job(
 
     splits = shared_splits(splits)
     jobs = plan_jobs(config, splits, models, shard, run_id=new_run_id())
+    # This run's progress files held until its report is written; those of runs killed with -9 go
+    progress = ProgressHold(config.log_dir, [o.progress_path for job in jobs for o in job.orders if o.progress_path])
     if config.run.engine == "ray":
         from utils.running.ray_engine import EmbedActor, RayRunner
 
@@ -75,6 +78,7 @@ def run_job(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        progress.release()
 
 
 def release_residues(splits: dict[str, Records], jobs: list[Job]) -> None:
@@ -118,6 +122,7 @@ WORKER_PRELOAD = [
     "transformers",
     "transformers.modeling_utils",  # from_pretrained's machinery: seconds on first use, even for a tiny model
     "utils.running.worker",
+    "utils.running.worker_server",  # a worker orphaned while it reads its order exits without a traceback
 ]
 
 
@@ -131,6 +136,10 @@ def start_worker_server() -> None:
     """Start the process workers are forked from now, so that its imports overlap this process's checks."""
     from multiprocessing import forkserver
 
+    # The server runs `python -c`: its sys.path is the working directory's, and Python 3.11's forkserver does not
+    # pass this process's on; without this, run from another directory, the preload would fail silently.
+    root = str(Path(__file__).resolve().parents[2])
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     worker_context()
     # The server starts with SIGINT ignored (a disposition a child inherits): a Ctrl-C in the terminal reaches the
     # whole process group, and during the server's imports (seconds) it would kill the server with a traceback and
@@ -148,13 +157,13 @@ def _worker_process(order: WorkOrder, main_pid: int) -> None:
     sys.exit(run_work_order(order, main_pid))
 
 
-def note_in_log(path: Path, message: str) -> None:
+def note_in_log(order: WorkOrder, message: str) -> None:
     """A line the main process adds to a worker's log: how the worker ended, which the worker cannot write itself
     when a signal killed it."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as log:
-            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} main: {message}\n")
+        order.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(order.log_path, "a", encoding="utf-8") as log:
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} run {order.run_id or '-'} main: {message}\n")
     except OSError:
         pass  # the log is a convenience; never fail the run for it
 
@@ -217,14 +226,14 @@ class Runner:
                 emfile = getattr(exc, "errno", None) == errno.EMFILE
                 hint = "; raise the open-file limit (ulimit -n) and rerun" if emfile else ""
                 job.problems.append(f"{order.label}: could not start a worker process ({reason}){hint}")
-                note_in_log(order.log_path, f"could not start the worker process: {reason}")
+                note_in_log(order, f"could not start the worker process: {reason}")
                 job.exit_codes.append(exits.FAILED)
                 continue
             process.join()
             with self.lock:
                 self.running.discard(process)
             if process.exitcode != exits.OK:
-                note_in_log(order.log_path, f"worker {describe_exit(process.exitcode)}")
+                note_in_log(order, f"worker {describe_exit(process.exitcode)}")
             job.exit_codes.append(process.exitcode)
 
     def stop(self, signum: int, _frame: object) -> None:

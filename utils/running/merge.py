@@ -93,10 +93,7 @@ def finish_jobs(
     for job in failed:
         for problem in job.problems:
             print(f"error: model {problem}", file=sys.stderr)
-        print(
-            f"error: model {job.model.config.key} failed; see {config.log_dir}/{job.model.config.output_key}*.log",
-            file=sys.stderr,
-        )
+        print(f"error: model {job.model.config.key} failed; {where_to_look(config, job)}", file=sys.stderr)
     interrupted = not failed and not all(job.finished for job in jobs)
     if config.run.report:
         report_run(config, splits, jobs, started_at, "failed" if failed else "interrupted" if interrupted else "done")
@@ -107,6 +104,16 @@ def finish_jobs(
         return exits.FAILED
     print(f"done in {time.perf_counter() - started:.1f} s; outputs in {config.output_dir}", file=sys.stderr)
     return exits.OK
+
+
+def where_to_look(config: Config, job: Job) -> str:
+    """Where a failed model's story is: its workers' logs where they exist; with Ray the actors log to Ray's own
+    session logs (the driver printed their error above)."""
+    if any(order.log_path.exists() for order in job.orders):
+        return f"see {config.log_dir}/{job.model.config.output_key}*.log"
+    if config.run.engine == "ray":
+        return "the error is above; the actors' own output is in Ray's session logs (`ray logs cluster` lists them)"
+    return "the error is above"
 
 
 def merge_finished(config: Config, splits: dict[str, Records], jobs: list[Job], stopping: threading.Event) -> list[str]:
@@ -209,7 +216,7 @@ def _write_splits(
             "devices": list(model.config.devices),
             "pooling": f"mean over residue token rows [{model.family.residue_offset}, "
             f"{model.family.residue_offset}+L): no special tokens, no prefix, no padding",
-            # longer proteins go to windows (None: none by setting; a device too small still windows, noted per protein)
+            # longer proteins went through windows (None: none did); never the device's choice (utils.engine.limits)
             "max_residues": job.partitions()[0]["max_residues"],
             "windowed": windowed,
             "redone_in_fp32": redone,  # id → why (non-finite in fp16/bf16)
@@ -235,11 +242,12 @@ def write_residue_rows(stores: list[ChunkStore], records: Records, path: Path, m
     """Per-residue rows streamed chunk by chunk, since a whole job's would not fit in memory. The datasets are
     created empty in input order first, so the file still lists proteins in input order."""
     from utils.inputs.unique import split_digests
-    from utils.outputs.writers import H5Writer
+    from utils.outputs.writers import H5Writer, h5_file_bytes, text_bytes
 
     ids_by_digest: dict[str, list[str]] = {}
-    with H5Writer(path, {**meta, "rows": "residue rows only, [L, D] float16 per protein"}) as writer:
-        lengths = records.lengths().tolist()
+    lengths = records.lengths().tolist()
+    size = h5_file_bytes(len(records), sum(lengths) * meta["dim"] * 2, text_bytes(records.ids, records.headers))
+    with H5Writer(path, {**meta, "rows": "residue rows only, [L, D] float16 per protein"}, size) as writer:
         for protein_id, length, digest in zip(records.ids, lengths, split_digests(records).tolist(), strict=True):
             writer.reserve(protein_id, (length, meta["dim"]))
             ids_by_digest.setdefault(digest_hex(digest), []).append(protein_id)

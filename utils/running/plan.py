@@ -129,6 +129,7 @@ class WorkOrder:
     log_path: Path
     bar_position: int = 0  # the progress bar's line: the order's lane
     progress_path: Path | None = None  # this run's progress records for the run report (None: no report)
+    run_id: str = ""  # on every line of the worker's log: runs of other configs may share the log file
 
     def limits(self, memory_bytes: int | None = None) -> Limits:
         """Batch budgets and the longest one-pass protein on this order's device (utils.engine.limits); `memory_bytes`
@@ -224,6 +225,7 @@ def plan_jobs(
                     store_dir=config.store,
                     log_path=log_path,
                     progress_path=progress_path(log_path, run_id) if reported and run_id else None,
+                    run_id=run_id or "",
                 )
             )
         jobs.append(job)

@@ -36,8 +36,8 @@ def used_partitions(config: Config) -> set[str]:
 def prune_store(config: Config, remove: bool) -> int:
     """Remove (or, without `remove`, list) the partitions of config.store that the config does not use."""
     from utils.files import StoreLock
-    from utils.outputs.report_text import size_text
     from utils.running.store import partitions, prune
+    from utils.units import size_text
 
     root = config.store
     used = used_partitions(config)

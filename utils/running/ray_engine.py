@@ -211,7 +211,7 @@ class EmbedActor:
             tokenizer, model = load_encoder(order.model.source, family, order.device, precision, layer_index=layer)
             return Encoder(
                 tokenizer, model, family, order.device, self.limits.max_residues, order.run.window_overlap,
-                tokens_per_pass=self.limits.max_tokens_per_batch, attention=order.run.attention,
+                tokens_per_pass=self.limits.max_tokens_per_batch, attention=order.run.attention, limits=self.limits,
             )  # fmt: skip
 
         self.encoder = encoder_in(order.precision)
@@ -223,8 +223,13 @@ class EmbedActor:
         import torch
 
         from utils.engine.embedder import embed_in_batches
+        from utils.engine.limits import protein_name
+        from utils.errors import ModelError
 
         sequences = block.column("sequence").to_pylist()
+        unfit = self.limits.first_unfit([len(s) for s in sequences])
+        if unfit is not None:  # as the local worker: the model fails rather than windows chosen by the memory
+            raise ModelError(self.limits.does_not_fit(protein_name(sequences[unfit]), len(sequences[unfit])))
         embedded = embed_in_batches(
             self.encoder, sequences, self.limits, precision=self.order.precision, fp32=self.fp32
         )

@@ -69,12 +69,14 @@ def vector_settings(
 ) -> dict[str, Any]:
     """Everything that decides a chunk's numbers: the partition key, stored in every chunk. `max_residues`: the
     config's (None: auto), resolved here the same on every machine (the model's own positional limit, or none)."""
-    limits = [n for n in (max_residues, model.arch.max_residues) if n is not None]
+    from utils.engine.limits import resolved_max_residues
+
     return {
         "checkpoint": model.identity,
         "family": model.family.name,
         "precisions": [precision],  # a list, as the earlier layout kept it, so that its chunks keep their partition
-        "max_residues": min(limits) if limits else None,
+        # Resolved here, the same on every machine (a device too small for a protein's pass fails the model)
+        "max_residues": resolved_max_residues(max_residues, model.arch),
         "window_overlap": window_overlap,
         "per_residue": per_residue,
         "layer": model.layer_index,  # the hidden state pooled (models.<key>.layer)

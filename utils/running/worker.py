@@ -29,12 +29,14 @@ from utils.engine.batching import batch_views, chunked
 from utils.engine.embedder import embed_batches
 from utils.engine.encode import Encoder, ModelError, load_encoder
 from utils.engine.finite import Fp32Redo
+from utils.engine.limits import protein_name, windows_text
 from utils.inputs.fasta import sequence_lengths
 from utils.inputs.unique import digest_hex, digests_of
 from utils.malloc import give_back_free_memory
 from utils.outputs.progress import ProgressLog
 from utils.running.plan import WorkOrder
 from utils.running.store import ChunkStore, changed_settings, contains, describe_changes
+from utils.units import size_text
 
 
 def _die_with_main(main_pid: int) -> None:
@@ -105,15 +107,18 @@ def note_forward(encoder: Encoder, order: WorkOrder, log: logging.Logger, progre
             f"{encoder.fallback_reason}",
             file=sys.stderr,
         )
+    if encoder.layout_reason:  # not a setting the user chose: say so where they look
+        print(f"note: {order.label}: transformers' own forward runs ({encoder.layout_reason})", file=sys.stderr)
     return encoder.path
 
 
-def open_log(path: Path) -> logging.Logger:
+def open_log(path: Path, run_id: str = "") -> logging.Logger:
+    """The worker's log file, appended to; every line names the run (runs of other configs may share the file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger(f"worker.{path.stem}")
     logger.setLevel(logging.INFO)
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setFormatter(logging.Formatter(f"%(asctime)s run {run_id or '-'} %(levelname)s %(message)s"))
     logger.addHandler(handler)
     return logger
 
@@ -128,7 +133,7 @@ def run_work_order(order: WorkOrder, main_pid: int) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    log = open_log(order.log_path)
+    log = open_log(order.log_path, order.run_id)
     try:
         return embed_order(order, log, stop)
     except ModelError as exc:
@@ -144,9 +149,14 @@ def run_work_order(order: WorkOrder, main_pid: int) -> int:
             file=sys.stderr,
         )
         return exits.FAILED
-    except Exception:
+    except Exception as exc:  # anything else: one line here, the traceback in the log
         log.exception("worker failed")
-        raise
+        print(
+            f"\nerror: model {order.label}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]} "
+            f"(the traceback is in {order.log_path})",
+            file=sys.stderr,
+        )
+        return exits.FAILED
 
 
 def report_damaged(store: ChunkStore, label: str, log: logging.Logger) -> None:
@@ -186,12 +196,17 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
     batches = batch_views(*limits.plan_batch_bounds(lengths, family.special_tokens))
     pending = [b for b in batches if not is_done[b].all()]
     residues_todo = sum(int(lengths[b].sum()) for b in pending)
+    longest = int(pending[0][0]) if pending else None  # the plan runs longest first
+    if longest is not None and not limits.fits(int(lengths[longest])):
+        # Memory never changes a vector: a protein that cannot run whole (or in its windows) fails the model, now
+        raise ModelError(limits.does_not_fit(protein_name(sequences[longest]), int(lengths[longest])))
     give_back_free_memory()  # the planning's transient arrays
     reused = int(is_done.sum())
     log.info(
-        "model %s (%s) on %s, %s; %d unique sequences, %d already in chunks; token budget %d, max residues %d",
+        "model %s (%s) on %s, %s; %d unique sequences, %d already in chunks; token budget %d; %s; memory %s (%s)",
         order.model.source, family.label, order.device, order.precision, len(sequences), reused,
-        limits.max_tokens_per_batch, limits.max_residues,
+        limits.max_tokens_per_batch, windows_text(limits.max_residues), size_text(limits.memory_bytes),
+        limits.memory_source,
     )  # fmt: skip
     if 0 < reused < len(sequences):
         print(f"note: {order.label}: {reused} sequences already in the store, computing the rest", file=sys.stderr)
@@ -208,7 +223,7 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
     progress = ProgressLog(order.progress_path, label=order.label, model=order.model.config.key, device=order.device)
     progress.write(
         "start", precision=order.precision, sequences=len(sequences), reused=reused,
-        reused_chunks=store.chunks_read, max_residues=limits.max_residues,
+        reused_chunks=store.chunks_read, max_residues=limits.max_residues or 0,
     )  # fmt: skip
     if not pending:
         progress.write("end", status="done")
@@ -227,6 +242,7 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
         return Encoder(
             tokenizer, model, family, order.device, limits.max_residues, order.run.window_overlap,
             order.run.per_residue, tokens_per_pass=limits.max_tokens_per_batch, attention=order.run.attention,
+            limits=limits,
         )  # fmt: skip
 
     encoder = encoder_for(tokenizer, model)
