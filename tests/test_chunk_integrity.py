@@ -121,7 +121,7 @@ def test_damaged_and_malformed_chunks_are_quarantined_named_and_redone(first_run
     assert "checksum mismatch" in next(n for n in notes if flipped.name in n)
     assert "shape" in next(n for n in notes if wrong_shape.name in n)
     assert "other settings" not in result.stderr
-    assert all("moved to quarantine/" in note for note in notes)
+    assert all("moved to its partition's quarantine/" in note for note in notes)
     aside = sorted(p.name for p in (chunks / "quarantine").iterdir())
     assert aside == sorted(p.name for p in (*files[:5], chunks / "0000000000.chk"))  # kept, not deleted
     assert _counts(directory) == (UNIQUE, UNIQUE - damaged_proteins)

@@ -78,7 +78,8 @@ def test_a_stale_comment_is_found(tmp_path: Path):
         "run_params:",
         "  # max_tokens_per_batch: auto   # padded tokens per batch",
         "  # max_residues: auto           # longer proteins are embedded in overlapping windows, listed in",
-        "  #                              # meta['windowed']; auto: what fits the device",
+        "  #                              # meta['windowed']; auto: only past the model's own limit (ESM-1b: 1,022),",
+        "  #                              # never for memory",
         "  # window_overlap: 128          # residues shared by neighbouring windows (at most a quarter of the window)",
         "  padding: true                  # pad every batch",
     ]

@@ -150,13 +150,14 @@ def remove_dead_temporary_files(directory: Path) -> list[Path]:
             stale = now - path.stat().st_mtime > STALE_TEMPORARY_S
         except FileNotFoundError:
             continue
-        if stale or (mine and not _process_alive(int(match.group("pid")))):
+        if stale or (mine and not process_alive(int(match.group("pid")))):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this pid exists on this machine (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

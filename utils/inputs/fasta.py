@@ -336,16 +336,7 @@ def _stream_lines(path: Path) -> Iterator[str]:
 
 
 def read_fasta(path: Path) -> Records:
-    problem = input_file_problem(path)
-    if problem:
-        raise UserError(f"{path}: {problem}; name a FASTA file (plain or gzip) in the config")
-    if not path.is_file():
-        raise UserError(f"{path}: FASTA file not found; check paths.data_dir and the split's file name in the config")
-    try:
-        return parse_lines(_stream_lines(path), str(path))
-    except _NotText:
-        # Binary or not UTF-8: the whole file read at once says where and what, as one message
-        return parse_fasta(_read_text(path), str(path))
+    return parse_lines(fasta_lines(path), str(path))
 
 
 def fasta_lines(path: Path) -> Iterator[str]:
@@ -359,5 +350,6 @@ def fasta_lines(path: Path) -> Iterator[str]:
     try:
         yield from _stream_lines(path)
     except _NotText:
-        parse_fasta(_read_text(path), str(path))  # raises UserError saying where and what
+        # Binary or not UTF-8: the whole file read at once says where and what, as one message
+        parse_fasta(_read_text(path), str(path))
         raise UserError(f"{path}: not a FASTA text file") from None

@@ -113,7 +113,7 @@ class Damaged:
 
     def lines(self, label: str) -> list[str]:
         lines = [
-            f"{label}: chunk {path} is damaged or unreadable ({reason}); moved to {QUARANTINE}/ beside it (kept, "
+            f"{label}: chunk {path} is damaged or unreadable ({reason}); moved to its partition's {QUARANTINE}/ (kept, "
             "never read); the sequences it held are computed again by the run or shard they belong to"
             for path, reason in self.found[:NOTES_LISTED]
         ]

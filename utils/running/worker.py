@@ -30,6 +30,7 @@ from utils.engine.embedder import embed_batches
 from utils.engine.encode import Encoder, ModelError, load_encoder
 from utils.engine.finite import Fp32Redo
 from utils.engine.limits import protein_name, windows_text
+from utils.files import process_alive
 from utils.inputs.fasta import sequence_lengths
 from utils.inputs.unique import digest_hex, digests_of
 from utils.malloc import give_back_free_memory
@@ -61,21 +62,11 @@ def _die_with_main(main_pid: int) -> None:
         if handle is not None:
             select.select([handle], [], [])
         else:
-            while _alive(main_pid):
+            while process_alive(main_pid):
                 time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="die-with-main", daemon=True).start()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def memory_record(device: str, encoders: list[Any]) -> dict[str, Any]:
@@ -214,11 +205,12 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
         others = store.others()
         if others:  # say why nothing is reused: the store has this checkpoint, but under other settings
             what = describe_changes(changed_settings(others[0][1], order.chunk_settings))
-            print(
-                f"note: {order.label}: the store holds this checkpoint's vectors only under other settings ({what}); "
-                "computing them for these settings",
-                file=sys.stderr,
+            message = (
+                f"{order.label}: the store holds this checkpoint's vectors only under other settings ({what}); "
+                "computing them for these settings"
             )
+            log.warning(message)
+            print(f"note: {message}", file=sys.stderr)
     # For the run report (utils/outputs/report.py): one JSON line per event, a flush per chunk.
     progress = ProgressLog(order.progress_path, label=order.label, model=order.model.config.key, device=order.device)
     progress.write(
