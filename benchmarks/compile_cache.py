@@ -88,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         fasta = root / "data" / "train.fasta"
         fasta.parent.mkdir()
         fasta.write_text("".join(f">P{i}\n{s}\n" for i, s in enumerate(proteins)))
-        rules = {
-            name: row_lengths([len(s) for s in unique], FAMILIES[name].special_tokens) for name in checkpoints
-        }
+        rules = {name: row_lengths([len(s) for s in unique], FAMILIES[name].special_tokens) for name in checkpoints}
         print(f"{len(proteins)} proteins ({len(unique)} unique), attention: flex on the CPU; one compile cache, "
               "empty before the first run")  # fmt: skip
         print(f"{'run':<7} {'model':<8} {'compiles':>8} {'anew':>5} {'compile s':>9} {'residues/s':>10}  "

@@ -277,7 +277,7 @@ LONG_T5 = textwrap.dedent(
     directory = str(build_prot_t5(Path(tempfile.mkdtemp()), sizes=shape))
     tokenizer, model = load_encoder(directory, PROT_T5, "cpu", "fp32")
     rng = random.Random(0)
-    sequence = "".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(20_000))
+    sequence = "".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(12_000))
     encoder = Encoder(tokenizer, model, PROT_T5, "cpu", 100_000, 256)
     got = encoder.embed([sequence])[0]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -304,15 +304,16 @@ LONG_T5 = textwrap.dedent(
         h = h + sa.o(out.transpose(0, 1).reshape(n, -1))
         h = block.layer[1](h[None])[0]
         h = model.encoder.final_layer_norm(h)
-        expected = h[:20_000].double().mean(dim=0)
+        expected = h[:12_000].double().mean(dim=0)
     cosine = float(torch.nn.functional.cosine_similarity(got.pooled.double(), expected, dim=0))
     print(json.dumps({"peak": peak, "cosine": cosine, "note": got.note}))
     """
 )
 
 
-def test_a_20000_residue_t5_protein_in_one_pass_with_bounded_memory():
-    # About 1.6 TFLOP of attention (ours and the reference): a minute on two idle cores
+def test_a_12000_residue_t5_protein_in_one_pass_with_bounded_memory():
+    # A dense [8, 12000, 12000] fp32 score matrix alone is 4.6 GB: the 2 GiB bound shows it is never built (about
+    # 20 s on two idle cores, ours and the reference)
     result = subprocess.run(
         [sys.executable, "-c", LONG_T5, str(REPO)], capture_output=True, text=True, timeout=900, cwd=REPO
     )
@@ -320,4 +321,4 @@ def test_a_20000_residue_t5_protein_in_one_pass_with_bounded_memory():
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["note"] is None  # one pass, no windows
     assert figures["cosine"] >= 0.9999
-    assert figures["peak"] < 4 * 2**30, f"peak RSS {figures['peak'] / 2**30:.2f} GiB"
+    assert figures["peak"] < 2 * 2**30, f"peak RSS {figures['peak'] / 2**30:.2f} GiB"

@@ -14,6 +14,7 @@ import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO, cli_env, random_protein, run_cli, run_job, write_config, write_fasta
@@ -252,3 +253,18 @@ def test_interrupted_run_reports_what_was_done(checkpoints, tmp_path):
     assert worker["status"] == "interrupted" and 1 <= worker["computed"] < 41
     assert summary["outputs"] == []  # an interrupted model writes no final file
     assert (tmp_path / "out" / "run_report.html").exists()
+
+
+def test_length_histogram_counts_from_sorted_lengths_equal_binning_each_protein():
+    from utils.outputs.report_html import HISTOGRAM_BINS, _bin_counts
+
+    rng = np.random.default_rng(0)
+    for low, high, limit in [(2, 35_000, 1022), (30, 200, None), (7, 8, 7), (1, 2, 5000)]:
+        lengths = np.sort(rng.integers(low, high, 5000).astype(np.int32))
+        top = int(lengths[-1]) + 1
+        edges = np.asarray([low * (top / low) ** (i / HISTOGRAM_BINS) for i in range(HISTOGRAM_BINS + 1)])
+        which = np.clip(np.searchsorted(edges, lengths, side="right") - 1, 0, HISTOGRAM_BINS - 1)  # bin of each one
+        total, windowed = _bin_counts(lengths, edges, limit)
+        assert total.tolist() == np.bincount(which, minlength=HISTOGRAM_BINS).tolist()
+        past = which[lengths > limit] if limit is not None else which[:0]
+        assert windowed.tolist() == np.bincount(past, minlength=HISTOGRAM_BINS).tolist()

@@ -41,9 +41,7 @@ def _config(directory: Path, checkpoint: Path, store: Path | None = None, key: s
     write_fasta(directory / "train.fasta", TRAIN)
     write_fasta(directory / "test.fasta", TEST)
     extra = {"store_dir": str(store)} if store is not None else None
-    return write_config(
-        directory, {key: {"name": checkpoint}}, run_params=RUN_PARAMS | run_params, extra_paths=extra
-    )
+    return write_config(directory, {key: {"name": checkpoint}}, run_params=RUN_PARAMS | run_params, extra_paths=extra)
 
 
 def _run(config: Path, *args: str) -> subprocess.CompletedProcess:
@@ -125,10 +123,17 @@ def test_two_runs_started_at_once_on_a_new_store(alone, checkpoints, tmp_path):
     store = tmp_path / "store"
     processes = [
         subprocess.Popen(
-            [sys.executable, str(REPO / "generate_embeddings_t5.py"), "--config",
-             str(_config(tmp_path / name, checkpoints["esm2"], store))],
-            cwd=REPO, env=cli_env() | {"PYTHONPATH": str(hook), "TEST_EMBED_SLOW_S": "0.2"},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                str(REPO / "generate_embeddings_t5.py"),
+                "--config",
+                str(_config(tmp_path / name, checkpoints["esm2"], store)),
+            ],
+            cwd=REPO,
+            env=cli_env() | {"PYTHONPATH": str(hook), "TEST_EMBED_SLOW_S": "0.2"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         for name in ("first", "second")
     ]

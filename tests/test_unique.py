@@ -95,4 +95,34 @@ def test_unique_vectors_scatter_by_unique_index_mark_missing_and_take_each_seque
     assert rows.block(0, 3)[:, 0].tolist() == [4, cc, 1]
     assert rows.block(4, 5)[:, 0].tolist() == [1]
     assert rows.shape == (5, 2) and rows.whole().dtype == torch.float16
-    assert len(store.held(unique.digests)) == 3
+    assert store.held(unique.digests).sum() == 3
+
+
+def test_store_marks_are_aligned_with_the_digests_in_any_order_and_with_repeats():
+    from utils.running.store import Marks
+
+    wanted = hex_to_digests(["c" * 40, "a" * 40, "b" * 40, "a" * 40, "d" * 40, "a" * 40])
+    marks = Marks(wanted)
+    marks.mark(hex_to_digests(["a" * 40, "d" * 40, "e" * 40]))
+    marks.mark(hex_to_digests([]))
+    assert marks.result().tolist() == [False, True, False, True, True, True]
+    ordered = Marks(np.sort(wanted[[0, 1, 2, 4]]))  # sorted: no copy, no order
+    ordered.mark(hex_to_digests(["b" * 40]))
+    assert ordered.order is None and ordered.result().tolist() == [False, True, False, False]
+    assert Marks(hex_to_digests([])).result().tolist() == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 6), max_size=40), st.integers(1, 5))
+def test_dedupe_numbers_digests_by_first_appearance_across_comparison_blocks(values, block):
+    import utils.inputs.unique as unique_module
+
+    digests = np.array([bytes([v]) * 20 for v in values], dtype=unique_module.DIGEST)
+    saved, unique_module.DEDUPE_BLOCK = unique_module.DEDUPE_BLOCK, block  # blocks of a few: every boundary tried
+    try:
+        first, index = unique_module.dedupe(digests)
+    finally:
+        unique_module.DEDUPE_BLOCK = saved
+    distinct = list(dict.fromkeys(values))
+    assert first.tolist() == [values.index(v) for v in distinct]
+    assert index.tolist() == [distinct.index(v) for v in values]

@@ -290,7 +290,7 @@ def store_held(order: WorkOrder) -> np.ndarray:
     from utils.running.store import ChunkStore
 
     digests = digests_of(order.sequences)
-    return np.isin(digests, ChunkStore(order.store_dir, order.chunk_settings).claimed(digests))
+    return ChunkStore(order.store_dir, order.chunk_settings).claimed(digests)
 
 
 def store_partition(order: WorkOrder) -> str:

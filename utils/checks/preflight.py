@@ -159,11 +159,11 @@ def estimate_output_bytes(
 
     present = present or {}
     unique = unique_of(splits)
-    lengths = unique.lengths()
+    lengths = unique.lengths(np.int32)  # int32 and sums in int64: a proteome's lengths are millions
     packed = {name: Records.of(records) for name, records in splits.items()}
     # per split: (proteins, residues, UTF-8 bytes of the ids, of the headers)
     sizes = [
-        (len(r), int(r.lengths().sum()), r.ids.total_bytes(), r.headers.total_bytes())
+        (len(r), int(r.lengths(np.int32).sum(dtype=np.int64)), r.ids.total_bytes(), r.headers.total_bytes())
         for r in packed.values()
     ]
 
@@ -178,7 +178,7 @@ def estimate_output_bytes(
         total += len(todo_lengths) * model.dim * 4  # float32 chunk rows
         if config.run.per_residue:
             total += sum(h5_file_bytes(n, res * model.dim * 2, 2 * ids + heads) for n, res, ids, heads in sizes)
-            total += int(todo_lengths.sum()) * model.dim * 2  # per-residue chunk rows
+            total += int(todo_lengths.sum(dtype=np.int64)) * model.dim * 2  # per-residue chunk rows
     if config.run.concatenate:
         total += finals(sum(m.dim for m in models))
     if models:  # the merge's scratch file of one model's unique vectors (utils.outputs.gather), one model at a time
@@ -188,14 +188,14 @@ def estimate_output_bytes(
 
 def check_disk(config: Config, splits: dict[str, Records], models: list[ResolvedModel]) -> list[str]:
     from utils.inputs.unique import unique_of
-    from utils.running.store import ChunkStore, contains
+    from utils.running.store import ChunkStore
 
     unique = unique_of(splits).digests
     present = {}
     for m in models:
         held = np.zeros(len(unique), dtype=bool)
         for device in m.config.devices:
-            held |= contains(ChunkStore(config.store, chunk_settings(config, m, device)).claimed(unique), unique)
+            held |= ChunkStore(config.store, chunk_settings(config, m, device)).claimed(unique)
         present[m.config.output_key] = held
     needed = estimate_output_bytes(config, splits, models, present)
     existing = config.output_dir.resolve()

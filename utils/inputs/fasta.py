@@ -106,9 +106,9 @@ class Records(Sequence[Record]):
 
     __hash__ = None  # type: ignore[assignment]
 
-    def lengths(self) -> np.ndarray:
-        """Residues per protein, int64."""
-        return sequence_lengths(self.sequences)
+    def lengths(self, dtype: type = np.int64) -> np.ndarray:
+        """Residues per protein, int64 or `dtype`."""
+        return sequence_lengths(self.sequences, dtype)
 
 
 def sequence_lengths(sequences: Sequence[str], dtype: type = np.int64) -> np.ndarray:
@@ -116,7 +116,7 @@ def sequence_lengths(sequences: Sequence[str], dtype: type = np.int64) -> np.nda
     packed ones (Strings, FileStrings, utils.inputs.unique's SharedSequences) give theirs without making a string
     each."""
     if hasattr(sequences, "byte_lengths"):
-        return sequences.byte_lengths().astype(dtype, copy=False)
+        return sequences.byte_lengths(dtype)
     return np.array([len(s) for s in sequences], dtype=dtype)
 
 

@@ -75,7 +75,7 @@ class _Kept:
             sequences = FileStrings(spill.residues_path, np.frombuffer(self.starts, dtype=np.int64)[first], lengths)
         else:
             sequences = self.residues.build().take(first.tolist())
-        return UniqueSequences(sequences, digests[first].copy()), index
+        return UniqueSequences(sequences, digests[first]), index
 
 
 def read_fasta_splits(

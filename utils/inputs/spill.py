@@ -73,8 +73,8 @@ class FileStrings(Sequence[str]):
         for item in self.raw_items():
             yield item.decode("ascii")
 
-    def byte_lengths(self) -> np.ndarray:
-        return self.lengths
+    def byte_lengths(self, dtype: type = np.int64) -> np.ndarray:
+        return self.lengths.astype(dtype, copy=False)
 
     def take(self, indices: Iterable[int] | np.ndarray) -> FileStrings:
         chosen = np.asarray(indices if isinstance(indices, np.ndarray) else list(indices), dtype=np.int64)

@@ -71,9 +71,9 @@ class Strings(Sequence[str]):
         for item in self.raw_items():
             yield item.decode()
 
-    def byte_lengths(self) -> np.ndarray:
-        """Bytes per string (characters, for ASCII text such as sequences), int64; no temporary arrays."""
-        lengths = np.empty(len(self.ends), dtype=np.int64)
+    def byte_lengths(self, dtype: type = np.int64) -> np.ndarray:
+        """Bytes per string (characters, for ASCII text such as sequences), int64 or `dtype`; no temporary arrays."""
+        lengths = np.empty(len(self.ends), dtype=dtype)
         if len(lengths):
             lengths[0] = self.ends[0]
             np.subtract(self.ends[1:], self.ends[:-1], out=lengths[1:], casting="unsafe")

@@ -22,6 +22,7 @@ from utils.inputs.fasta import Records
 from utils.inputs.strings import Strings, StringsBuilder
 
 DIGEST = np.dtype("S20")  # sha1, raw bytes
+DEDUPE_BLOCK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,8 @@ class UniqueSequences:
     def __len__(self) -> int:
         return len(self.sequences)
 
-    def lengths(self) -> np.ndarray:
-        return self.sequences.byte_lengths()
+    def lengths(self, dtype: type = np.int64) -> np.ndarray:
+        return self.sequences.byte_lengths(dtype)
 
     def hex_digest(self, index: int) -> str:
         return digest_hex(self.digests[index])
@@ -94,8 +95,8 @@ class SharedSequences(Sequence[str]):
         for i in self.index.tolist():
             yield sequences[i]
 
-    def byte_lengths(self) -> np.ndarray:
-        return self.unique.lengths()[self.index]
+    def byte_lengths(self, dtype: type = np.int64) -> np.ndarray:
+        return self.unique.lengths(dtype)[self.index]
 
     def digests(self) -> np.ndarray:
         return self.unique.digests[self.index]
@@ -133,14 +134,14 @@ def dedupe(digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     count = len(digests)
     if not count:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint32)
-    order = np.argsort(digests, kind="stable")  # equal digests stay in input order: the first one first
+    small = np.uint32 if count < 2**32 else np.int64
+    order = np.argsort(digests, kind="stable").astype(small)  # equal digests stay in input order: the first first
     new = np.empty(count, dtype=bool)
     new[0] = True
-    ordered = digests[order]
-    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
-    del ordered
-    first = order[new]  # per distinct digest (in digest order), where it first appears
-    small = np.uint32 if count < 2**32 else np.int64
+    for start in range(1, count, DEDUPE_BLOCK):  # neighbours compared a block at a time: no sorted copy of them all
+        end = min(count, start + DEDUPE_BLOCK)
+        np.not_equal(digests[order[start:end]], digests[order[start - 1 : end - 1]], out=new[start:end])
+    first = order[new].astype(np.int64)  # per distinct digest (in digest order), where it first appears
     group = np.cumsum(new, dtype=small)  # each sorted position's distinct digest, counted from 1
     group -= 1
     del new

@@ -40,13 +40,21 @@ def nearest_rank(sorted_values: Sequence[int], q: float) -> int:
 def unique_count(sequences: Sequence[str]) -> int:
     from utils.inputs.unique import SharedSequences
 
-    if isinstance(sequences, SharedSequences):  # positions in the job's unique set: no string each
-        return len(np.unique(sequences.index))
+    if isinstance(sequences, SharedSequences):  # positions in the job's unique set: a bit each, no sort, no string
+        seen = np.zeros(len(sequences.unique), dtype=bool)
+        seen[sequences.index] = True
+        return int(seen.sum())
     return len(set(sequences))
 
 
-def split_summary(sequences: Sequence[str]) -> dict[str, Any]:
-    lengths = np.sort(sequence_lengths(sequences, np.int32))
+def sorted_lengths(sequences: Sequence[str]) -> np.ndarray:
+    """A split's residues per protein, sorted, int32: the summary's figures and the report's histogram both read
+    them (a proteome's split is millions of them: made once)."""
+    return np.sort(sequence_lengths(sequences, np.int32))
+
+
+def split_summary(sequences: Sequence[str], lengths: np.ndarray) -> dict[str, Any]:
+    """`lengths`: the split's sorted_lengths."""
     return {
         "proteins": len(lengths),
         "unique": unique_count(sequences),
@@ -86,6 +94,7 @@ def build_summary(
     *,
     config_path: Path,
     splits: dict[str, list[str]],
+    split_lengths: dict[str, np.ndarray],
     models: list[dict[str, Any]],
     workers: list[WorkerSummary],
     outputs: list[dict[str, Any]],
@@ -93,7 +102,7 @@ def build_summary(
     ended: float,
     exit_status: str,
 ) -> dict[str, Any]:
-    """The run's numbers as plain data (run_summary.json)."""
+    """The run's numbers as plain data (run_summary.json). `split_lengths`: each split's sorted_lengths."""
     return {
         "config": str(config_path),
         "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
@@ -101,7 +110,7 @@ def build_summary(
         "wall_seconds": round(ended - started, 3),
         "status": exit_status,
         "versions": versions(),
-        "splits": {name: split_summary(sequences) for name, sequences in splits.items()},
+        "splits": {name: split_summary(sequences, split_lengths[name]) for name, sequences in splits.items()},
         "models": models,
         "workers": [
             {
@@ -159,9 +168,11 @@ def write_report(
     progress = read_progress(progress_paths)
     workers = [summarise_worker(events, started) for events in progress.values()]
     workers.sort(key=lambda w: (w.device, w.started))
+    split_lengths = {name: sorted_lengths(sequences) for name, sequences in splits.items()}
     summary = build_summary(
         config_path=config_path,
         splits=splits,
+        split_lengths=split_lengths,
         models=models,
         workers=workers,
         outputs=output_table(output_dir, started),
@@ -171,7 +182,6 @@ def write_report(
     )
     if store is not None:
         summary["store"] = store
-    split_lengths = {name: sequence_lengths(sequences, np.int32) for name, sequences in splits.items()}
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(output_dir / SUMMARY_NAME, (json.dumps(summary, indent=1) + "\n").encode())
     report = output_dir / REPORT_NAME

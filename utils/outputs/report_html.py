@@ -163,24 +163,25 @@ def chart_rates(workers: Iterable[WorkerSummary]) -> str | None:
         return _svg(figure, "residues / s over time, per worker")
 
 
-def chart_lengths(split_lengths: dict[str, list[int]], limits: dict[str, int]) -> str | None:
+def chart_lengths(split_lengths: dict[str, np.ndarray], limits: dict[str, int]) -> str | None:
     """One histogram per split (log length axis, HISTOGRAM_BINS bins shared by all splits); the proteins past the
-    shortest one-pass limit (they go through windows in at least that model) in red, each model's limit dashed."""
+    shortest one-pass limit (they go through windows in at least that model) in red, each model's limit dashed.
+    `split_lengths`: each split's lengths, sorted (utils.outputs.report.sorted_lengths): the bins are counted by
+    binary search, with no array the size of the split."""
     if not split_lengths:
         return None
     from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-    # Per split, not concatenated: a proteome's lengths are millions of numbers, and each copy costs 4-8 bytes each
-    present = [np.asarray(lengths) for lengths in split_lengths.values() if len(lengths)]
-    low = max(1, min((int(lengths.min()) for lengths in present), default=1))
-    high = max((int(lengths.max()) for lengths in present), default=1) + 1
+    present = [lengths for lengths in split_lengths.values() if len(lengths)]
+    low = max(1, min((int(lengths[0]) for lengths in present), default=1))
+    high = max((int(lengths[-1]) for lengths in present), default=1) + 1
     edges = np.asarray([low * (high / low) ** (i / HISTOGRAM_BINS) for i in range(HISTOGRAM_BINS + 1)])
     shortest_limit = min(limits.values()) if limits else None
     by_limit: dict[int, list[str]] = {}
     for model, limit in limits.items():
         by_limit.setdefault(limit, []).append(model)
     shown_limits = [(limit, models) for limit, models in sorted(by_limit.items()) if low <= limit < high - 1]
-    any_windows = shortest_limit is not None and any(bool((lengths > shortest_limit).any()) for lengths in present)
+    any_windows = shortest_limit is not None and any(int(lengths[-1]) > shortest_limit for lengths in present)
     entries = [("one pass", ONE_PASS_COLOUR, "box")]
     entries += [("windows (some model)", WINDOWS_COLOUR, "box")] if any_windows else []
     entries += [("a model's one-pass limit", WINDOWS_COLOUR, "dash")] if shown_limits else []
@@ -188,13 +189,7 @@ def chart_lengths(split_lengths: dict[str, list[int]], limits: dict[str, int]) -
         figure = _figure(0.7 + 3.3 * len(split_lengths), 3.0)
         panels = figure.subplots(1, len(split_lengths), squeeze=False, sharex=True)[0]
         for index, (axes, (split, lengths)) in enumerate(zip(panels, split_lengths.items(), strict=True)):
-            lengths = np.asarray(lengths)
-            which = np.searchsorted(edges, lengths, side="right")
-            which -= 1
-            np.clip(which, 0, HISTOGRAM_BINS - 1, out=which)
-            total = np.bincount(which, minlength=HISTOGRAM_BINS)
-            long = which[lengths > shortest_limit] if shortest_limit is not None else which[:0]
-            windowed = np.bincount(long, minlength=HISTOGRAM_BINS)
+            total, windowed = _bin_counts(lengths, edges, shortest_limit)
             # One filled outline per histogram (stairs), not a rectangle per bin: a fraction of the drawing time
             axes.stairs(total, edges, fill=True, color=ONE_PASS_COLOUR)
             if windowed.any():
@@ -221,6 +216,19 @@ def chart_lengths(split_lengths: dict[str, list[int]], limits: dict[str, int]) -
                           bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1})  # fmt: skip
         _legend(figure, entries)
         return _svg(figure, "protein lengths per split")
+
+
+def _bin_counts(lengths: np.ndarray, edges: np.ndarray, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Proteins per bin of `edges` (the first and last bins open-ended), all and those longer than `limit`, from
+    sorted integer `lengths`: a length is in bin i when it is at least edges[i] rounded up."""
+    inner = np.ceil(edges[1:-1]).astype(np.int64)
+    bounds = np.concatenate([[0], np.searchsorted(lengths, inner, side="left"), [len(lengths)]])
+    total = np.diff(bounds)
+    if limit is None:
+        return total, np.zeros_like(total)
+    cut = int(np.searchsorted(lengths, limit, side="right"))  # the first one past the limit
+    windowed = bounds[1:] - np.maximum(bounds[:-1], cut)
+    return total, np.maximum(windowed, 0)
 
 
 def chart_timeline(workers: Sequence[WorkerSummary]) -> str | None:

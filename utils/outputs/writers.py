@@ -174,9 +174,9 @@ def output_bytes(output_format: str, count: int, dim: int, id_bytes: int, header
 def text_bytes(ids: Sequence[str], headers: Sequence[str] = ()) -> int:
     """UTF-8 bytes of the ids (twice, as an HDF5 dataset holds them) and the headers of an output."""
 
-    def size(texts: Sequence[str]) -> int:  # packed strings (utils.inputs.fasta.Strings) know theirs
-        lengths = getattr(texts, "byte_lengths", None)
-        return int(lengths().sum()) if lengths is not None else sum(len(t.encode()) for t in texts)
+    def size(texts: Sequence[str]) -> int:  # packed strings (utils.inputs.strings, utils.inputs.spill) know theirs
+        total = getattr(texts, "total_bytes", None)
+        return int(total()) if total is not None else sum(len(t.encode()) for t in texts)
 
     return 2 * size(ids) + size(headers)
 

@@ -316,7 +316,7 @@ def merge_job(config: Config, splits: dict[str, Records], models: list[ResolvedM
     for job in jobs:
         if machine_decides_precision(job.model.config):
             candidates = [chunk_settings(config, job.model, device) for device in ("cuda:0", "cpu")]
-            held = [len(partition_of(job, s).claimed(unique.digests)) for s in candidates]
+            held = [int(partition_of(job, s).claimed(unique.digests).sum()) for s in candidates]
             own = job.partitions()[0]
             job.read_from = [max(candidates, key=lambda s: (held[candidates.index(s)], s == own))]
         stores = job_stores(job)

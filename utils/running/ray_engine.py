@@ -355,7 +355,7 @@ class RayRunner:
         sequences = list(dict.fromkeys(s for order in job.orders for s in order.sequences))
         digests = [sequence_digest(s) for s in sequences]
         wanted = hex_to_digests(digests)
-        todo = np.flatnonzero(~np.isin(wanted, store.held(wanted))).tolist()  # digests only, no vector kept
+        todo = np.flatnonzero(~store.held(wanted)).tolist()  # digests only, no vector kept
         for message in store.damaged.lines(job.model.config.key):
             print(f"note: {message}", file=sys.stderr)
         todo.sort(key=lambda i: len(sequences[i]), reverse=True)

@@ -94,7 +94,7 @@ def missing_problems(label: str, stores: list[ChunkStore], missing: np.ndarray, 
             if directory in seen:
                 continue
             seen.add(directory)
-            held = len(ChunkStore(store.root, settings, store.dim).claimed(missing))
+            held = int(ChunkStore(store.root, settings, store.dim).claimed(missing).sum())
             if held:
                 lines.append(
                     f"{label}: {held} of them are in the store under other settings "

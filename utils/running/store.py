@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from utils.files import atomic_write_bytes, remove_dead_temporary_files, write_new_bytes
-from utils.inputs.unique import DIGEST, hex_to_digests
+from utils.inputs.unique import hex_to_digests
 from utils.running.chunks import (
     CHUNK_SUFFIX,
     chunk_name,
@@ -171,28 +171,25 @@ class ChunkStore:
             yield chunk
 
     def held(self, wanted: np.ndarray, new_only: bool = False) -> np.ndarray:
-        """The digests of `wanted` (DIGEST) that trusted chunks hold, sorted; see chunks_holding."""
-        wanted = sorted_set(wanted)
-        found = []
-        for chunk in self.chunks_holding(wanted, new_only):
-            digests = hex_to_digests(chunk["digests"])
-            found.append(digests[contains(wanted, digests)])
-        return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=DIGEST)
+        """Whether trusted chunks hold each of `wanted` (DIGEST), aligned with it; see chunks_holding."""
+        marks = Marks(wanted)
+        for chunk in self.chunks_holding(marks.ordered, new_only):
+            marks.mark(hex_to_digests(chunk["digests"]))
+        return marks.result()
 
     def claimed(self, wanted: np.ndarray) -> np.ndarray:
-        """The digests of `wanted` that chunk headers claim, read cheaply and nothing checked (a damaged chunk counts
-        until a run checks it): for estimates (--dry-run, the disk check), which must not move anything."""
-        wanted = sorted_set(wanted)
-        found = []
+        """Whether chunk headers claim each of `wanted` (DIGEST), aligned with it: read cheaply and nothing checked (a
+        damaged chunk counts until a run checks it), for estimates (--dry-run, the disk check, the merge's choice of
+        partition), which must not move anything."""
+        marks = Marks(wanted)
         for path in self.chunk_files():
             try:
                 header = read_header(path)
             except FileNotFoundError:
                 continue
             if header is not None and header[0] == self.fingerprint:
-                digests = hex_to_digests(header[2])
-                found.append(digests[contains(wanted, digests)])
-        return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=DIGEST)
+                marks.mark(hex_to_digests(header[2]))
+        return marks.result()
 
     def residue_rows(self, wanted: np.ndarray) -> Iterator[tuple[str, torch.Tensor]]:
         """(digest, [L, D] float16) for every protein of trusted chunks that hold any of `wanted`, a chunk at a time."""
@@ -243,6 +240,43 @@ def sorted_set(digests: np.ndarray) -> np.ndarray:
     if len(digests) < 2 or bool((digests[1:] > digests[:-1]).all()):
         return digests
     return np.unique(digests)
+
+
+class Marks:
+    """Which of many digests a store holds, marked chunk by chunk: a bool each and, unless they come sorted, their
+    order (4 bytes) and a sorted copy (20 bytes) while it lives; no list of the digests found, which at a proteome's
+    size cost more than the digests themselves."""
+
+    def __init__(self, wanted: np.ndarray):
+        self.order: np.ndarray | None = None
+        if len(wanted) > 1 and not bool((wanted[1:] > wanted[:-1]).all()):
+            order = np.argsort(wanted, kind="stable")
+            self.order = order.astype(np.uint32) if len(order) < 2**32 else order
+            del order
+            wanted = wanted[self.order]
+        self.ordered = wanted
+        self.seen = np.zeros(len(wanted), dtype=bool)
+
+    def mark(self, digests: np.ndarray) -> None:
+        if len(self.ordered):
+            at = np.minimum(np.searchsorted(self.ordered, digests), len(self.ordered) - 1)
+            self.seen[at[self.ordered[at] == digests]] = True
+
+    def result(self) -> np.ndarray:
+        """A bool per wanted digest, in the order given (equal digests alike)."""
+        seen = self.seen
+        if len(seen) > 1 and not bool((self.ordered[1:] > self.ordered[:-1]).all()):
+            same = self.ordered[1:] == self.ordered[:-1]  # searchsorted marked the first of each run of equals
+            while True:
+                spread = seen[:-1] & same & ~seen[1:]
+                if not spread.any():
+                    break
+                seen[1:] |= spread
+        if self.order is None:
+            return seen
+        aligned = np.empty_like(seen)
+        aligned[self.order] = seen
+        return aligned
 
 
 def contains(ordered: np.ndarray, digests: np.ndarray) -> np.ndarray:

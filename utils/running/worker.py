@@ -36,7 +36,7 @@ from utils.inputs.unique import digest_hex, digests_of
 from utils.malloc import give_back_free_memory
 from utils.outputs.progress import ProgressLog
 from utils.running.plan import WorkOrder
-from utils.running.store import ChunkStore, changed_settings, contains, describe_changes
+from utils.running.store import ChunkStore, changed_settings, describe_changes
 from utils.units import size_text
 
 
@@ -175,7 +175,7 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
     digests = digests_of(sequences) if store.chunk_files() else None
     is_done = np.zeros(len(sequences), dtype=bool)
     if digests is not None:
-        is_done = contains(store.held(digests), digests)
+        is_done = store.held(digests)
     report_damaged(store, order.label, log)
 
     def digests_at(indices: np.ndarray) -> np.ndarray:
@@ -257,7 +257,7 @@ def embed_order(order: WorkOrder, log: logging.Logger, stop: dict[str, bool]) ->
             if todo:  # a run at work on the same store at the same time may have written some of them meanwhile
                 wanted = np.concatenate(todo)
                 wanted_digests = digests_at(wanted)
-                is_done[wanted[contains(store.held(wanted_digests, new_only=True), wanted_digests)]] = True
+                is_done[wanted[store.held(wanted_digests, new_only=True)]] = True
                 report_damaged(store, order.label, log)
                 todo = [b for b in chunk if not is_done[b].all()]
             if not todo:
