@@ -78,6 +78,9 @@ def _shard_value_attached(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     require()  # before torch is imported: a missing requirement is one line, not an import's traceback
+    from utils.malloc import one_arena
+
+    one_arena()  # before any thread: what the main process frees goes back to the system (utils/malloc.py)
     # Imported after parsing: --help must not need torch.
     from utils.errors import UserError
     from utils.running.local import run_job, start_worker_server

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -107,14 +106,20 @@ def measure(config: Path, *flags: str) -> dict:
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr_file,
         )  # fmt: skip
         peak = 0
-        while process.poll() is None:
+        while True:
+            # wait4, not poll: its usage is this run's own (ru_maxrss: the largest process of its tree), where
+            # RUSAGE_CHILDREN's is the largest of every run so far
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                process.returncode = os.waitstatus_to_exitcode(status)
+                break
             peak = max(peak, tree_rss(process.pid))
             time.sleep(0.05)
     stderr = log.read_text()
     wall = time.perf_counter() - started
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(flags) or 'whole run'} failed ({process.returncode}):\n{stderr[-3000:]}")
-    largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest child so far
+    largest = usage.ru_maxrss * 1024
     return {"wall_s": round(wall, 2), "peak_tree_rss": peak, "peak_largest_process_rss": largest}
 
 
