@@ -190,14 +190,15 @@ VARIANTS = {
     "lower": ("lower.fasta", _text(TRAIN, lower=True).encode()),
     "wrapped": ("wrapped.fasta", _text(TRAIN, width=7).encode()),
     "crlf": ("crlf.fasta", _text(TRAIN, end="\r\n").encode()),
-    "gzip": ("clean.fasta.gz", gzip.compress(_text(TRAIN).encode())),
+    "gzip": ("clean.fasta.gz", gzip.compress(_text(TRAIN).encode(), mtime=0)),
     "star": ("star.fasta", _text(TRAIN, star=True).encode()),
     "headers": ("headers.fasta", _text(TRAIN, describe=True).encode()),
     "all": (
         "all.fa.gz",
         gzip.compress(
             "\ufeff\n".encode()
-            + _text(TRAIN, lower=True, width=11, star=True, describe=True, blank=True, end="\r\n").encode()
+            + _text(TRAIN, lower=True, width=11, star=True, describe=True, blank=True, end="\r\n").encode(),
+            mtime=0,  # parameters must be the same in every pytest-xdist process: no time stamp in them
         ),
     ),
 }

@@ -58,8 +58,8 @@ def test_bom_gzip_and_plain_read_the_same(tmp_path):
     variants = {
         "plain.fa": CLEAN_TEXT.encode(),
         "bom.fa": "\ufeff".encode() + CLEAN_TEXT.encode(),
-        "all.fa.gz": gzip.compress(ACCEPTED["CRLF"].lower().encode()),
-        "gzip_without_suffix.fa": gzip.compress(CLEAN_TEXT.encode()),
+        "all.fa.gz": gzip.compress(ACCEPTED["CRLF"].lower().encode(), mtime=0),
+        "gzip_without_suffix.fa": gzip.compress(CLEAN_TEXT.encode(), mtime=0),
     }
     for name, data in variants.items():
         (tmp_path / name).write_bytes(data)
@@ -146,8 +146,8 @@ def test_every_problem_is_listed_then_capped():
         ("latin1.fa", ">p1 Proteín\nMKV\n".encode("latin-1"), ["latin1.fa:1", "0xed", "UTF-8"]),
         ("seqs.fa.bz2", bz2.compress(CLEAN_TEXT.encode()), ["bzip2", "not FASTA"]),
         ("seqs.zip", b"PK\x03\x04" + bytes(40), ["zip archive"]),
-        ("cut.fa.gz", gzip.compress(CLEAN_TEXT.encode() * 20)[:40], ["cut.fa.gz", "gzip data is damaged"]),
-        ("text.fa.gz", gzip.compress(b"hello world\n"), ["text.fa.gz:1", "before the first '>'"]),
+        ("cut.fa.gz", gzip.compress(CLEAN_TEXT.encode() * 20, mtime=0)[:40], ["cut.fa.gz", "gzip data is damaged"]),
+        ("text.fa.gz", gzip.compress(b"hello world\n", mtime=0), ["text.fa.gz:1", "before the first '>'"]),
         ("empty.fa", b"", ["empty.fa", "no FASTA records"]),
     ],
 )

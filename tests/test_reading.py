@@ -4,7 +4,9 @@ and --merge keep of the input, and that each refuses bad input exactly as strict
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +103,20 @@ def test_a_shard_refuses_bad_input_before_any_work(checkpoints, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.startswith("error: ")]) == 4, result.stderr
     assert not (tmp_path / "out").exists()  # nothing written: no lock, no scratch file, no chunk
+
+
+def test_a_shard_removes_the_scratch_files_of_a_killed_shard_of_this_machine_only(tmp_path):
+    from utils.files import HOST, OutputLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = out / f".sequences.tmp-999999-{HOST}"  # a shard of this machine killed with -9
+    alive = out / f".headers.tmp-{os.getpid()}-{HOST}"
+    elsewhere = out / ".sequences.tmp-999998-0badc0de"  # another node's shard: it may run for days, reading it
+    for path in (dead, alive, elsewhere):
+        path.write_bytes(b"MKV")
+    os.utime(elsewhere, (time.time() - 3 * 24 * 3600,) * 2)
+    with OutputLock(out, shared=True):
+        assert not dead.exists() and alive.exists() and elsewhere.exists()
+    with OutputLock(out):  # alone (a whole run, the merge): every leftover goes
+        assert not alive.exists() and not elsewhere.exists()

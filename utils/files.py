@@ -136,9 +136,10 @@ def remove_temporary_files(output_dir: Path) -> list[Path]:
     return removed
 
 
-def remove_dead_temporary_files(directory: Path) -> list[Path]:
+def remove_dead_temporary_files(directory: Path, stale_s: float | None = STALE_TEMPORARY_S) -> list[Path]:
     """Temporary files in a directory that other runs may be writing to at this moment (the chunk store): those of a
-    process of this host that is gone, and any older than STALE_TEMPORARY_S. Returns what was removed."""
+    process of this host that is gone, and any older than `stale_s` (None: age alone removes nothing; an input's
+    scratch file is written once and then read for as long as its run lasts). Returns what was removed."""
     removed = []
     now = time.time()
     for path in directory.iterdir() if directory.is_dir() else ():
@@ -147,7 +148,7 @@ def remove_dead_temporary_files(directory: Path) -> list[Path]:
             continue
         mine = match.group("host") in (None, HOST)  # the older names carry no host: they were this machine's
         try:
-            stale = now - path.stat().st_mtime > STALE_TEMPORARY_S
+            stale = stale_s is not None and now - path.stat().st_mtime > stale_s
         except FileNotFoundError:
             continue
         if stale or (mine and not process_alive(int(match.group("pid")))):
@@ -200,6 +201,8 @@ class OutputLock:
         self.handle.flush()
         if not self.shared:  # alone in the directory: no temporary file here can belong to a live writer
             remove_temporary_files(self.path.parent)
+        else:  # beside other shards: only those of a killed shard of this machine (its input's scratch files)
+            remove_dead_temporary_files(self.path.parent, stale_s=None)
         return self
 
     def busy(self, other: str) -> str:
