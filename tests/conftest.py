@@ -73,6 +73,43 @@ def write_config(
     return path
 
 
+# The tail of every sitecustomize module that injects a fault into the commands (put on PYTHONPATH, it is imported by
+# the main process and by every worker): the text before it defines PATCHES, {module name: function(module)}, and
+# each function runs right after that module's first import. The product code has no test hooks.
+_PATCH_ON_IMPORT = """
+
+import importlib.abc as _abc, importlib.util as _util, sys as _sys
+
+
+class _PatchOnImport(_abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name not in PATCHES:
+            return None
+        _sys.meta_path.remove(self)
+        try:
+            spec = _util.find_spec(name)
+        finally:
+            _sys.meta_path.insert(0, self)
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            PATCHES.pop(name)(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if PATCHES:
+    _sys.meta_path.insert(0, _PatchOnImport())
+"""
+
+
+def patching_sitecustomize(source: str) -> str:
+    """A sitecustomize module's text: `source`, which defines PATCHES, and what applies them (_PATCH_ON_IMPORT)."""
+    return source + _PATCH_ON_IMPORT
+
+
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"})

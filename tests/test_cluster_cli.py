@@ -15,7 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, chunk_files, cli_env, load_output, random_protein, run_cli, write_config, write_fasta
+from tests.conftest import (
+    REPO,
+    chunk_files,
+    cli_env,
+    load_output,
+    patching_sitecustomize,
+    random_protein,
+    run_cli,
+    write_config,
+    write_fasta,
+)
 from utils.outputs.writers import parquet_path, pt_path, read_parquet
 
 # A stand-in for SLURM's sbatch: the array's tasks run at once (as they would on three nodes), the dependent job
@@ -42,45 +52,30 @@ print(4242)
 """
 # What a GPU node gives a task, on a test machine without a GPU: the config's cuda:0 passes the device check, and the
 # work orders planned for it (precision resolved for cuda:0: fp16 for `auto`) run on the CPU in that precision.
-GPU_NODE_HOOK = """
-import dataclasses, importlib.abc, importlib.util, sys
+GPU_NODE_HOOK = patching_sitecustomize(
+    """
+import dataclasses
 
 
-def patch(name, module):
-    if name == "utils.checks.preflight":
-        module.check_devices = lambda config: []
-    else:
-        plan = module.plan_jobs
-
-        def plan_jobs(*args, **kwargs):
-            jobs = plan(*args, **kwargs)
-            for job in jobs:
-                job.orders = [dataclasses.replace(order, device="cpu") for order in job.orders]
-            return jobs
-
-        module.plan_jobs = plan_jobs
+def patch_preflight(module):
+    module.check_devices = lambda config: []
 
 
-class Hook(importlib.abc.MetaPathFinder):
-    pending = {"utils.checks.preflight", "utils.running.plan"}
+def patch_plan(module):
+    plan = module.plan_jobs
 
-    def find_spec(self, name, path, target=None):
-        if name not in self.pending:
-            return None
-        self.pending.discard(name)
-        spec = importlib.util.find_spec(name)
-        load = spec.loader.exec_module
+    def plan_jobs(*args, **kwargs):
+        jobs = plan(*args, **kwargs)
+        for job in jobs:
+            job.orders = [dataclasses.replace(order, device="cpu") for order in job.orders]
+        return jobs
 
-        def exec_module(module):
-            load(module)
-            patch(name, module)
-
-        spec.loader.exec_module = exec_module
-        return spec
+    module.plan_jobs = plan_jobs
 
 
-sys.meta_path.insert(0, Hook())
+PATCHES = {"utils.checks.preflight": patch_preflight, "utils.running.plan": patch_plan}
 """
+)
 
 
 def slurm_env(tmp_path: Path) -> dict[str, str]:

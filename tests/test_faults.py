@@ -29,6 +29,7 @@ from tests.conftest import (
     cli_env,
     cosine,
     load_output,
+    patching_sitecustomize,
     random_protein,
     run_cli,
     write_config,
@@ -36,43 +37,28 @@ from tests.conftest import (
 )
 from utils.files import OutputLock
 
-FAULT_HOOK = """
-import os, sys, time
+FAULT_HOOK = patching_sitecustomize(
+    """
+import os, time
 FAIL_AFTER = os.environ.get("TEST_EMBED_FAIL_AFTER")
 SLOW = os.environ.get("TEST_EMBED_SLOW_S")
-if FAIL_AFTER or SLOW:
-    import importlib.abc, importlib.util
 
-    def patch(module):
-        original, calls = module.Encoder.embed, [0]
+def patch(module):
+    original, calls = module.Encoder.embed, [0]
 
-        def embed(self, *args, **kwargs):
-            calls[0] += 1
-            if FAIL_AFTER and calls[0] > int(FAIL_AFTER):
-                raise RuntimeError("injected fault in batch %d" % calls[0])
-            if SLOW:
-                time.sleep(float(SLOW))
-            return original(self, *args, **kwargs)
+    def embed(self, *args, **kwargs):
+        calls[0] += 1
+        if FAIL_AFTER and calls[0] > int(FAIL_AFTER):
+            raise RuntimeError("injected fault in batch %d" % calls[0])
+        if SLOW:
+            time.sleep(float(SLOW))
+        return original(self, *args, **kwargs)
 
-        module.Encoder.embed = embed
+    module.Encoder.embed = embed
 
-    class Hook(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path, target=None):
-            if name != "utils.engine.encode":
-                return None
-            sys.meta_path.remove(self)
-            spec = importlib.util.find_spec(name)
-            load = spec.loader.exec_module
-
-            def exec_module(module):
-                load(module)
-                patch(module)
-
-            spec.loader.exec_module = exec_module
-            return spec
-
-    sys.meta_path.insert(0, Hook())
+PATCHES = {"utils.engine.encode": patch} if FAIL_AFTER or SLOW else {}
 """
+)
 KEY = "prot_t5_xl"
 RUN_PARAMS = {"batch_size": 2, "save_every_n_batches": 1}  # one chunk per batch: many chunks, quickly
 RNG = random.Random(13)

@@ -14,13 +14,13 @@ from types import SimpleNamespace
 
 import torch
 
-from tests.conftest import REPO, cli_env, random_protein, write_config, write_fasta
+from tests.conftest import REPO, cli_env, patching_sitecustomize, random_protein, write_config, write_fasta
 
 # A sitecustomize module on PYTHONPATH (main process and workers): h5py fails inside the concatenated file's write,
 # after a few datasets, with the error h5py raises for HDF5's ENOSPC. The product code has no test hooks.
-HOOK = r"""
-import os, sys
-import importlib.abc, importlib.util
+HOOK = patching_sitecustomize(
+    r"""
+import os
 
 def patch(module):
     original = module.H5Writer.add
@@ -36,23 +36,9 @@ def patch(module):
 
     module.H5Writer.add = add
 
-class Hook(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name != "utils.outputs.writers":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        load = spec.loader.exec_module
-
-        def exec_module(module):
-            load(module)
-            patch(module)
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-sys.meta_path.insert(0, Hook())
+PATCHES = {"utils.outputs.writers": patch}
 """
+)
 
 RNG = random.Random(28)
 HEADER = "Uncharacterized protein OS=Homo sapiens OX=9606 GN=ABC PE=1 SV=1"

@@ -21,10 +21,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, chunk_files, cli_env, load_output, random_protein, write_config, write_fasta
+from tests.conftest import (
+    REPO,
+    chunk_files,
+    cli_env,
+    load_output,
+    patching_sitecustomize,
+    random_protein,
+    write_config,
+    write_fasta,
+)
 
-HOOK = r"""
-import errno, os, sys, time
+HOOK = patching_sitecustomize(
+    r"""
+import errno, os, time
 
 def _patch_start():
     # The first worker start fails as it does when the process is out of file descriptors (RLIMIT_NOFILE). Not a
@@ -97,30 +107,8 @@ if os.environ.get("TEST_CHUNK_ENOSPC_AFTER"):
     PATCHES["utils.files"] = _patch_store  # every chunk is written through utils.files.write_new_bytes
 if os.environ.get("TEST_MERGE_MARKER") or os.environ.get("TEST_MERGE_ENOSPC") or os.environ.get("TEST_MERGE_NO_MEMORY"):
     PATCHES["utils.outputs.writers"] = _patch_output
-
-if PATCHES:
-    import importlib.abc, importlib.util
-
-    class Hook(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path, target=None):
-            if name not in PATCHES:
-                return None
-            sys.meta_path.remove(self)
-            try:
-                spec = importlib.util.find_spec(name)
-            finally:
-                sys.meta_path.insert(0, self)
-            load = spec.loader.exec_module
-
-            def exec_module(module):
-                load(module)
-                PATCHES.pop(name)(module)
-
-            spec.loader.exec_module = exec_module
-            return spec
-
-    sys.meta_path.insert(0, Hook())
 """
+)
 
 RNG = random.Random(31)
 TRAIN = [(f"p{i}", random_protein(RNG, RNG.randint(10, 50))) for i in range(10)]
