@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,25 +36,23 @@ def temporary_path(path: Path) -> Path:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers (and crashes) see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        publish(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _write_through_temporary(path, data, publish)
 
 
 def write_new_bytes(path: Path, data: bytes) -> bool:
     """Write `data` to `path` only if nothing is there yet, whole or not at all (the chunk store's files never
     change once written). → False when another writer's file was there first (it stays as it is)."""
+    return _write_through_temporary(path, data, publish_new)
+
+
+def _write_through_temporary(path: Path, data: bytes, put: Callable[[Path, Path], Any]) -> Any:
+    """`data` into a temporary file beside `path`, then put(tmp, path); the temporary file never outlives the call."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
-        return publish_new(tmp, path)
+        return put(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -61,23 +60,15 @@ def write_new_bytes(path: Path, data: bytes) -> bool:
 def publish(tmp: Path, path: Path) -> None:
     """Put a finished temporary file in place: fsync it, rename it over `path`, fsync the directory. Every writer
     of a final file or chunk ends here, so a kill -9 leaves the old file or the whole new one."""
-    descriptor = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    _fsync(tmp)
     os.replace(tmp, path)
-    _fsync_directory(path.parent)
+    _fsync(path.parent)
 
 
 def publish_new(tmp: Path, path: Path) -> bool:
     """As publish, but only where `path` does not exist yet: a hard link publishes the whole file or fails, so of two
     writers of one name the first wins and readers never see the file change. → whether `tmp` was published."""
-    descriptor = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    _fsync(tmp)
     try:
         os.link(tmp, path)
     except FileExistsError:
@@ -86,12 +77,13 @@ def publish_new(tmp: Path, path: Path) -> bool:
         if os.path.lexists(path):
             return False
         os.replace(tmp, path)
-    _fsync_directory(path.parent)
+    _fsync(path.parent)
     return True
 
 
-def _fsync_directory(directory: Path) -> None:
-    handle = os.open(directory, os.O_RDONLY)
+def _fsync(path: Path) -> None:
+    """A file's data, or a directory's entries, on disk."""
+    handle = os.open(path, os.O_RDONLY)
     try:
         os.fsync(handle)
     finally:
