@@ -23,11 +23,12 @@ from typing import overload
 import numpy as np
 
 from utils.files import temporary_path
+from utils.inputs.strings import PackedStrings
 
 
-class FileStrings(Sequence[str]):
+class FileStrings(PackedStrings):
     """ASCII strings stored in a file, each at `starts[i]` for `lengths[i]` bytes: the Strings interface
-    (utils.inputs.fasta.Strings) over a file. Pickles as its path and arrays, never its text."""
+    (utils.inputs.strings.Strings) over a file. Pickles as its path and arrays, never its text."""
 
     __slots__ = ("path", "starts", "lengths", "_descriptor")
 
@@ -46,15 +47,6 @@ class FileStrings(Sequence[str]):
     def __len__(self) -> int:
         return len(self.starts)
 
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[str]: ...
-    def __getitem__(self, index: int | slice) -> str | list[str]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        return self.raw(index).decode("ascii")
-
     def raw(self, index: int) -> bytes:
         index = int(index)
         if index < 0:
@@ -68,10 +60,6 @@ class FileStrings(Sequence[str]):
         descriptor = self._file()
         for start, length in zip(self.starts.tolist(), self.lengths.tolist(), strict=True):
             yield os.pread(descriptor, length, start)
-
-    def __iter__(self) -> Iterator[str]:
-        for item in self.raw_items():
-            yield item.decode("ascii")
 
     def byte_lengths(self, dtype: type = np.int64) -> np.ndarray:
         return self.lengths.astype(dtype, copy=False)

@@ -10,7 +10,33 @@ from typing import overload
 import numpy as np
 
 
-class Strings(Sequence[str]):
+class PackedStrings(Sequence[str]):
+    """What Strings and utils.inputs.spill.FileStrings share: each string is made from its UTF-8 bytes, which a
+    subclass gives one at a time (raw) or all in turn (raw_items)."""
+
+    __slots__ = ()
+
+    def raw(self, index: int) -> bytes | bytearray:
+        raise NotImplementedError
+
+    def raw_items(self) -> Iterator[bytes | bytearray]:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self.raw(index).decode()
+
+    def __iter__(self) -> Iterator[str]:
+        for item in self.raw_items():
+            yield item.decode()
+
+
+class Strings(PackedStrings):
     """Many strings packed as one UTF-8 buffer and their end offsets. A list of str costs ~57 bytes per string
     beyond its characters; this costs 4 (or 8) bytes, so a proteome's ids, headers and sequences stay compact."""
 
@@ -37,15 +63,6 @@ class Strings(Sequence[str]):
             raise IndexError(index)
         return (int(self.ends[index - 1]) if index else 0), int(self.ends[index])
 
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[str]: ...
-    def __getitem__(self, index: int | slice) -> str | list[str]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        return self.raw(index).decode()
-
     def raw(self, index: int) -> bytes | bytearray:
         """One string's UTF-8 bytes (a copy)."""
         start, end = self._span(int(index))
@@ -66,10 +83,6 @@ class Strings(Sequence[str]):
     def release(self) -> None:
         """Drop the text, keep the lengths: a job lets its residues go once the workers have them."""
         self.data = None
-
-    def __iter__(self) -> Iterator[str]:
-        for item in self.raw_items():
-            yield item.decode()
 
     def byte_lengths(self, dtype: type = np.int64) -> np.ndarray:
         """Bytes per string (characters, for ASCII text such as sequences), int64 or `dtype`; no temporary arrays."""
