@@ -86,9 +86,8 @@ def split_lines(config: Config, splits: dict[str, Records]) -> list[str]:
     lines = ["splits:"]
     within = distinct_per_split = 0
     for name, records in splits.items():
-        index = records.sequences.index  # type: ignore[attr-defined]  # shared_splits made them SharedSequences
-        distinct = len(np.unique(index))
-        within += len(index) - distinct
+        distinct = records.sequences.distinct()  # type: ignore[attr-defined]  # shared_splits made them SharedSequences
+        within += len(records) - distinct
         distinct_per_split += distinct
         lengths = records.lengths()
         lines.append(

@@ -101,6 +101,12 @@ class SharedSequences(Sequence[str]):
     def digests(self) -> np.ndarray:
         return self.unique.digests[self.index]
 
+    def distinct(self) -> int:
+        """How many distinct sequences: a bit per unique sequence, no sort, no string."""
+        seen = np.zeros(len(self.unique), dtype=bool)
+        seen[self.index] = True
+        return int(seen.sum())
+
 
 def digest_hex(digest: bytes) -> str:
     """A DIGEST element as the chunk store's hex key (numpy drops an "S" element's trailing NUL bytes: restored)."""

@@ -40,10 +40,8 @@ def nearest_rank(sorted_values: Sequence[int], q: float) -> int:
 def unique_count(sequences: Sequence[str]) -> int:
     from utils.inputs.unique import SharedSequences
 
-    if isinstance(sequences, SharedSequences):  # positions in the job's unique set: a bit each, no sort, no string
-        seen = np.zeros(len(sequences.unique), dtype=bool)
-        seen[sequences.index] = True
-        return int(seen.sum())
+    if isinstance(sequences, SharedSequences):  # positions in the job's unique set
+        return sequences.distinct()
     return len(set(sequences))
 
 
